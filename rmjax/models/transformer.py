@@ -1,0 +1,218 @@
+"""The decoder-only transformer (Flax NNX) and its heads.
+
+``Transformer.__call__`` maps tokens [batch, seq] to final hidden states
+[batch, seq, d_model]; the heads read them: ``logits`` (LM), ``rewards`` (K scalar
+heads at each sequence's last real token) and ``values`` (per token). Randomness is
+explicit: dropout runs only when a ``dropout_key`` is passed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rmjax.models import kv_cache as kvc
+from rmjax.models.config import ModelConfig
+from rmjax.models.layers import Norm, apply_rope, dropout, param, rope_inverse_frequencies
+
+_MASKED = -1e30  # Finite, so a fully masked row (a left pad's query) gives no NaN.
+
+
+def attention_mask(mask: jax.Array, cache: kvc.KVCache | None, seq: int) -> jax.Array:
+  """[batch, seq, keys] bool: causal, and keys restricted to real tokens.
+
+  Without a cache keys are the current tokens (mask [batch, seq]); with one they are
+  the cache slots, already holding the current tokens at ``cache.index``.
+  """
+  if cache is None:
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    return causal[None] & mask[:, None, :]
+  slots = jnp.arange(cache.max_len)
+  query_slots = cache.index + jnp.arange(seq)
+  causal = slots[None, :] <= query_slots[:, None]
+  return causal[None] & cache.valid[:, None, :]
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+  """[batch] index of the last real token of each row (left or right padding)."""
+  positions = jnp.arange(mask.shape[1])
+  return jnp.max(jnp.where(mask, positions, 0), axis=1)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, h, kv, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+    w, std = cfg.weight_dtype, cfg.init_std
+    self.cfg = cfg
+    self.q = param(rngs, (e, h, d), ("embed", "heads", "head_dim"), w, std)
+    self.k = param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), w, std)
+    self.v = param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), w, std)
+    self.o = param(rngs, (h, d, e), ("heads", "head_dim", "embed"), w,
+                   std / (2 * cfg.n_layers) ** 0.5)
+    has_bias = cfg.qkv_bias or cfg.family == "gpt2"
+    self.q_bias = param(rngs, (h, d), ("heads", "head_dim"), w, 0) if has_bias else None
+    self.k_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
+    self.v_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
+    self.o_bias = (param(rngs, (e,), ("embed",), w, 0) if cfg.family == "gpt2" else None)
+    self.inv_freq = (rope_inverse_frequencies(cfg) if cfg.family == "llama" else None)
+
+  def _project(self, x, kernel, bias):
+    out = jnp.einsum("bse,ehd->bshd", x, kernel[...].astype(x.dtype))
+    return out if bias is None else out + bias[...].astype(x.dtype)
+
+  def __call__(self, x, positions, mask, layer_cache):
+    """x [b, s, e]; positions [b, s]; mask [b, s, keys]; layer_cache (k, v, index) or None."""
+    q = self._project(x, self.q, self.q_bias)
+    k = self._project(x, self.k, self.k_bias)
+    v = self._project(x, self.v, self.v_bias)
+    if self.inv_freq is not None:
+      q = apply_rope(q, positions, self.inv_freq)
+      k = apply_rope(k, positions, self.inv_freq)
+    k = k.transpose(0, 2, 1, 3)  # [b, kv, s, d]: the cache layout
+    v = v.transpose(0, 2, 1, 3)
+    if layer_cache is not None:
+      k_buf, v_buf, index = layer_cache
+      k = kvc.write(k_buf, k, index, axis=2)
+      v = kvc.write(v_buf, v, index, axis=2)
+      layer_cache = (k, v)
+    b, s, h, d = q.shape
+    groups = h // k.shape[1]
+    q = q.reshape(b, s, k.shape[1], groups, d)
+    scores = jnp.einsum("bskgd,bktd->bkgst", q, k,
+                        preferred_element_type=jnp.float32) * d ** -0.5
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, v).reshape(b, s, h, d)
+    out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(x.dtype))
+    if self.o_bias is not None:
+      out = out + self.o_bias[...].astype(x.dtype)
+    return out, layer_cache
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, f, w, std = cfg.d_model, cfg.d_ff, cfg.weight_dtype, cfg.init_std
+    self.gated = cfg.family == "llama"
+    self.up = param(rngs, (e, f), ("embed", "mlp"), w, std)
+    self.down = param(rngs, (f, e), ("mlp", "embed"), w, std / (2 * cfg.n_layers) ** 0.5)
+    self.gate = param(rngs, (e, f), ("embed", "mlp"), w, std) if self.gated else None
+    self.up_bias = None if self.gated else param(rngs, (f,), ("mlp",), w, 0)
+    self.down_bias = None if self.gated else param(rngs, (e,), ("embed",), w, 0)
+
+  def __call__(self, x):
+    up = x @ self.up[...].astype(x.dtype)
+    if self.gated:
+      hidden = jax.nn.silu(x @ self.gate[...].astype(x.dtype)) * up
+    else:
+      hidden = jax.nn.gelu(up + self.up_bias[...].astype(x.dtype), approximate=True)
+    out = hidden @ self.down[...].astype(x.dtype)
+    return out if self.down_bias is None else out + self.down_bias[...].astype(x.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.rate = cfg.dropout_rate
+    self.attn_norm = Norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = Norm(cfg, rngs)
+    self.mlp = Mlp(cfg, rngs)
+
+  def __call__(self, x, positions, mask, layer_cache, dropout_key):
+    keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache)
+    x = x + dropout(attn_out, self.rate, keys[0])
+    x = x + dropout(self.mlp(self.mlp_norm(x)), self.rate, keys[1])
+    return x, layer_cache
+
+
+def _run_block(block: Block, *args):
+  return block(*args)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer with optional LM, reward and value heads."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    e, w, std = cfg.d_model, cfg.weight_dtype, cfg.init_std
+    self.cfg = cfg
+    self.embed = param(rngs, (cfg.vocab_size, e), ("vocab", "embed"), w, std)
+    self.pos_embed = (param(rngs, (cfg.max_seq_len, e), ("positions", "embed"), w, std / 2)
+                      if cfg.family == "gpt2" else None)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = Norm(cfg, rngs)
+    self.lm_head = (param(rngs, (e, cfg.vocab_size), ("embed", "vocab"), w, std)
+                    if cfg.lm_head and not cfg.tie_embeddings else None)
+    self.reward_head = (param(rngs, (e, cfg.num_reward_heads), ("embed", "reward_heads"), w,
+                              1.0 / (e + 1) ** 0.5) if cfg.num_reward_heads else None)
+    self.value_head = (param(rngs, (e,), ("embed",), w, 1.0 / (e + 1) ** 0.5)
+                       if cfg.value_head else None)
+    self._block_fn = nnx.remat(_run_block) if cfg.remat else _run_block
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,
+               positions: jax.Array | None = None, cache: kvc.KVCache | None = None,
+               dropout_key: jax.Array | None = None):
+    """tokens, mask [batch, seq] -> (hidden [batch, seq, d_model], updated cache or None).
+
+    ``mask`` marks real tokens (default: all). ``positions`` default to each row's
+    count of real tokens before it, so left padding is handled. With a ``cache`` the
+    tokens are written at slot ``cache.index`` and attend to all earlier slots.
+    """
+    cfg = self.cfg
+    mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+    if positions is None:
+      positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    if cache is not None:
+      cache = cache._replace(valid=kvc.write(cache.valid, mask, cache.index))
+    attn_mask = attention_mask(mask, cache, tokens.shape[1])
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
+    if self.pos_embed is not None:
+      x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cfg.compute_dtype)
+    if dropout_key is not None:
+      dropout_key, embed_key = jax.random.split(dropout_key)
+      x = dropout(x, cfg.dropout_rate, embed_key)
+    new_keys, new_values = [], []
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+      block_key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+      x, layer_cache = self._block_fn(block, x, positions, attn_mask, layer_cache, block_key)
+      if cache is not None:
+        new_keys.append(layer_cache[0])
+        new_values.append(layer_cache[1])
+    x = self.final_norm(x)
+    if cache is not None:
+      cache = kvc.KVCache(tuple(new_keys), tuple(new_values), cache.valid,
+                          cache.index + tokens.shape[1])
+    return x, cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden [..., d_model] -> float32 logits [..., vocab]."""
+    if self.cfg.tie_embeddings:
+      kernel = self.embed[...].astype(hidden.dtype)
+      return jnp.einsum("...e,ve->...v", hidden, kernel, preferred_element_type=jnp.float32)
+    if self.lm_head is None:
+      raise ValueError("this model was built with lm_head=False and untied embeddings")
+    return jnp.einsum("...e,ev->...v", hidden, self.lm_head[...].astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def rewards(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """hidden [batch, seq, d_model], mask [batch, seq] -> float32 [batch, K] rewards.
+
+    Read at each sequence's last real token; no bias (it cancels in pairwise losses).
+    """
+    if self.reward_head is None:
+      raise ValueError("this model has num_reward_heads=0")
+    last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+    return jnp.einsum("be,ek->bk", last, self.reward_head[...].astype(last.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def values(self, hidden: jax.Array) -> jax.Array:
+    """hidden [batch, seq, d_model] -> float32 per-token values [batch, seq]."""
+    if self.value_head is None:
+      raise ValueError("this model has value_head=False")
+    return jnp.einsum("bse,e->bs", hidden, self.value_head[...].astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
