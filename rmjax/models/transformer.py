@@ -56,7 +56,6 @@ class Attention(nnx.Module):
     self.k_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
     self.v_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
     self.o_bias = (param(rngs, (e,), ("embed",), w, 0) if cfg.family == "gpt2" else None)
-    self.inv_freq = (rope_inverse_frequencies(cfg) if cfg.family == "llama" else None)
 
   def _project(self, x, kernel, bias):
     out = jnp.einsum("bse,ehd->bshd", x, kernel[...].astype(x.dtype))
@@ -67,9 +66,10 @@ class Attention(nnx.Module):
     q = self._project(x, self.q, self.q_bias)
     k = self._project(x, self.k, self.k_bias)
     v = self._project(x, self.v, self.v_bias)
-    if self.inv_freq is not None:
-      q = apply_rope(q, positions, self.inv_freq)
-      k = apply_rope(k, positions, self.inv_freq)
+    if self.cfg.family == "llama":
+      inv_freq = rope_inverse_frequencies(self.cfg)  # a trace-time constant
+      q = apply_rope(q, positions, inv_freq)
+      k = apply_rope(k, positions, inv_freq)
     k = k.transpose(0, 2, 1, 3)  # [b, kv, s, d]: the cache layout
     v = v.transpose(0, 2, 1, 3)
     if layer_cache is not None:
