@@ -82,14 +82,15 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """Rotate x [batch, seq, heads, head_dim] by positions [batch, seq].
+  """Rotate x [batch, seq, ..., head_dim] by positions [batch, seq].
 
   Uses the half-split layout of Hugging Face Llama (rotate_half), not the
   interleaved layout llama.cpp stores; GGUF import converts between them.
   """
   angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, s, d/2]
-  sin = jnp.sin(angles)[:, :, None, :]
-  cos = jnp.cos(angles)[:, :, None, :]
+  extra = (slice(None), slice(None)) + (None,) * (x.ndim - 3)
+  sin = jnp.sin(angles)[extra]
+  cos = jnp.cos(angles)[extra]
   first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate(
       [first * cos - second * sin, second * cos + first * sin], axis=-1)

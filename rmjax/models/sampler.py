@@ -82,16 +82,25 @@ def allowed_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return logits
 
 
-def sample_token(logits: jax.Array, key: jax.Array, sampling: SamplingConfig):
-  """logits [batch, vocab] -> (tokens [batch] int32, log-probs [batch] float32)."""
+def sample_token(logits: jax.Array, uniform: jax.Array, sampling: SamplingConfig):
+  """logits [batch, vocab], uniform [batch] in (0, 1) -> (tokens [batch] int32,
+  log-probs [batch] float32).
+
+  Sampling inverts the CDF of the allowed distribution with one uniform number per
+  row, so the noise for a whole generation is drawn up front (the decode loop then
+  runs no random-number generator).
+  """
   scaled = logits.astype(jnp.float32) / sampling.temperature
+  logprobs_all = jax.nn.log_softmax(scaled, axis=-1)
   if sampling.greedy:
     tokens = jnp.argmax(scaled, axis=-1)
   else:
-    tokens = jax.random.categorical(
-        key, allowed_logits(scaled, sampling.top_k, sampling.top_p), axis=-1)
-  logprobs = jnp.take_along_axis(
-      jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    allowed = allowed_logits(scaled, sampling.top_k, sampling.top_p)
+    cdf = jnp.cumsum(jax.nn.softmax(allowed, axis=-1), axis=-1)
+    # The first token whose CDF reaches u; zero-probability tokens never do.
+    threshold = uniform[:, None] * cdf[:, -1:]
+    tokens = jnp.minimum(jnp.sum(cdf < threshold, axis=-1), logits.shape[-1] - 1)
+  logprobs = jnp.take_along_axis(logprobs_all, tokens[:, None], axis=-1)[:, 0]
   return tokens.astype(jnp.int32), logprobs
 
 
@@ -104,8 +113,9 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, sampling: Sampli
   hidden, cache = model(prompt_tokens, prompt_mask, cache=cache)
   positions = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # of the first new token
 
-  key, first_key = jax.random.split(key)
-  token, logprob = sample_token(model.logits(hidden[:, -1]), first_key, sampling)
+  tiny = jnp.finfo(jnp.float32).tiny
+  uniforms = jax.random.uniform(key, (new, batch), minval=tiny, maxval=1.0)
+  token, logprob = sample_token(model.logits(hidden[:, -1]), uniforms[0], sampling)
   out_tokens = jnp.full((batch, new), sampling.pad_id, jnp.int32).at[:, 0].set(token)
   out_mask = jnp.zeros((batch, new), bool).at[:, 0].set(True)
   out_logprobs = jnp.zeros((batch, new), jnp.float32).at[:, 0].set(logprob)
@@ -116,23 +126,22 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, sampling: Sampli
     return (step < new) & ~jnp.all(done)
 
   def body(carry):
-    step, cache, done, token, key, out_tokens, out_mask, out_logprobs = carry
+    step, cache, done, token, out_tokens, out_mask, out_logprobs = carry
     live = ~done
     hidden, cache = model(token[:, None], live[:, None],
                           positions=(positions + step - 1)[:, None], cache=cache)
-    key, step_key = jax.random.split(key)
-    token, logprob = sample_token(model.logits(hidden[:, 0]), step_key, sampling)
+    token, logprob = sample_token(model.logits(hidden[:, 0]), uniforms[step], sampling)
     token = jnp.where(live, token, sampling.pad_id)
     out_tokens = out_tokens.at[:, step].set(token)
     out_mask = out_mask.at[:, step].set(live)
     out_logprobs = out_logprobs.at[:, step].set(jnp.where(live, logprob, 0.0))
     if sampling.eos_id is not None:
       done = done | (token == sampling.eos_id)
-    return step + 1, cache, done, token, key, out_tokens, out_mask, out_logprobs
+    return step + 1, cache, done, token, out_tokens, out_mask, out_logprobs
 
-  carry = (jnp.int32(1), cache, done, token, key, out_tokens, out_mask, out_logprobs)
+  carry = (jnp.int32(1), cache, done, token, out_tokens, out_mask, out_logprobs)
   carry = jax.lax.while_loop(cond, body, carry)
-  return SampleOutput(prompt_tokens, prompt_mask, carry[5], carry[6], carry[7])
+  return SampleOutput(prompt_tokens, prompt_mask, *carry[4:])
 
 
 _generate_jit = jax.jit(_generate, static_argnums=(0, 5))

@@ -46,26 +46,27 @@ class Attention(nnx.Module):
     e, h, kv, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
     w, std = cfg.weight_dtype, cfg.init_std
     self.cfg = cfg
-    self.q = param(rngs, (e, h, d), ("embed", "heads", "head_dim"), w, std)
-    self.k = param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), w, std)
-    self.v = param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), w, std)
+    groups = h // kv
+    # One fused projection for queries, keys and values: for each KV head, its
+    # `groups` query heads, then its key, then its value ([embed, kv, groups + 2, d]).
+    # A single matmul per step, and tensor parallelism over KV heads keeps every
+    # query head with the key and value it attends with.
+    self.qkv = param(rngs, (e, kv, groups + 2, d), ("embed", "kv_heads", "qkv", "head_dim"),
+                     w, std)
     self.o = param(rngs, (h, d, e), ("heads", "head_dim", "embed"), w,
                    std / (2 * cfg.n_layers) ** 0.5)
     has_bias = cfg.qkv_bias or cfg.family == "gpt2"
-    self.q_bias = param(rngs, (h, d), ("heads", "head_dim"), w, 0) if has_bias else None
-    self.k_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
-    self.v_bias = param(rngs, (kv, d), ("kv_heads", "head_dim"), w, 0) if has_bias else None
+    self.qkv_bias = (param(rngs, (kv, groups + 2, d), ("kv_heads", "qkv", "head_dim"), w, 0)
+                     if has_bias else None)
     self.o_bias = (param(rngs, (e,), ("embed",), w, 0) if cfg.family == "gpt2" else None)
-
-  def _project(self, x, kernel, bias):
-    out = jnp.einsum("bse,ehd->bshd", x, kernel[...].astype(x.dtype))
-    return out if bias is None else out + bias[...].astype(x.dtype)
 
   def __call__(self, x, positions, mask, layer_cache):
     """x [b, s, e]; positions [b, s]; mask [b, s, keys]; layer_cache (k, v, index) or None."""
-    q = self._project(x, self.q, self.q_bias)
-    k = self._project(x, self.k, self.k_bias)
-    v = self._project(x, self.v, self.v_bias)
+    qkv = jnp.einsum("bse,ekgd->bskgd", x, self.qkv[...].astype(x.dtype))
+    if self.qkv_bias is not None:
+      qkv = qkv + self.qkv_bias[...].astype(x.dtype)
+    groups = qkv.shape[3] - 2
+    q, k, v = qkv[:, :, :, :groups], qkv[:, :, :, groups], qkv[:, :, :, groups + 1]
     if self.cfg.family == "llama":
       inv_freq = rope_inverse_frequencies(self.cfg)  # a trace-time constant
       q = apply_rope(q, positions, inv_freq)
@@ -77,14 +78,12 @@ class Attention(nnx.Module):
       k = kvc.write(k_buf, k, index, axis=2)
       v = kvc.write(v_buf, v, index, axis=2)
       layer_cache = (k, v)
-    b, s, h, d = q.shape
-    groups = h // k.shape[1]
-    q = q.reshape(b, s, k.shape[1], groups, d)
+    b, s, _, _, d = q.shape
     scores = jnp.einsum("bskgd,bktd->bkgst", q, k,
                         preferred_element_type=jnp.float32) * d ** -0.5
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,bktd->bskgd", probs, v).reshape(b, s, h, d)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, v).reshape(b, s, -1, d)
     out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(x.dtype))
     if self.o_bias is not None:
       out = out + self.o_bias[...].astype(x.dtype)
@@ -96,18 +95,21 @@ class Mlp(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     e, f, w, std = cfg.d_model, cfg.d_ff, cfg.weight_dtype, cfg.init_std
     self.gated = cfg.family == "llama"
-    self.up = param(rngs, (e, f), ("embed", "mlp"), w, std)
+    if self.gated:  # SwiGLU: gate and up projections fused into one matmul.
+      self.up = param(rngs, (e, 2, f), ("embed", "gate_up", "mlp"), w, std)
+    else:
+      self.up = param(rngs, (e, f), ("embed", "mlp"), w, std)
     self.down = param(rngs, (f, e), ("mlp", "embed"), w, std / (2 * cfg.n_layers) ** 0.5)
-    self.gate = param(rngs, (e, f), ("embed", "mlp"), w, std) if self.gated else None
     self.up_bias = None if self.gated else param(rngs, (f,), ("mlp",), w, 0)
     self.down_bias = None if self.gated else param(rngs, (e,), ("embed",), w, 0)
 
   def __call__(self, x):
-    up = x @ self.up[...].astype(x.dtype)
     if self.gated:
-      hidden = jax.nn.silu(x @ self.gate[...].astype(x.dtype)) * up
+      both = jnp.einsum("bse,etf->bstf", x, self.up[...].astype(x.dtype))
+      hidden = jax.nn.silu(both[:, :, 0]) * both[:, :, 1]
     else:
-      hidden = jax.nn.gelu(up + self.up_bias[...].astype(x.dtype), approximate=True)
+      up = x @ self.up[...].astype(x.dtype) + self.up_bias[...].astype(x.dtype)
+      hidden = jax.nn.gelu(up, approximate=True)
     out = hidden @ self.down[...].astype(x.dtype)
     return out if self.down_bias is None else out + self.down_bias[...].astype(x.dtype)
 

@@ -21,6 +21,8 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("head_dim", None),
+    ("qkv", None),
+    ("gate_up", None),
     ("positions", None),
     ("norm", None),
     ("reward_heads", None),
