@@ -105,9 +105,9 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
 
-def s0() -> ModelConfig:
+def s0(**overrides) -> ModelConfig:
   """Benchmark shape S0: Llama-style, vocab 512, d 256, 4 layers, 4 heads, ff 688."""
-  return ModelConfig()
+  return ModelConfig(**overrides)
 
 
 def tiny_llama(**overrides) -> ModelConfig:

@@ -1,9 +1,10 @@
 """Hugging Face causal-LM checkpoints (config.json + safetensors) in and out, without torch.
 
 Supported: ``llama`` and ``qwen2`` (our "llama" family) and ``gpt2``. Torch linear
-weights are stored [out, in]; ours keep the input axis first and split heads out:
-q/k/v [E, heads, D], o [H, D, E], MLP [E, F] / [F, E], lm_head [E, V]. GPT-2's Conv1D
-weights are already [in, out]; its fused ``c_attn`` is split into q, k and v.
+weights are stored [out, in]; ours keep the input axis first and split heads out
+(o [H, D, E], down [F, E], lm_head [E, V]). Our query/key/value and gate/up
+projections are fused; ``rmjax.models.layout`` alone knows that order. GPT-2's Conv1D
+weights are already [in, out], with q, k and v side by side in ``c_attn``.
 
 Loading builds the model abstractly (``nnx.eval_shape``) and fills its state from the
 files, so no random initialisation of the backbone happens. Parameters a causal-LM
@@ -20,102 +21,119 @@ from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import safetensors
-import safetensors.flax
+import safetensors.numpy
 from flax import nnx
 
+from rmjax.models import layout
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
 
-Path = tuple  # a state path such as ("blocks", 0, "attn", "q")
+Path = tuple  # a state path such as ("blocks", 0, "attn", "qkv")
 
 
 class Rule(NamedTuple):
-  """One HF tensor <-> one or more of our parameters.
+  """Some HF tensors <-> some of our parameters (NumPy arrays both ways).
 
-  ``load(hf_array, our_shapes) -> tuple of our arrays``; ``save(*our_arrays) -> hf_array``.
+  ``load(*hf_arrays) -> tuple of ours``; ``save(*our_arrays) -> tuple of HF arrays``,
+  both in the order of ``hf`` (name -> expected HF shape) and ``ours``.
   """
-  hf: str
+  hf: dict[str, tuple[int, ...]]
   ours: tuple[Path, ...]
   load: Callable
   save: Callable
 
 
-def _copy(hf, path):  # same layout, reshaped if the sizes agree (e.g. bias [H*D] -> [H, D])
-  return Rule(hf, (path,), lambda w, s: (w.reshape(s[0]),), lambda w: w)
+def _reshaped(name, hf_shape, path, our_shape):  # same element order (GPT-2 Conv1D, norms)
+  return Rule({name: hf_shape}, (path,), lambda w: (w.reshape(our_shape),),
+              lambda w: (w.reshape(hf_shape),))
 
 
-def _flat(hf, path):  # ours [H, D] <-> HF [H*D]
-  return Rule(hf, (path,), lambda w, s: (w.reshape(s[0]),), lambda w: w.reshape(-1))
+def _linear(name, hf_shape, path, our_shape):  # torch [out, in] <-> ours [in..., out...]
+  return Rule({name: hf_shape}, (path,), lambda w: (w.T.reshape(our_shape),),
+              lambda w: (w.reshape(hf_shape[::-1]).T,))
 
 
-def _torch_linear(hf, path):  # ours [in, *out] <-> torch [prod(out), in]
-  return Rule(hf, (path,), lambda w, s: (w.T.reshape(s[0]),),
-              lambda w: w.reshape(w.shape[0], -1).T)
+def _llama_qkv(names, cfg, path, bias):
+  """q/k/v_proj weights [H*D, E], [KV*D, E] x2 (biases [H*D], [KV*D] x2) <-> fused."""
+  e, h, kv, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+  sizes = (h * d, kv * d, kv * d)
+  shapes = [(n,) if bias else (n, e) for n in sizes]
+
+  def load(*qkv):
+    return (layout.fuse_qkv(*(x.reshape(-1, d) if bias else x.T.reshape(e, -1, d)
+                              for x in qkv)),)
+
+  def save(w):
+    return tuple(x.reshape(-1) if bias else x.reshape(e, -1).T for x in layout.split_qkv(w))
+  return Rule(dict(zip(names, shapes)), (path,), load, save)
 
 
-def _torch_out_proj(hf, path):  # ours [H, D, E] <-> torch [E, H*D]
-  return Rule(hf, (path,), lambda w, s: (w.T.reshape(s[0]),),
-              lambda w: w.reshape(-1, w.shape[-1]).T)
+def _gpt2_qkv(name, cfg, path, bias):
+  """c_attn weight [E, 3E] (bias [3E]), q | k | v along the last axis <-> fused."""
+  e, h, d = cfg.d_model, cfg.n_heads, cfg.dim_per_head
+
+  def load(w):
+    parts = np.split(w, 3, axis=-1)
+    return (layout.fuse_qkv(*(x.reshape(*x.shape[:-1], h, d) for x in parts)),)
+
+  def save(w):
+    return (np.concatenate([x.reshape(*x.shape[:-2], -1) for x in layout.split_qkv(w)], -1),)
+  return Rule({name: (3 * e,) if bias else (e, 3 * e)}, (path,), load, save)
 
 
-def _conv1d(hf, path):  # ours [in, *out] <-> Conv1D [in, prod(out)]
-  return Rule(hf, (path,), lambda w, s: (w.reshape(s[0]),),
-              lambda w: w.reshape(w.shape[0], -1))
-
-
-def _conv1d_out_proj(hf, path):  # ours [H, D, E] <-> Conv1D [H*D, E]
-  return Rule(hf, (path,), lambda w, s: (w.reshape(s[0]),),
-              lambda w: w.reshape(-1, w.shape[-1]))
-
-
-def _fused_qkv(hf, paths):  # ours 3 x [E, H, D] (or biases 3 x [H, D]) <-> [..., 3*H*D]
-  def load(w, shapes):
-    return tuple(part.reshape(s) for part, s in zip(jnp.split(w, 3, axis=-1), shapes))
-
-  def save(*parts):
-    lead = parts[0].shape[:-2]
-    return jnp.concatenate([p.reshape(*lead, -1) for p in parts], axis=-1)
-  return Rule(hf, tuple(paths), load, save)
+def _gate_up(gate, up, cfg, path):
+  """gate_proj, up_proj [F, E] <-> fused [E, 2, F]."""
+  f, e = cfg.d_ff, cfg.d_model
+  return Rule({gate: (f, e), up: (f, e)}, (path,),
+              lambda g, u: (layout.fuse_gate_up(g.T, u.T),),
+              lambda w: tuple(x.T for x in layout.split_gate_up(w)))
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:
-  """The HF name and layout transform of every backbone / LM-head parameter."""
+  """The HF names, shapes and layout transforms of every backbone / LM-head parameter."""
+  e, f, v, h, d = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads, cfg.dim_per_head
   if cfg.family == "gpt2":
     p = "transformer."
-    rules = [_copy(p + "wte.weight", ("embed",)), _copy(p + "wpe.weight", ("pos_embed",)),
-             _copy(p + "ln_f.weight", ("final_norm", "scale")),
-             _copy(p + "ln_f.bias", ("final_norm", "bias"))]
+    rules = [_reshaped(p + "wte.weight", (v, e), ("embed",), (v, e)),
+             _reshaped(p + "wpe.weight", (cfg.max_seq_len, e), ("pos_embed",),
+                       (cfg.max_seq_len, e))]
+    norms = [(p + "ln_f", ("final_norm",))]
     for i in range(cfg.n_layers):
-      h, b = f"{p}h.{i}.", ("blocks", i)
+      a, b = f"{p}h.{i}.", ("blocks", i)
+      norms += [(a + "ln_1", b + ("attn_norm",)), (a + "ln_2", b + ("mlp_norm",))]
       rules += [
-          _fused_qkv(h + "attn.c_attn.weight", [b + ("attn", n) for n in "qkv"]),
-          _fused_qkv(h + "attn.c_attn.bias", [b + ("attn", n + "_bias") for n in "qkv"]),
-          _conv1d_out_proj(h + "attn.c_proj.weight", b + ("attn", "o")),
-          _copy(h + "attn.c_proj.bias", b + ("attn", "o_bias")),
-          _conv1d(h + "mlp.c_fc.weight", b + ("mlp", "up")),
-          _copy(h + "mlp.c_fc.bias", b + ("mlp", "up_bias")),
-          _conv1d(h + "mlp.c_proj.weight", b + ("mlp", "down")),
-          _copy(h + "mlp.c_proj.bias", b + ("mlp", "down_bias"))]
-      for hf_norm, norm in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-        rules += [_copy(f"{h}{hf_norm}.weight", b + (norm, "scale")),
-                  _copy(f"{h}{hf_norm}.bias", b + (norm, "bias"))]
+          _gpt2_qkv(a + "attn.c_attn.weight", cfg, b + ("attn", "qkv"), bias=False),
+          _gpt2_qkv(a + "attn.c_attn.bias", cfg, b + ("attn", "qkv_bias"), bias=True),
+          _reshaped(a + "attn.c_proj.weight", (h * d, e), b + ("attn", "o"), (h, d, e)),
+          _reshaped(a + "attn.c_proj.bias", (e,), b + ("attn", "o_bias"), (e,)),
+          _reshaped(a + "mlp.c_fc.weight", (e, f), b + ("mlp", "up"), (e, f)),
+          _reshaped(a + "mlp.c_fc.bias", (f,), b + ("mlp", "up_bias"), (f,)),
+          _reshaped(a + "mlp.c_proj.weight", (f, e), b + ("mlp", "down"), (f, e)),
+          _reshaped(a + "mlp.c_proj.bias", (e,), b + ("mlp", "down_bias"), (e,))]
+    for hf_norm, ours in norms:
+      rules += [_reshaped(f"{hf_norm}.{n}", (e,), ours + (o,), (e,))
+                for n, o in (("weight", "scale"), ("bias", "bias"))]
   else:
-    rules = [_copy("model.embed_tokens.weight", ("embed",)),
-             _copy("model.norm.weight", ("final_norm", "scale"))]
+    rules = [_reshaped("model.embed_tokens.weight", (v, e), ("embed",), (v, e)),
+             _reshaped("model.norm.weight", (e,), ("final_norm", "scale"), (e,))]
     for i in range(cfg.n_layers):
-      h, b = f"model.layers.{i}.", ("blocks", i)
-      rules += [_copy(h + "input_layernorm.weight", b + ("attn_norm", "scale")),
-                _copy(h + "post_attention_layernorm.weight", b + ("mlp_norm", "scale")),
-                _torch_out_proj(h + "self_attn.o_proj.weight", b + ("attn", "o"))]
-      for n in "qkv":
-        rules.append(_torch_linear(f"{h}self_attn.{n}_proj.weight", b + ("attn", n)))
-        if cfg.qkv_bias:
-          rules.append(_flat(f"{h}self_attn.{n}_proj.bias", b + ("attn", n + "_bias")))
-      for n in ("gate", "up", "down"):
-        rules.append(_torch_linear(f"{h}mlp.{n}_proj.weight", b + ("mlp", n)))
+      a, b = f"model.layers.{i}.", ("blocks", i)
+      proj = [f"{a}self_attn.{n}_proj" for n in "qkv"]
+      rules += [
+          _reshaped(a + "input_layernorm.weight", (e,), b + ("attn_norm", "scale"), (e,)),
+          _reshaped(a + "post_attention_layernorm.weight", (e,), b + ("mlp_norm", "scale"),
+                    (e,)),
+          _llama_qkv([n + ".weight" for n in proj], cfg, b + ("attn", "qkv"), bias=False),
+          _linear(a + "self_attn.o_proj.weight", (e, h * d), b + ("attn", "o"), (h, d, e)),
+          _gate_up(a + "mlp.gate_proj.weight", a + "mlp.up_proj.weight", cfg, b + ("mlp", "up")),
+          _linear(a + "mlp.down_proj.weight", (e, f), b + ("mlp", "down"), (f, e))]
+      if cfg.qkv_bias:
+        rules.append(_llama_qkv([n + ".bias" for n in proj], cfg, b + ("attn", "qkv_bias"),
+                                bias=True))
   if cfg.lm_head and not cfg.tie_embeddings:
-    rules.append(_torch_linear("lm_head.weight", ("lm_head",)))
+    rules.append(_linear("lm_head.weight", (v, e), ("lm_head",), (e, v)))
   return rules
 
 
@@ -212,19 +230,19 @@ def _init_leaves(cfg: ModelConfig, paths: list[Path], seed: int) -> list[jax.Arr
 
 
 def from_hf_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple],
-                    read: Callable[[str], jax.Array], seed: int = 0) -> Transformer:
+                    read: Callable[[str], np.ndarray], seed: int = 0) -> Transformer:
   """A Transformer whose backbone comes from HF-named tensors.
 
   ``shapes`` maps each available HF tensor name to its shape; ``read(name)`` returns
-  that tensor (any array type). Names may lack the ``model.`` / ``transformer.``
-  prefix (base-model checkpoints). Raises ValueError naming every missing tensor
-  (and the file's unused ones) or every shape mismatch (expected vs found).
+  that tensor as a NumPy array (any float dtype; cast to ``cfg.param_dtype``). Names
+  may lack the ``model.`` / ``transformer.`` prefix (base-model checkpoints). Raises
+  ValueError naming every missing tensor (and then the unused ones) or every shape
+  mismatch (expected vs found).
   """
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
   graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
-  leaves = {p: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
-            for p, leaf in zip(flat.paths, flat.leaves)}
+  leaves = dict(zip(flat.paths, flat.leaves))
   rules = _rules(cfg)
 
   def resolve(name):  # base-model checkpoints drop the "model." / "transformer." prefix
@@ -233,14 +251,14 @@ def from_hf_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple],
 
   missing, wrong, used = [], [], set()
   for rule in rules:
-    want = tuple(jax.eval_shape(rule.save, *(leaves[p] for p in rule.ours)).shape)
-    name = resolve(rule.hf)
-    if name is None:
-      missing.append(f"{rule.hf} {want}")
-      continue
-    used.add(name)
-    if tuple(shapes[name]) != want:
-      wrong.append(f"{rule.hf}: expected shape {want}, found {tuple(shapes[name])}")
+    for name, want in rule.hf.items():
+      found = resolve(name)
+      if found is None:
+        missing.append(f"{name} {want}")
+        continue
+      used.add(found)
+      if tuple(shapes[found]) != want:
+        wrong.append(f"{name}: expected shape {want}, found {tuple(shapes[found])}")
   if missing or wrong:
     problems = []
     if missing:
@@ -254,8 +272,11 @@ def from_hf_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple],
 
   values = {}
   for rule in rules:
-    arrays = rule.load(jnp.asarray(read(resolve(rule.hf))), [leaves[p].shape for p in rule.ours])
+    arrays = rule.load(*(np.asarray(read(resolve(name))) for name in rule.hf))
     for path, array in zip(rule.ours, arrays):
+      if array.shape != leaves[path].shape:  # a rule out of step with the model's layout
+        raise ValueError(f"{list(rule.hf)} converted to shape {array.shape}, but "
+                         f"{'.'.join(map(str, path))} has shape {leaves[path].shape}")
       values[path] = jnp.asarray(array, leaves[path].dtype)
   rest = [p for p in flat.paths if p not in values]
   values.update(zip(rest, _init_leaves(cfg, rest, seed)))
@@ -265,7 +286,7 @@ def from_hf_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple],
 
 
 def load_hf(folder, *, seed: int = 0, **config_overrides) -> Transformer:
-  """A Transformer from an HF folder: config.json and model.safetensors (or shards
+  """A Transformer from an HF folder: config.json and model.safetensors (or the shards
   listed in model.safetensors.index.json). Weights are cast to ``param_dtype``."""
   folder = pathlib.Path(folder)
   cfg = config_from_hf(json.loads((folder / "config.json").read_text()), **config_overrides)
@@ -276,6 +297,7 @@ def load_hf(folder, *, seed: int = 0, **config_overrides) -> Transformer:
     files = sorted(f.name for f in folder.glob("*.safetensors"))
   if not files:
     raise FileNotFoundError(f"no *.safetensors files in {folder}")
+  cpu = jax.devices("cpu")[0]
   with contextlib.ExitStack() as stack:
     handles, shapes = {}, {}
     for file in files:
@@ -283,7 +305,11 @@ def load_hf(folder, *, seed: int = 0, **config_overrides) -> Transformer:
       for name in f.keys():
         handles[name] = f
         shapes[name] = tuple(f.get_slice(name).get_shape())
-    return from_hf_tensors(cfg, shapes, lambda name: handles[name].get_tensor(name), seed)
+
+    def read(name):  # framework="numpy" cannot read bfloat16; "flax" can, on the host.
+      with jax.default_device(cpu):
+        return np.asarray(handles[name].get_tensor(name))
+    return from_hf_tensors(cfg, shapes, read, seed)
 
 
 # --------------------------------------------------------------------------- saving
@@ -300,6 +326,10 @@ def save_hf(model: Transformer, folder) -> None:
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  tensors = {r.hf: r.save(*(flat[p][...] for p in r.ours)) for r in _rules(cfg)}
-  safetensors.flax.save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+  tensors = {}
+  for rule in _rules(cfg):
+    arrays = rule.save(*(np.asarray(flat[p][...]) for p in rule.ours))
+    tensors.update((name, np.ascontiguousarray(a)) for name, a in zip(rule.hf, arrays))
+  safetensors.numpy.save_file(tensors, str(folder / "model.safetensors"),
+                              metadata={"format": "pt"})
   (folder / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")

@@ -1,0 +1,38 @@
+"""Command line: ``rmjax <command> [--config=FILE] [--config.field=value ...]``.
+
+Each command has an embedded default config (``rmjax/configs``); ``--config`` points
+at another config file (``experiments/configs/*.py``) and ``--config.x=y`` overrides
+single fields.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from rmjax import configs
+
+COMMANDS = {"demo": "rmjax.commands.demo"}
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    names = ", ".join(COMMANDS)
+    sys.exit(f"usage: rmjax <command> [--config=FILE] [--config.field=value]\n"
+             f"commands: {names}")
+  command = argv.pop(1)
+  default = os.path.join(os.path.dirname(configs.__file__), f"{command}.py")
+  config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
+  module = __import__(COMMANDS[command], fromlist=["run"])
+  def run_command(_):
+    module.run(config_flag.value)  # absl would exit with a returned value as status.
+
+  app.run(run_command, argv=argv)
+
+
+if __name__ == "__main__":
+  main()
