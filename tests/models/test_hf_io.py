@@ -100,16 +100,33 @@ def test_sharded_checkpoint(tmp_path):
   _assert_close(_our_logits(load_hf(tmp_path), _tokens()), _torch_logits(reference, _tokens()))
 
 
+def test_bfloat16_checkpoint(tmp_path):
+  _torch_model("llama_tied_gqa", tmp_path / "f32").to(torch.bfloat16).save_pretrained(
+      tmp_path / "bf16", safe_serialization=True)
+  # The bf16-rounded weights in float32 (not .float() after .to(bf16): that also rounds
+  # the rotary frequencies).
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "bf16", dtype=torch.float32).eval()
+  model = load_hf(tmp_path / "bf16")
+  assert model.embed[...].dtype == jnp.float32
+  _assert_close(_our_logits(model, _tokens()), _torch_logits(reference, _tokens()))
+  save_hf(load_hf(tmp_path / "bf16", param_dtype="bfloat16"), tmp_path / "ours")
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype="auto")
+  assert theirs.dtype == torch.bfloat16
+
+
 def test_config_fields_and_overrides(tmp_path):
   _torch_model("llama3_rope", tmp_path)
-  hf = json.loads((tmp_path / "config.json").read_text())
-  config = config_from_hf(hf)
+  config = config_from_hf(json.loads((tmp_path / "config.json").read_text()))
   assert (config.n_kv_heads, config.head_dim, config.rope_theta) == (2, 16, 500_000.0)
   assert dict(config.rope_scaling)["rope_type"] == "llama3"
-  model = load_hf(tmp_path, param_dtype="bfloat16", num_reward_heads=2, value_head=True)
-  assert model.embed[...].dtype == jnp.bfloat16
-  # Heads absent from a causal-LM checkpoint are initialised as Transformer would.
-  fresh = Transformer(model.cfg, rngs=nnx.Rngs(0))
+  assert load_hf(tmp_path, param_dtype="bfloat16").embed[...].dtype == jnp.bfloat16
+
+
+def test_heads_absent_from_checkpoint_are_initialised(tmp_path):
+  _torch_model("qwen2", tmp_path)
+  model = load_hf(tmp_path, num_reward_heads=2, value_head=True, seed=5)
+  fresh = Transformer(model.cfg, rngs=nnx.Rngs(5))  # what a fresh model would hold
   np.testing.assert_array_equal(model.reward_head[...], fresh.reward_head[...])
   np.testing.assert_array_equal(model.value_head[...], fresh.value_head[...])
 
