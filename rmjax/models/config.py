@@ -36,7 +36,8 @@ class ModelConfig:
   d_ff: int = 688
   max_seq_len: int = 2048  # Size of the learned position table (gpt2 only).
   rope_theta: float = 10_000.0
-  # None, or a mapping with "rope_type" in ROPE_SCALING_TYPES and its fields
+  # None, or (key, value) pairs (a dict is converted) with "rope_type" in
+  # ROPE_SCALING_TYPES and its fields
   # (Hugging Face's names: factor, low_freq_factor, high_freq_factor,
   # original_max_position_embeddings).
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
@@ -53,6 +54,8 @@ class ModelConfig:
   init_std: float = 0.02
 
   def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):  # keep the config hashable (a jit static)
+      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     problems = []
     if self.family not in FAMILIES:
       problems.append(f"family={self.family!r} is not one of {FAMILIES}")

@@ -166,8 +166,14 @@ class Transformer(nnx.Module):
     """
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+    length = tokens.shape[1] if cache is None else cache.max_len
+    if self.pos_embed is not None and length > cfg.max_seq_len:
+      raise ValueError(f"sequence length {length} exceeds the learned position table "
+                       f"(ModelConfig.max_seq_len={cfg.max_seq_len})")
     if positions is None:
       positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+      if cache is not None:  # continue from the real tokens already cached
+        positions = positions + jnp.sum(cache.valid, axis=1, dtype=positions.dtype)[:, None]
     if cache is not None:
       cache = cache._replace(valid=kvc.write(cache.valid, mask, cache.index))
     attn_mask = attention_mask(mask, cache, tokens.shape[1])

@@ -54,6 +54,9 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 def check_batch(batch, mesh: Mesh) -> None:
   size = data_parallel_size(mesh)
   for path, x in jax.tree_util.tree_leaves_with_path(batch):
+    if np.ndim(x) == 0:
+      raise ValueError(f"batch field {jax.tree_util.keystr(path)} is a scalar; every "
+                       "batch field needs a leading batch dimension")
     if x.shape[0] % size:
       raise ValueError(
           f"batch field {jax.tree_util.keystr(path)} has {x.shape[0]} rows, which the "
