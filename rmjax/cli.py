@@ -7,6 +7,7 @@ single fields.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(f"usage: rmjax <command> [--config=FILE] [--config.field=value]\n"
              f"commands: {names}")
   command = argv.pop(1)
+  # JAX logs at INFO that it found no TPU; on a CPU or GPU host that is only noise.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   default = os.path.join(os.path.dirname(configs.__file__), f"{command}.py")
   config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
   module = __import__(COMMANDS[command], fromlist=["run"])
