@@ -1,0 +1,1 @@
+"""Preference data: the example schema, readers, the synthetic gold-reward task."""
