@@ -1,0 +1,1 @@
+"""Reward-model objectives and metrics: pure functions of reward arrays (no Flax, no config)."""
