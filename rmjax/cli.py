@@ -12,11 +12,12 @@ import os
 import sys
 
 from absl import app
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from rmjax import configs
 
-COMMANDS = {"demo": "rmjax.commands.demo"}
+COMMANDS = {"demo": "rmjax.commands.demo", "train-rm": "rmjax.commands.train_rm"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,10 +29,12 @@ def main(argv: list[str] | None = None) -> None:
   command = argv.pop(1)
   # JAX logs at INFO that it found no TPU; on a CPU or GPU host that is only noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  default = os.path.join(os.path.dirname(configs.__file__), f"{command}.py")
+  default = os.path.join(os.path.dirname(configs.__file__),
+                         f"{command.replace('-', '_')}.py")
   config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
   module = __import__(COMMANDS[command], fromlist=["run"])
   def run_command(_):
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO.
     module.run(config_flag.value)  # absl would exit with a returned value as status.
 
   app.run(run_command, argv=argv)

@@ -1,0 +1,27 @@
+"""Default config of ``rmjax train-rm``: a Bradley–Terry reward model on the synthetic
+gold-reward task, small enough to train on a laptop CPU in a few minutes."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
+  c.model = ml_collections.ConfigDict(dict(
+      preset="tiny_llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+      max_seq_len=64))
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",
+      synthetic=ml_collections.ConfigDict(dict(
+          num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0))))
+  c.loss = ml_collections.ConfigDict(dict(
+      label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=50, weight_decay=0.01, b1=0.9, b2=0.99, clip_norm=1.0,
+      grad_accum=1))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=600, batch_size=32, log_every=25, eval_every=100, save_every=200,
+      keep_checkpoints=2, workdir="runs/train_rm"))
+  return c

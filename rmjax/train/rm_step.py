@@ -1,0 +1,65 @@
+"""Reward-model steps: pure functions of (state, batch), jitted once by the trainer.
+
+The train state is a dict ``{"params": nnx.State, "opt_state": optax state,
+"step": int32[]}``; batches use the keys of ``rmjax.data.schema``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from rmjax.data import schema
+from rmjax.objectives import bt
+
+
+def pair_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
+  """Scores of both sides with the first reward head: (r_chosen [B], r_rejected [B]).
+
+  Chosen and rejected sequences go through the backbone as one batch of 2B rows.
+  """
+  tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
+  mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
+  hidden, _ = model(tokens, mask)
+  rewards = model.rewards(hidden, mask)[:, 0]
+  half = tokens.shape[0] // 2
+  return rewards[:half], rewards[half:]
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg):
+  """``loss_cfg``: label_smoothing, center_coef, score_reg_coef, use_margin."""
+
+  def loss_fn(params, batch):
+    r_chosen, r_rejected = pair_rewards(nnx.merge(graphdef, params), batch)
+    margin = batch[schema.MARGIN] if loss_cfg.use_margin else None
+    loss, aux = bt.bradley_terry_loss(
+        r_chosen, r_rejected, margin=margin, weight=batch[schema.WEIGHT],
+        label_smoothing=loss_cfg.label_smoothing, center_coef=loss_cfg.center_coef,
+        score_reg_coef=loss_cfg.score_reg_coef)
+    return loss, (r_chosen, r_rejected)
+
+  def step(state, batch):
+    (loss, (r_chosen, r_rejected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "accuracy": bt.pairwise_accuracy(r_chosen, r_rejected),
+               "margin": bt.mean_margin(r_chosen, r_rejected),
+               "grad_norm": optax.tree.norm(grads)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return step
+
+
+def make_eval_step(graphdef):
+  """(params, batch) -> per-pair rewards and response lengths, for host-side metrics."""
+
+  def step(params, batch):
+    r_chosen, r_rejected = pair_rewards(nnx.merge(graphdef, params), batch)
+    return {"r_chosen": r_chosen, "r_rejected": r_rejected,
+            "len_chosen": jnp.sum(batch[schema.CHOSEN_MASK], axis=1),
+            "len_rejected": jnp.sum(batch[schema.REJECTED_MASK], axis=1)}
+
+  return step
