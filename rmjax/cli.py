@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
@@ -31,8 +31,17 @@ def main(argv: list[str] | None = None) -> None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   default = os.path.join(os.path.dirname(configs.__file__),
                          f"{command.replace('-', '_')}.py")
-  config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
   module = __import__(COMMANDS[command], fromlist=["run"])
+  try:  # parse once up front so a bad override is one clear line, not a traceback
+    config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
+    flags.FLAGS(argv)
+    config_flag.value  # overrides are applied on first access
+  except (flags.Error, AttributeError, KeyError, ValueError) as error:
+    detail = str(error.args[0] if error.args else error)
+    for escaped, plain in (("\\n", " "), ("\n", " "), ("\\'", "'")):  # KeyError quoting
+      detail = detail.replace(escaped, plain)
+    sys.exit(f"rmjax {command}: bad config override: {detail.replace(chr(39), '')}")
+
   def run_command(_):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO.
     module.run(config_flag.value)  # absl would exit with a returned value as status.

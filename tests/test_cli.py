@@ -39,3 +39,19 @@ def test_mesh_not_matching_devices_is_a_clear_error():
   result = _run("demo", "--config.model=tiny_llama", "--config.mesh.data=4")
   assert result.returncode != 0
   assert "needs 4 devices but 8 are available" in result.stderr
+
+
+def test_unknown_config_field_is_named():
+  result = _run("train-rm", "--config.train.stepz=5")
+  assert result.returncode != 0
+  assert "stepz" in result.stderr and 'Did you mean "steps"' in result.stderr
+
+
+def test_train_rm_main_job_reports_held_out_and_gold(tmp_path):
+  result = _run("train-rm", f"--config.train.workdir={tmp_path}", "--config.train.steps=20",
+                "--config.train.eval_every=20", "--config.data.synthetic.num_train_pairs=256",
+                "--config.data.synthetic.num_eval_pairs=64")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "held-out: accuracy" in result.stdout and "gold_agreement" in result.stdout
+  assert (tmp_path / "training_curves.png").exists()
+  assert (tmp_path / "checkpoints" / "20").is_dir()

@@ -68,6 +68,13 @@ def train(config) -> dict:
   """Train per ``config`` (see ``rmjax/configs/train_rm.py``); returns final eval metrics."""
   tc = config.train
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  data_parallel = parallel.sharding.data_parallel_size(mesh)
+  if tc.batch_size % data_parallel:
+    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
+                     f"size {data_parallel} of mesh {dict(mesh.shape)}")
+  for name in ("steps", "log_every", "eval_every", "save_every"):
+    if tc[name] < 1:
+      raise ValueError(f"train.{name}={tc[name]} must be >= 1")
   data = rm_data.load(config.data)
   cfg = build_model_config(config.model, data.vocab_size)
   updates = tc.steps // config.optim.grad_accum
