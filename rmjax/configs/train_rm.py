@@ -23,5 +23,6 @@ def get_config() -> ml_collections.ConfigDict:
       grad_accum=1))
   c.train = ml_collections.ConfigDict(dict(
       steps=600, batch_size=32, log_every=25, eval_every=100, save_every=200,
-      keep_checkpoints=2, workdir="runs/train_rm"))
+      keep_checkpoints=2, workdir="runs/train_rm",
+      shared_prompt=False))  # encode each prompt once per pair (rmjax/data/shared_prompt.py)
   return c

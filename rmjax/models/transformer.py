@@ -157,12 +157,15 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,
                positions: jax.Array | None = None, cache: kvc.KVCache | None = None,
-               dropout_key: jax.Array | None = None):
+               dropout_key: jax.Array | None = None, attn_mask: jax.Array | None = None):
     """tokens, mask [batch, seq] -> (hidden [batch, seq, d_model], updated cache or None).
 
     ``mask`` marks real tokens (default: all). ``positions`` default to each row's
     count of real tokens before it, so left padding is handled. With a ``cache`` the
     tokens are written at slot ``cache.index`` and attend to all earlier slots.
+    ``attn_mask`` [batch, seq, seq] (no cache) replaces the causal mask, for packed
+    sequences such as a shared prompt followed by two responses that must not see
+    each other.
     """
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
@@ -176,7 +179,10 @@ class Transformer(nnx.Module):
         positions = positions + jnp.sum(cache.valid, axis=1, dtype=positions.dtype)[:, None]
     if cache is not None:
       cache = cache._replace(valid=kvc.write(cache.valid, mask, cache.index))
-    attn_mask = attention_mask(mask, cache, tokens.shape[1])
+    if attn_mask is None:
+      attn_mask = attention_mask(mask, cache, tokens.shape[1])
+    elif cache is not None:
+      raise ValueError("attn_mask cannot be combined with a KV cache")
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     if self.pos_embed is not None:
       x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cfg.compute_dtype)
@@ -212,9 +218,13 @@ class Transformer(nnx.Module):
 
     Read at each sequence's last real token; no bias (it cancels in pairwise losses).
     """
+    return self.rewards_at(hidden, last_token_index(mask))
+
+  def rewards_at(self, hidden: jax.Array, index: jax.Array) -> jax.Array:
+    """Rewards [batch, K] read from hidden [batch, seq, d_model] at index [batch]."""
     if self.reward_head is None:
       raise ValueError("this model has num_reward_heads=0")
-    last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+    last = jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
     return jnp.einsum("be,ek->bk", last, self.reward_head[...].astype(last.dtype),
                       preferred_element_type=jnp.float32)
 

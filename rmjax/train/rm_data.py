@@ -10,13 +10,13 @@ import numpy as np
 from rmjax.data import schema, synthetic
 
 TRAIN_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
-              schema.REJECTED_MASK, schema.MARGIN, schema.WEIGHT)
+              schema.REJECTED_MASK, schema.MARGIN, schema.WEIGHT, "prompt_len")
 SOURCES = ("synthetic",)
 
 
 @dataclasses.dataclass
 class RMData:
-  train: dict[str, np.ndarray]  # TRAIN_KEYS only
+  train: dict[str, np.ndarray]  # TRAIN_KEYS only ("prompt_len": tokens of the prompt)
   eval: dict[str, np.ndarray]  # TRAIN_KEYS and, for synthetic data, gold rewards and flags
   vocab_size: int
   data_hash: str
@@ -43,5 +43,5 @@ def load(cfg) -> RMData:
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
   return RMData(train={k: train[k] for k in TRAIN_KEYS},
-                eval={k: v for k, v in evaluation.items() if k != "prompt_len"},
+                eval=evaluation,
                 vocab_size=scfg.vocab_size, data_hash=arrays_hash(train, evaluation))

@@ -11,15 +11,23 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rmjax.data import schema
+from rmjax.data import schema, shared_prompt
 from rmjax.objectives import bt
 
 
 def pair_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
   """Scores of both sides with the first reward head: (r_chosen [B], r_rejected [B]).
 
-  Chosen and rejected sequences go through the backbone as one batch of 2B rows.
+  A packed batch (``shared_prompt.pack``) is encoded once per pair, prompt shared;
+  otherwise chosen and rejected sequences go through the backbone as 2B rows.
   """
+  if "packed_tokens" in batch:
+    segments = batch["packed_segments"]
+    hidden, _ = model(batch["packed_tokens"], segments != shared_prompt.PAD_SEGMENT,
+                      positions=batch["packed_positions"],
+                      attn_mask=shared_prompt.attention_mask(segments))
+    return (model.rewards_at(hidden, batch["chosen_last"])[:, 0],
+            model.rewards_at(hidden, batch["rejected_last"])[:, 0])
   tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
   mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
   hidden, _ = model(tokens, mask)
@@ -58,8 +66,6 @@ def make_eval_step(graphdef):
 
   def step(params, batch):
     r_chosen, r_rejected = pair_rewards(nnx.merge(graphdef, params), batch)
-    return {"r_chosen": r_chosen, "r_rejected": r_rejected,
-            "len_chosen": jnp.sum(batch[schema.CHOSEN_MASK], axis=1),
-            "len_rejected": jnp.sum(batch[schema.REJECTED_MASK], axis=1)}
+    return {"r_chosen": r_chosen, "r_rejected": r_rejected}
 
   return step

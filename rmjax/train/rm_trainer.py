@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rmjax import parallel
-from rmjax.data import schema
+from rmjax.data import schema, shared_prompt
 from rmjax.data.array_source import ArraySource, eval_batches
 from rmjax.models import config as model_config
 from rmjax.models.transformer import Transformer
@@ -51,12 +51,14 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
     parts.append({k: v[:real] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   r_c, r_r = out["r_chosen"], out["r_rejected"]
+  prompt_len = arrays.get("prompt_len", 0)
+  lengths = [arrays[key].sum(1) - prompt_len for key in (schema.CHOSEN_MASK, schema.REJECTED_MASK)]
   metrics = {
       "accuracy": bt.pairwise_accuracy(r_c, r_r),
       "margin": bt.mean_margin(r_c, r_r),
       "ece": bt.expected_calibration_error(r_c - r_r),
-      "length_correlation": bt.pearson_correlation(
-          np.concatenate([r_c, r_r]), np.concatenate([out["len_chosen"], out["len_rejected"]])),
+      "length_correlation": bt.pearson_correlation(np.concatenate([r_c, r_r]),
+                                                   np.concatenate(lengths)),
   }
   if schema.GOLD_CHOSEN in arrays:
     gold_c, gold_r = arrays[schema.GOLD_CHOSEN], arrays[schema.GOLD_REJECTED]
@@ -89,9 +91,14 @@ def train(config) -> dict:
   state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
            "step": jnp.zeros((), jnp.int32)}
   shardings = parallel.tree_shardings(state, mesh)
+  state = jax.device_put(state, shardings)  # committed like the step's outputs: one compile
 
   source = ArraySource(data.train, tc.batch_size, seed=config.seed)
-  batch_ndims = {k: v.ndim for k, v in source.batch(0).items()}
+  next_batch = source.batch
+  if tc.shared_prompt:  # encode each prompt once: [prompt | chosen | rejected] per row
+    slots = shared_prompt.slot_sizes(data.train)
+    next_batch = lambda step: shared_prompt.pack(source.batch(step), *slots)
+  batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
   train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss), mesh,
                                      shardings, batch_ndims)
   eval_fn = jax.jit(make_eval_step(graphdef))
@@ -110,7 +117,7 @@ def train(config) -> dict:
   eval_metrics, window = {}, []
   with checkpointer.install_sigterm_handler():
     for step in range(start, tc.steps):
-      state, metrics = train_step(state, parallel.shard_batch(source.batch(step), mesh))
+      state, metrics = train_step(state, parallel.shard_batch(next_batch(step), mesh))
       metrics = jax.device_get(metrics)
       check_finite(float(metrics["loss"]), step + 1)
       window.append(metrics)

@@ -104,3 +104,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(x, y)
   lines = lambda d: [l for l in open(d / "metrics.jsonl") if '"train"' in l]
   assert lines(straight)[-1] == lines(killed)[-1]  # same losses, so the same data order
+
+
+def test_shared_prompt_encoding_trains_identically(tmp_path):
+  losses = {}
+  for shared in (False, True):
+    config = tiny_config(tmp_path / str(shared), steps=20)
+    config.train.shared_prompt = shared
+    rm_trainer.train(config)
+    rows = [l for l in open(tmp_path / str(shared) / "metrics.jsonl") if '"train"' in l]
+    losses[shared] = [float(l.split('"loss": ')[1].split(",")[0]) for l in rows]
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)

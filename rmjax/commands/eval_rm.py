@@ -1,0 +1,122 @@
+"""``rmjax eval-rm``: a trained reward model's pairwise accuracy on preference sets.
+
+For each set (``config.sets``): pairs, accuracy (a tie counts 1/2), mean margin
+r_chosen - r_rejected, and the other held-out metrics of ``rm_trainer.evaluate``; then
+the pair-weighted overall accuracy and margin. The table is printed and written beside
+the run as ``<workdir>/eval_<name>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.data import readers
+from rmjax.data.schema import DataError
+from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
+                                  tokenize_pairs)
+from rmjax.parallel.sharding import data_parallel_size
+from rmjax.train import rm_trainer
+from rmjax.train.load_rm import load_trained_rm, resolve_max_len
+from rmjax.train.rm_step import make_eval_step
+
+LLMBAR = "llmbar"
+
+
+def parse_sets(sets) -> list[tuple[str, str, str | None]]:
+  """``sets``: "llmbar", or comma-separated "name=path[:format]" (a string or a list).
+
+  Returns (name, path, format or None) per set; "llmbar" expands to the five
+  LLMBar/RewardBench subsets of the shared data folder.
+  """
+  entries = [s.strip() for s in (sets.split(",") if isinstance(sets, str) else sets)]
+  out = []
+  for entry in filter(None, entries):
+    if entry == LLMBAR:
+      out += [(name, str(path), "llmbar")
+              for name, path in readers.llmbar_subsets(readers.shared_data_dir()).items()]
+      continue
+    name, eq, path = entry.partition("=")
+    if not eq or not name.strip() or not path.strip():
+      raise ValueError(f"sets entry {entry!r} is not 'name=path[:format]' or {LLMBAR!r}")
+    fmt = None
+    head, colon, tail = path.rpartition(":")
+    if colon and tail in readers.FORMATS:
+      path, fmt = head, tail
+    out.append((name.strip(), path, fmt))
+  if not out:
+    raise ValueError("config.sets names no preference set")
+  names = [name for name, _, _ in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.sets repeats a name: {names}")
+  return out
+
+
+def overall(rows: list[dict]) -> dict:
+  """Pair-count-weighted accuracy and mean margin over the sets."""
+  total = sum(r["pairs"] for r in rows)
+  return {"subset": "overall", "pairs": total,
+          **{k: sum(r["pairs"] * r[k] for r in rows) / total for k in ("accuracy", "margin")}}
+
+
+def markdown_table(rows: list[dict], summary: dict) -> str:
+  lines = ["| subset | pairs | accuracy | mean margin |", "|---|---:|---:|---:|"]
+  for r in [*rows, summary]:
+    name = f"**{r['subset']}**" if r is summary else r["subset"]
+    lines.append(f"| {name} | {r['pairs']} | {r['accuracy']:.4f} | {r['margin']:+.4f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _default_name(sets, parsed) -> str:
+  if isinstance(sets, str) and sets.strip() == LLMBAR:
+    return LLMBAR
+  names = [name for name, _, _ in parsed]
+  return "+".join(names) if len(names) <= 3 else f"{len(names)}sets"
+
+
+def run(config) -> dict:
+  parsed = parse_sets(config.sets)
+  mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  model, run_config = load_trained_rm(config.workdir, mesh)
+  max_len = resolve_max_len(config.max_len, model)
+  tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+  check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
+  graphdef, params = nnx.split(model)
+  eval_fn = jax.jit(make_eval_step(graphdef))
+  dp = data_parallel_size(mesh)
+  batch_size = -(-config.batch_size // dp) * dp
+
+  rows = []
+  for name, path, fmt in parsed:
+    pairs = readers.read_pairs(path, fmt, subset=name).pairs
+    if not pairs:
+      raise DataError(f"{path}: no pairs to evaluate")
+    for pair in pairs:
+      if isinstance(pair.chosen, str) and tokenizer is None:
+        raise DataError(f"{pair.source}: text pairs need --config.tokenizer (a tokenizer "
+                        "folder, a .gguf file or gpt2-bpe)")
+      for content in (pair.prompt, pair.chosen, pair.rejected):
+        check_token_ids(content, model.cfg.vocab_size, pair.source)
+    arrays = tokenize_pairs(pairs, tokenizer, max_len, pad_to_longest=True)
+    metrics = rm_trainer.evaluate(eval_fn, params, arrays, batch_size, mesh)
+    rows.append({"subset": name, "pairs": len(pairs), **metrics, "path": path})
+  summary = overall(rows)
+  table = markdown_table(rows, summary)
+
+  run_dir = os.path.dirname(run_config.checkpoint.directory)
+  name = config.name or _default_name(config.sets, parsed)
+  md_path, json_path = (os.path.join(run_dir, f"eval_{name}.{ext}") for ext in ("md", "json"))
+  step = run_config.checkpoint.step
+  header = f"Reward model {run_dir} (step {step}), max_len {max_len}\n\n"
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(header + table)
+  with open(json_path, "w", encoding="utf-8") as f:
+    json.dump({"workdir": run_dir, "step": step, "max_len": max_len,
+               "tokenizer": config.tokenizer, "sets": rows, "overall": summary}, f, indent=2)
+  print(header + table, end="")
+  print(f"wrote {md_path} and {json_path}")
+  return {"sets": rows, "overall": summary, "markdown": md_path, "json": json_path}

