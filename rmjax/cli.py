@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO.
     module.run(config_flag.value)  # absl would exit with a returned value as status.
 
-  app.run(run_command, argv=argv)
+  app.run(run_command, argv=argv[:1])  # flags are parsed above; parsing twice repeats tuples
 
 
 if __name__ == "__main__":

@@ -9,13 +9,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
+  # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny_llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-      max_seq_len=64))
+      max_seq_len=64, init_from=""))
   c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",
+      source="synthetic",  # or "files"
       synthetic=ml_collections.ConfigDict(dict(
-          num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0))))
+          num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0)),
+      # Preference files (any format rmjax.data.readers knows), split by source line
+      # [start, stop); tokenizer: a .gguf file, a tokenizer folder or "gpt2-bpe".
+      files=ml_collections.ConfigDict(dict(
+          paths=("",), format="", tokenizer="", train_lines=(1, 2001), eval_lines=(2001, 10**9),
+          skip_bad_rows=False, seq_len=256, max_response_len=192, data_dir="runs/data",
+          name="pairs"))))
   c.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
   c.optim = ml_collections.ConfigDict(dict(

@@ -1,4 +1,12 @@
-"""Training and eval arrays for reward-model training, from the configured source."""
+"""Training batches and eval arrays for reward-model training, from the configured source.
+
+  * "synthetic": the synthetic gold-reward task, in memory (``ArraySource``).
+  * "files": preference files (any format ``readers.read_pairs`` knows), tokenised with a
+    local tokenizer, prepared once as a TFDS ArrayRecord dataset split by source line,
+    and read through the grain pipeline (``PairPipeline``).
+Both give ``batch(step)``, a pure function of the step, so the data position in a
+checkpoint is the step itself.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +15,20 @@ import hashlib
 
 import numpy as np
 
-from rmjax.data import schema, synthetic
+from rmjax.data import pipeline, schema, shared_prompt, synthetic, tfds_builder, tokenize
+from rmjax.data.array_source import ArraySource
 
 TRAIN_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
               schema.REJECTED_MASK, schema.MARGIN, schema.WEIGHT, "prompt_len")
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic", "files")
 
 
 @dataclasses.dataclass
 class RMData:
-  train: dict[str, np.ndarray]  # TRAIN_KEYS only ("prompt_len": tokens of the prompt)
+  train: ArraySource | pipeline.PairPipeline  # .batch(step) -> TRAIN_KEYS arrays
   eval: dict[str, np.ndarray]  # TRAIN_KEYS and, for synthetic data, gold rewards and flags
-  vocab_size: int
+  slots: tuple[int, int]  # (prompt, response) slot sizes for shared-prompt packing
+  vocab_size: int  # of the data's token ids
   data_hash: str
 
 
@@ -31,10 +41,7 @@ def arrays_hash(*splits: dict[str, np.ndarray]) -> str:
   return digest.hexdigest()[:16]
 
 
-def load(cfg) -> RMData:
-  """``cfg.source``: "synthetic" (``cfg.synthetic`` holds SyntheticConfig fields)."""
-  if cfg.source not in SOURCES:
-    raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
+def _synthetic(cfg, batch_size: int, seed: int) -> RMData:
   fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
   unknown = set(cfg.synthetic.keys()) - fields
   if unknown:
@@ -42,6 +49,57 @@ def load(cfg) -> RMData:
   scfg = synthetic.SyntheticConfig(**cfg.synthetic.to_dict())
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
-  return RMData(train={k: train[k] for k in TRAIN_KEYS},
-                eval=evaluation,
-                vocab_size=scfg.vocab_size, data_hash=arrays_hash(train, evaluation))
+  train = {k: train[k] for k in TRAIN_KEYS}
+  return RMData(train=ArraySource(train, batch_size, seed=seed), eval=evaluation,
+                slots=shared_prompt.slot_sizes(train), vocab_size=scfg.vocab_size,
+                data_hash=arrays_hash(train, evaluation))
+
+
+def text_tokenizer(tokenizer):
+  """The TFDS builder's tokenizer: pairs -> prompt / chosen / rejected id lists.
+
+  The prompt gets the tokenizer's own prefix (e.g. BOS); each response ends in EOS when
+  the tokenizer has one. Token-id content passes through.
+  """
+  prefix = tokenize.special_prefix(tokenizer)
+  eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+  def encode(contents, before, after):
+    texts = [c for c in contents if isinstance(c, str)]
+    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    return [before + list(next(ids)) + after if isinstance(c, str) else list(c)
+            for c in contents]
+
+  def tokenize_pairs(pairs):
+    return {"prompt": encode([p.prompt for p in pairs], prefix, []),
+            "chosen": encode([p.chosen for p in pairs], [], eos),
+            "rejected": encode([p.rejected for p in pairs], [], eos)}
+  return tokenize_pairs, len(prefix)
+
+
+def _files(cfg, batch_size: int, seed: int) -> RMData:
+  f = cfg.files
+  tokenizer = tokenize.load_tokenizer(f.tokenizer)
+  encode, prefix_len = text_tokenizer(tokenizer)
+  ranges = {"train": tuple(f.train_lines), "eval": tuple(f.eval_lines)}
+  builder = tfds_builder.build_from_files(
+      f.data_dir, f.name, list(f.paths), ranges, encode, format=f.format or None,
+      skip_bad_rows=f.skip_bad_rows, tokenizer_id=str(f.tokenizer))
+  sources = tfds_builder.data_sources(f.data_dir, f.name)
+  options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
+                 keep_prompt_start=prefix_len)
+  train = pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
+      batch_size=batch_size, seed=seed, **options))
+  parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,
+                                                                   **options)]
+  evaluation = {k: np.concatenate([b[k][:real] for b, real in parts]) for k in TRAIN_KEYS}
+  return RMData(train=train, eval=evaluation, slots=(f.seq_len, f.max_response_len),
+                vocab_size=len(tokenizer), data_hash=builder.fingerprint)
+
+
+def load(cfg, batch_size: int, seed: int) -> RMData:
+  """``cfg.source``: "synthetic" (``cfg.synthetic``: SyntheticConfig fields) or "files"
+  (``cfg.files``: paths, format, tokenizer, line ranges, seq_len, data_dir, name)."""
+  if cfg.source not in SOURCES:
+    raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
+  return (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seed)

@@ -17,8 +17,9 @@ from flax import nnx
 
 from rmjax import parallel
 from rmjax.data import schema, shared_prompt
-from rmjax.data.array_source import ArraySource, eval_batches
+from rmjax.data.array_source import eval_batches
 from rmjax.models import config as model_config
+from rmjax.models import gguf_io, hf_io
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
 from rmjax.train import rm_data
@@ -36,11 +37,29 @@ def check_finite(loss: float, step: int) -> None:
 
 
 def build_model_config(cfg, vocab_size: int) -> model_config.ModelConfig:
-  fields = {k: v for k, v in cfg.to_dict().items() if k != "preset"}
+  """A preset with the config's ModelConfig fields on top (``init_from`` aside)."""
+  fields = {k: v for k, v in cfg.to_dict().items() if k not in ("preset", "init_from")}
   if cfg.preset not in model_config.PRESETS:
     raise ValueError(f"model.preset={cfg.preset!r} is not one of {sorted(model_config.PRESETS)}")
   return model_config.PRESETS[cfg.preset](
       **fields, vocab_size=vocab_size, num_reward_heads=1, lm_head=False)
+
+
+def build_model(cfg, vocab_size: int, seed: int, mesh) -> Transformer:
+  """A fresh reward model, or one whose backbone comes from ``cfg.init_from`` (a GGUF
+  file or a Hugging Face folder), sharded on ``mesh``."""
+  if not cfg.init_from:
+    mcfg = build_model_config(cfg, vocab_size)
+    return parallel.init_sharded(lambda: Transformer(mcfg, rngs=nnx.Rngs(seed)), mesh)
+  heads = dict(num_reward_heads=1, lm_head=False, seed=seed)
+  if str(cfg.init_from).endswith(".gguf"):
+    model, _ = gguf_io.load_gguf(cfg.init_from, **heads)
+  else:
+    model = hf_io.load_hf(cfg.init_from, **heads)
+  if model.cfg.vocab_size < vocab_size:
+    raise ValueError(f"model.init_from={cfg.init_from} has {model.cfg.vocab_size} token ids "
+                     f"but the data's tokenizer has {vocab_size}")
+  return parallel.shard_model(model, mesh)
 
 
 def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]:
@@ -77,15 +96,14 @@ def train(config) -> dict:
   for name in ("steps", "log_every", "eval_every", "save_every"):
     if tc[name] < 1:
       raise ValueError(f"train.{name}={tc[name]} must be >= 1")
-  data = rm_data.load(config.data)
-  cfg = build_model_config(config.model, data.vocab_size)
+  data = rm_data.load(config.data, tc.batch_size, config.seed)
   updates = tc.steps // config.optim.grad_accum
   if updates < 1:
     raise ValueError(f"train.steps={tc.steps} gives no update with "
                      f"optim.grad_accum={config.optim.grad_accum}")
   tx = make_optimizer(config.optim, updates)
 
-  model = parallel.init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(config.seed)), mesh)
+  model = build_model(config.model, data.vocab_size, config.seed, mesh)
   graphdef, params = nnx.split(model)
   opt_shardings = parallel.tree_shardings(jax.eval_shape(tx.init, params), mesh)
   state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
@@ -93,11 +111,9 @@ def train(config) -> dict:
   shardings = parallel.tree_shardings(state, mesh)
   state = jax.device_put(state, shardings)  # committed like the step's outputs: one compile
 
-  source = ArraySource(data.train, tc.batch_size, seed=config.seed)
-  next_batch = source.batch
+  next_batch = data.train.batch
   if tc.shared_prompt:  # encode each prompt once: [prompt | chosen | rejected] per row
-    slots = shared_prompt.slot_sizes(data.train)
-    next_batch = lambda step: shared_prompt.pack(source.batch(step), *slots)
+    next_batch = lambda step: shared_prompt.pack(data.train.batch(step), *data.slots)
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
   train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss), mesh,
                                      shardings, batch_ndims)
