@@ -19,7 +19,8 @@ from rmjax.data import readers, schema, synthetic
 from rmjax.models.transformer import Transformer
 from rmjax.train import rm_trainer
 from rmjax.train.checkpoint import Checkpointer, provenance
-from rmjax.train.load_rm import load_trained_rm
+from rmjax.models import hf_io
+from rmjax.train.load_rm import Encoding, encoding_for, load_trained_rm, model_config_of
 from rmjax.train.rm_step import pair_rewards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,3 +160,28 @@ def test_parse_sets():
     eval_rm.parse_sets("/just/a/path.jsonl")
   with pytest.raises(ValueError, match="repeats a name"):
     eval_rm.parse_sets("a=/x,a=/y")
+
+
+def test_encoding_defaults_come_from_the_run():
+  model = type("M", (), {"cfg": type("C", (), {"max_seq_len": 128})})()
+  files_run = train_rm.get_config()
+  files_run.data.source = "files"
+  files_run.data.files.update(tokenizer="gpt2-bpe", seq_len=96, max_response_len=40)
+  assert encoding_for(files_run, model) == Encoding("gpt2-bpe", 96, 40)
+  assert encoding_for(files_run, model, "/tok", 64, 8) == Encoding("/tok", 64, 8)
+  assert encoding_for(train_rm.get_config(), model) == Encoding("", 128, None)
+  with pytest.raises(ValueError, match="max_seq_len 128"):
+    encoding_for(files_run, model, max_len=129)
+
+
+def test_model_config_of_an_init_from_run(tmp_path):
+  """A run whose backbone came from a Hugging Face folder: the folder's config.json."""
+  hf = rm_trainer.build_model_config(train_rm.get_config().model, 96)
+  (tmp_path / "config.json").write_text(json.dumps(hf_io.config_to_hf(hf)))
+  model_cfg = train_rm.get_config().model
+  model_cfg.update(init_from=str(tmp_path), n_layers=7)  # the file wins over the preset
+  cfg = model_config_of(model_cfg, 96)
+  assert (cfg.n_layers, cfg.d_model, cfg.vocab_size) == (hf.n_layers, hf.d_model, 96)
+  assert (cfg.num_reward_heads, cfg.lm_head) == (1, False)
+  with pytest.raises(ValueError, match="96 token ids but the checkpoint's embedding has 64"):
+    model_config_of(model_cfg, 64)

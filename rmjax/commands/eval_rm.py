@@ -8,6 +8,7 @@ the run as ``<workdir>/eval_<name>.md`` and ``.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -21,7 +22,7 @@ from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tok
                                   tokenize_pairs)
 from rmjax.parallel.sharding import data_parallel_size
 from rmjax.train import rm_trainer
-from rmjax.train.load_rm import load_trained_rm, resolve_max_len
+from rmjax.train.load_rm import encoding_for, load_trained_rm
 from rmjax.train.rm_step import make_eval_step
 
 LLMBAR = "llmbar"
@@ -82,8 +83,9 @@ def run(config) -> dict:
   parsed = parse_sets(config.sets)
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
   model, run_config = load_trained_rm(config.workdir, mesh)
-  max_len = resolve_max_len(config.max_len, model)
-  tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+  enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
+                     config.max_response_len)
+  tokenizer = load_tokenizer(enc.tokenizer) if enc.tokenizer else None
   check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
   graphdef, params = nnx.split(model)
   eval_fn = jax.jit(make_eval_step(graphdef))
@@ -98,10 +100,11 @@ def run(config) -> dict:
     for pair in pairs:
       if isinstance(pair.chosen, str) and tokenizer is None:
         raise DataError(f"{pair.source}: text pairs need --config.tokenizer (a tokenizer "
-                        "folder, a .gguf file or gpt2-bpe)")
+                        "folder, a .gguf file or gpt2-bpe); the run was not trained on text")
       for content in (pair.prompt, pair.chosen, pair.rejected):
         check_token_ids(content, model.cfg.vocab_size, pair.source)
-    arrays = tokenize_pairs(pairs, tokenizer, max_len, pad_to_longest=True)
+    arrays = tokenize_pairs(pairs, tokenizer, enc.max_len, enc.max_response_len,
+                            pad_to_longest=True)
     metrics = rm_trainer.evaluate(eval_fn, params, arrays, batch_size, mesh)
     rows.append({"subset": name, "pairs": len(pairs), **metrics, "path": path})
   summary = overall(rows)
@@ -111,12 +114,13 @@ def run(config) -> dict:
   name = config.name or _default_name(config.sets, parsed)
   md_path, json_path = (os.path.join(run_dir, f"eval_{name}.{ext}") for ext in ("md", "json"))
   step = run_config.checkpoint.step
-  header = f"Reward model {run_dir} (step {step}), max_len {max_len}\n\n"
+  header = (f"Reward model {run_dir} (step {step}); tokenizer {enc.tokenizer or 'none'}, "
+            f"max_len {enc.max_len}, max_response_len {enc.max_response_len}\n\n")
   with open(md_path, "w", encoding="utf-8") as f:
     f.write(header + table)
   with open(json_path, "w", encoding="utf-8") as f:
-    json.dump({"workdir": run_dir, "step": step, "max_len": max_len,
-               "tokenizer": config.tokenizer, "sets": rows, "overall": summary}, f, indent=2)
+    json.dump({"workdir": run_dir, "step": step, "encoding": dataclasses.asdict(enc),
+               "sets": rows, "overall": summary}, f, indent=2)
   print(header + table, end="")
   print(f"wrote {md_path} and {json_path}")
   return {"sets": rows, "overall": summary, "markdown": md_path, "json": json_path}

@@ -18,11 +18,12 @@ from flax import nnx
 
 from rmjax import parallel
 from rmjax.data.array_source import eval_batches
-from rmjax.data.schema import DataError
+from rmjax.data import schema
+from rmjax.data.schema import DataError, PreferencePair
 from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
-                                  tokenize_sequences)
+                                  tokenize_pairs, tokenize_sequences)
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.train.load_rm import load_trained_rm, resolve_max_len
+from rmjax.train.load_rm import encoding_for, load_trained_rm
 
 
 def read_jsonl(path: str) -> list[tuple[str, dict]]:
@@ -60,23 +61,43 @@ def _content(row: dict, field: str, where: str, *, empty_ok: bool = False):
   return value
 
 
-def sequences_of(rows) -> tuple[list, list, list[tuple[int, str]]]:
-  """Prompts, responses and (row index, output field) of every sequence to score."""
-  prompts, responses, slots = [], [], []
+def parse_rows(rows) -> tuple[list[tuple[int, object, object]], list[tuple[int, PreferencePair]]]:
+  """Single-response rows as (row index, prompt, response); pair rows as (index, pair)."""
+  singles, pairs = [], []
   for i, (where, row) in enumerate(rows):
+    prompt = _content(row, "prompt", where, empty_ok=True)
     if "chosen" in row and "rejected" in row:
-      fields = (("chosen", "reward_chosen"), ("rejected", "reward_rejected"))
+      pairs.append((i, PreferencePair(prompt, _content(row, "chosen", where),
+                                      _content(row, "rejected", where), source=where)))
     elif "response" in row:
-      fields = (("response", "reward"),)
+      singles.append((i, prompt, _content(row, "response", where)))
     else:
       raise DataError(f"{where}: a row needs 'response' or 'chosen' and 'rejected' "
                       f"(fields: {sorted(row)})")
-    prompt = _content(row, "prompt", where, empty_ok=True)
-    for field, out in fields:
-      prompts.append(prompt)
-      responses.append(_content(row, field, where))
-      slots.append((i, out))
-  return prompts, responses, slots
+  return singles, pairs
+
+
+def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int | None):
+  """(tokens int32 [n, seq], mask bool [n, seq], [(row index, output field)] per sequence).
+
+  A pair's sides are cut together (the same prompt tokens), as in training and eval-rm.
+  """
+  parts, slots = [], []
+  if singles:
+    parts.append(tokenize_sequences([p for _, p, _ in singles], [r for _, _, r in singles],
+                                    tokenizer, max_len, max_response_len, pad_to_longest=True))
+    slots += [(i, "reward") for i, _, _ in singles]
+  if pairs:
+    arrays = tokenize_pairs([p for _, p in pairs], tokenizer, max_len, max_response_len,
+                            pad_to_longest=True)
+    parts.append((arrays[schema.CHOSEN_TOKENS], arrays[schema.CHOSEN_MASK]))
+    parts.append((arrays[schema.REJECTED_TOKENS], arrays[schema.REJECTED_MASK]))
+    slots += [(i, "reward_chosen") for i, _ in pairs] + [(i, "reward_rejected") for i, _ in pairs]
+  width = max(t.shape[1] for t, _ in parts)
+  widen = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+  tokens = np.concatenate([widen(t) for t, _ in parts])
+  mask = np.concatenate([widen(m) for _, m in parts])
+  return tokens, mask, slots
 
 
 def sequence_rewards(model, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
@@ -107,24 +128,24 @@ def run(config) -> dict:
     raise ValueError("set --config.input to a JSONL file to score")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
   model, run_config = load_trained_rm(config.workdir, mesh)
-  max_len = resolve_max_len(config.max_len, model)
+  enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
+                     config.max_response_len)
   rows = read_jsonl(config.input)
-  prompts, responses, slots = sequences_of(rows)
-  for (i, _), prompt, response in zip(slots, prompts, responses):
-    for content in (prompt, response):
-      check_token_ids(content, model.cfg.vocab_size, rows[i][0])
-  if config.tokenizer:
-    tokenizer = load_tokenizer(config.tokenizer)
+  singles, pairs = parse_rows(rows)
+  contents = [(rows[i][0], c) for i, p, r in singles for c in (p, r)]
+  contents += [(rows[i][0], c) for i, p in pairs for c in (p.prompt, p.chosen, p.rejected)]
+  for where, content in contents:
+    check_token_ids(content, model.cfg.vocab_size, where)
+  texts = [where for where, c in contents if isinstance(c, str) and c]
+  tokenizer = None
+  if texts:
+    if not enc.tokenizer:
+      raise DataError(f"{texts[0]}: text rows need --config.tokenizer (a tokenizer folder, "
+                      "a .gguf file or gpt2-bpe); the run was not trained on text")
+    tokenizer = load_tokenizer(enc.tokenizer)
     check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
-  elif any(isinstance(x, str) and x for x in prompts + responses):
-    where = next(rows[i][0] for (i, _), p, r in zip(slots, prompts, responses)
-                 if (isinstance(p, str) and p) or isinstance(r, str))
-    raise DataError(f"{where}: text rows need --config.tokenizer (a tokenizer folder, a "
-                    ".gguf file or gpt2-bpe)")
-  else:
-    tokenizer = None
-  tokens, mask = tokenize_sequences(prompts, responses, tokenizer, max_len,
-                                    pad_to_longest=True)
+  tokens, mask, slots = encode_rows(singles, pairs, tokenizer, enc.max_len,
+                                    enc.max_response_len)
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
   rewards = sequence_rewards(model, tokens, mask, batch_size, mesh)
@@ -137,8 +158,9 @@ def run(config) -> dict:
     for row in out_rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
   step = run_config.checkpoint.step
-  print(f"scored {len(rows)} rows ({len(rewards)} sequences, up to {tokens.shape[1]} tokens) "
+  print(f"scored {len(rows)} rows ({len(rewards)} sequences, up to {tokens.shape[1]} of "
+        f"max_len {enc.max_len} tokens{', tokenizer ' + enc.tokenizer if tokenizer else ''}) "
         f"with step {step} of {config.workdir}: mean reward {float(np.mean(rewards)):+.4f}, "
         f"std {float(np.std(rewards)):.4f}")
   print(f"wrote {output}")
-  return {"output": output, "rewards": rewards, "step": step}
+  return {"output": output, "rows": out_rows, "step": step}

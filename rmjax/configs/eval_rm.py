@@ -12,8 +12,13 @@ def get_config() -> ml_collections.ConfigDict:
   # data folder ($RMJAX_SHARED_DATA or ../shared/data).
   c.sets = "llmbar"
   c.name = ""  # Results go to <workdir>/eval_<name>.md/.json; "" = from the sets.
-  c.tokenizer = ""  # A tokenizer folder, a .gguf file, "gpt2-bpe"; "" = token-id pairs.
-  c.max_len = 0  # Truncate sequences to this many tokens; 0 = the model's max_seq_len.
+  # A tokenizer folder, a .gguf file or "gpt2-bpe"; "" = the run's own (data.files.tokenizer),
+  # if it was trained on text, else token-id rows only.
+  c.tokenizer = ""
+  # Truncation (keeps the response end, then drops the prompt start): 0 = the run's own
+  # data.files.seq_len / max_response_len, else the model's max_seq_len / no response limit.
+  c.max_len = 0
+  c.max_response_len = 0
   c.batch_size = 32  # Pairs per forward pass (rounded up to the data-parallel size).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c

@@ -9,8 +9,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.workdir = "runs/train_rm"  # The run's workdir; its latest checkpoint is loaded.
   c.input = ""  # JSONL rows {prompt, response} or {prompt, chosen, rejected}: text or ids.
   c.output = ""  # "" = <input without .jsonl[.gz]>.scored.jsonl beside the input.
-  c.tokenizer = ""  # A tokenizer folder, a .gguf file, "gpt2-bpe"; "" = token-id rows.
-  c.max_len = 0  # Truncate sequences to this many tokens; 0 = the model's max_seq_len.
+  # A tokenizer folder, a .gguf file or "gpt2-bpe"; "" = the run's own (data.files.tokenizer),
+  # if it was trained on text, else token-id rows only.
+  c.tokenizer = ""
+  # Truncation (keeps the response end, then drops the prompt start): 0 = the run's own
+  # data.files.seq_len / max_response_len, else the model's max_seq_len / no response limit.
+  c.max_len = 0
+  c.max_response_len = 0
   c.batch_size = 32  # Sequences per forward pass (rounded up to the data-parallel size).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c

