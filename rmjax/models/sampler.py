@@ -13,7 +13,6 @@ log-probs (``shared/papers/algorithms.md`` §5).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
