@@ -13,12 +13,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+import harness  # benchmarks/harness.py (this script's folder is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,14 +151,6 @@ def model_flops(args) -> tuple[float, str]:
   return flops, counted
 
 
-def child(side: str, args) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--side", side]
-  for flag in ("batch", "prompt", "new", "reps", "rm_batch", "rm_seq", "cache_dir"):
-    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -182,15 +174,11 @@ def main():
   if load_before > 0.5 * os.cpu_count():  # torch's thread pool suffers most from sharing
     print(f"warning: 1-min load {load_before:.1f} on {os.cpu_count()} cores: other processes "
           "are running; the figures are preliminary", file=sys.stderr)
-  runs = {"ours": [], "peer": []}
-  with tempfile.TemporaryDirectory(prefix="rmjax-bench-xla-") as args.cache_dir:
-    for r in range(args.rounds):
-      for side in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
-        runs[side].append(child(side, args))
-        print(f"round {r + 1}/{args.rounds} {side}: "
-              f"{[round(t, 4) for t in runs[side][-1]['times_s']]} s", file=sys.stderr)
+  runs = harness.alternating_rounds(
+      os.path.abspath(__file__), args, ("batch", "prompt", "new", "reps", "rm_batch", "rm_seq"),
+      lambda result: f"{[round(t, 4) for t in result['times_s']]} s")
   ours, peer = runs["ours"][-1], runs["peer"][-1]
-  median = lambda key, side: statistics.median(t for c in runs[side] for t in c[key])
+  median = lambda key, side: harness.median_over(runs, side, key)
   ours_s, peer_s = median("times_s", "ours"), median("times_s", "peer")
   new_tokens = args.batch * args.new
   flops, counted = model_flops(args)

@@ -18,13 +18,13 @@ import contextlib
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+import harness  # benchmarks/harness.py (this script's folder is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, B2, CLIP = 1e-5, 0.999, 1.0  # the peer's Trainer defaults for b2 and max_grad_norm
@@ -313,14 +313,6 @@ def train_flops(args) -> tuple[float, str]:
                  f"{flops:.4g} FLOPs per step")
 
 
-def child(side: str, args) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--side", side]
-  for flag in ("pairs", "seq", "warmup", "windows", "window_steps", "cache_dir"):
-    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -356,15 +348,12 @@ def main():
     print(f"warning: CPUs {busy:.0f}% busy before the run (1-min load {load_before:.1f} on "
           f"{os.cpu_count()} cores): other processes are running; the figures are "
           "preliminary", file=sys.stderr)
-  runs = {"ours": [], "peer": []}
-  with tempfile.TemporaryDirectory(prefix="rmjax-bench-xla-") as args.cache_dir:
-    for r in range(args.rounds):
-      for side in ("ours", "peer") if r % 2 == 0 else ("peer", "ours"):
-        runs[side].append(child(side, args))
-        print(f"round {r + 1}/{args.rounds} {side}: windows of {args.window_steps} steps "
-              f"{[round(t, 3) for t in runs[side][-1]['window_s']]} s", file=sys.stderr)
+  runs = harness.alternating_rounds(
+      os.path.abspath(__file__), args, ("pairs", "seq", "warmup", "windows", "window_steps"),
+      lambda result: f"windows of {args.window_steps} steps "
+                     f"{[round(t, 3) for t in result['window_s']]} s")
   ours, peer = runs["ours"][-1], runs["peer"][-1]
-  median = lambda key, side: statistics.median(t for c in runs[side] for t in c[key])
+  median = lambda key, side: harness.median_over(runs, side, key)
   ours_s, peer_s = median("window_s", "ours"), median("window_s", "peer")
   step_tokens = 2 * args.pairs * args.seq
   window_tokens = step_tokens * args.window_steps
