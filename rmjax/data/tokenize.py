@@ -156,6 +156,21 @@ def _truncate(prompt, chosen, rejected, max_len, max_response_len, keep_start):
                                 keep_start)
 
 
+def encode_parts(pairs: Sequence[PreferencePair], tokenizer) -> dict[str, list[np.ndarray]]:
+  """Each pair's prompt, chosen and rejected ids, neither truncated nor padded.
+
+  The sequence rule of the module docstring split in parts: a text pair's prompt starts
+  with the tokenizer's prefix and its responses end in EOS; token ids pass through.
+  This is the tokenizer ``tfds_builder`` takes; the pipeline joins and cuts later.
+  """
+  prompts = [p.prompt for p in pairs]
+  chosens, rejecteds = [p.chosen for p in pairs], [p.rejected for p in pairs]
+  enc = _Encoder([*prompts, *chosens, *rejecteds], tokenizer, [p.source for p in pairs] * 3)
+  return {"prompt": [enc.prompt(p, isinstance(c, str)) for p, c in zip(prompts, chosens)],
+          "chosen": [enc.response(c) for c in chosens],
+          "rejected": [enc.response(r) for r in rejecteds]}
+
+
 def _encode_pairs(prompts, chosens, rejecteds, tokenizer, max_len, max_response_len, sources):
   """Unpadded (chosen, rejected) id lists and shared prompt lengths, truncated per pair."""
   enc = _Encoder([*prompts, *chosens, *rejecteds], tokenizer, sources * 3)

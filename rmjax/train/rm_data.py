@@ -55,39 +55,17 @@ def _synthetic(cfg, batch_size: int, seed: int) -> RMData:
                 data_hash=arrays_hash(train, evaluation))
 
 
-def text_tokenizer(tokenizer):
-  """The TFDS builder's tokenizer: pairs -> prompt / chosen / rejected id lists.
-
-  The prompt gets the tokenizer's own prefix (e.g. BOS); each response ends in EOS when
-  the tokenizer has one. Token-id content passes through.
-  """
-  prefix = tokenize.special_prefix(tokenizer)
-  eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-  def encode(contents, before, after):
-    texts = [c for c in contents if isinstance(c, str)]
-    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-    return [before + list(next(ids)) + after if isinstance(c, str) else list(c)
-            for c in contents]
-
-  def tokenize_pairs(pairs):
-    return {"prompt": encode([p.prompt for p in pairs], prefix, []),
-            "chosen": encode([p.chosen for p in pairs], [], eos),
-            "rejected": encode([p.rejected for p in pairs], [], eos)}
-  return tokenize_pairs, len(prefix)
-
-
 def _files(cfg, batch_size: int, seed: int) -> RMData:
   f = cfg.files
   tokenizer = tokenize.load_tokenizer(f.tokenizer)
-  encode, prefix_len = text_tokenizer(tokenizer)
+  encode = lambda pairs: tokenize.encode_parts(pairs, tokenizer)
   ranges = {"train": tuple(f.train_lines), "eval": tuple(f.eval_lines)}
   builder = tfds_builder.build_from_files(
       f.data_dir, f.name, list(f.paths), ranges, encode, format=f.format or None,
       skip_bad_rows=f.skip_bad_rows, tokenizer_id=str(f.tokenizer))
   sources = tfds_builder.data_sources(f.data_dir, f.name)
   options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
-                 keep_prompt_start=prefix_len)
+                 keep_prompt_start=len(tokenize.special_prefix(tokenizer)))
   train = pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
       batch_size=batch_size, seed=seed, **options))
   parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,

@@ -9,8 +9,9 @@ import pytest
 
 from rmjax.data import pipeline, schema
 from rmjax.data.schema import DataError, PreferencePair
-from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
-                                 special_prefix, tokenize_pairs, tokenize_sequences)
+from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, encode_parts,
+                                 load_tokenizer, special_prefix, tokenize_pairs,
+                                 tokenize_sequences)
 from rmjax.models import gguf_io
 
 EOT = 50256  # GPT-2 <|endoftext|>
@@ -139,6 +140,17 @@ def test_gpt2_text_pairs(gpt2):
   chosen = _row(out, "chosen", 0)
   assert chosen[-len(response) - 1:] == response + [EOT]
   assert gpt2.decode(chosen[:2]) == " answer."
+
+
+def test_encode_parts_joined_equal_tokenize_pairs(gpt2):
+  pairs = [PreferencePair("Question: why?", " Because.", " No idea at all, sorry."),
+           PreferencePair([5, 6], [7, 8], [9])]
+  parts = encode_parts(pairs, gpt2)
+  out = tokenize_pairs(pairs, gpt2, None)
+  for i in range(len(pairs)):
+    for side in ("chosen", "rejected"):
+      joined = list(parts["prompt"][i]) + list(parts[side][i])
+      assert _row(out, side, i) == joined
 
 
 def test_tokenizer_folder_loads_offline(gpt2, tmp_path):
