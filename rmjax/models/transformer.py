@@ -183,25 +183,45 @@ class Transformer(nnx.Module):
       attn_mask = attention_mask(mask, cache, tokens.shape[1])
     elif cache is not None:
       raise ValueError("attn_mask cannot be combined with a KV cache")
+    block_key = embed_key = None
+    if dropout_key is not None:
+      block_key, embed_key = jax.random.split(dropout_key)
+    x = self.embed_tokens(tokens, positions, embed_key)
+    x, layer_caches = self.run_blocks(x, positions, attn_mask, cache=cache, dropout_key=block_key)
+    x = self.final_norm(x)
+    if cache is not None:
+      cache = kvc.KVCache(*layer_caches, cache.valid, cache.index + tokens.shape[1])
+    return x, cache
+
+  def embed_tokens(self, tokens: jax.Array, positions: jax.Array,
+                   dropout_key: jax.Array | None = None) -> jax.Array:
+    """tokens, positions [batch, seq] -> the first block's input [batch, seq, d_model]."""
+    cfg = self.cfg
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     if self.pos_embed is not None:
       x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cfg.compute_dtype)
-    if dropout_key is not None:
-      dropout_key, embed_key = jax.random.split(dropout_key)
-      x = dropout(x, cfg.dropout_rate, embed_key)
+    return x if dropout_key is None else dropout(x, cfg.dropout_rate, dropout_key)
+
+  def run_blocks(self, x: jax.Array, positions: jax.Array, attn_mask: jax.Array,
+                 start: int = 0, stop: int | None = None, *, cache: kvc.KVCache | None = None,
+                 dropout_key: jax.Array | None = None):
+    """x [batch, seq, d_model] through ``blocks[start:stop]`` (no final norm).
+
+    positions [batch, seq]; attn_mask [batch, seq, keys]. Split points let a frozen
+    prefix be computed once and cached (``rmjax.train.feature_cache``). Returns (x,
+    (keys, values) of those blocks' updated cache layers, or None without a cache).
+    Block i's dropout key is ``fold_in(dropout_key, i)`` whatever ``start`` is.
+    """
     new_keys, new_values = [], []
-    for i, block in enumerate(self.blocks):
+    for i in range(*slice(start, stop).indices(len(self.blocks))):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
       block_key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-      x, layer_cache = self._block_fn(block, x, positions, attn_mask, layer_cache, block_key)
+      x, layer_cache = self._block_fn(self.blocks[i], x, positions, attn_mask, layer_cache,
+                                      block_key)
       if cache is not None:
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])
-    x = self.final_norm(x)
-    if cache is not None:
-      cache = kvc.KVCache(tuple(new_keys), tuple(new_values), cache.valid,
-                          cache.index + tokens.shape[1])
-    return x, cache
+    return x, None if cache is None else (tuple(new_keys), tuple(new_values))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden [..., d_model] -> float32 logits [..., vocab]."""
