@@ -4,8 +4,8 @@ The prompt is encoded once instead of twice. Both responses continue the prompt'
 positions (chosen and rejected each start at position len(prompt)), and the attention
 mask keeps them apart: a token sees the prompt and the earlier tokens of its own
 segment, never the other response. Rewards are read at each response's last token.
-Rows are laid out in fixed slots so every batch has the same shape:
-``prompt_slot + 2 * response_slot`` tokens.
+The three segments sit back to back, right-padded to one ``width`` for every batch, so
+the step compiles once; ``packed_width`` is the least width that holds every pair.
 """
 
 from __future__ import annotations
@@ -21,22 +21,27 @@ PACKED_KEYS = ("packed_tokens", "packed_segments", "packed_positions", "chosen_l
                "rejected_last")
 
 
-def slot_sizes(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
-  """(prompt slot, response slot) that fit every pair of a dataset."""
-  prompt_len = arrays["prompt_len"]
-  response = max(int((arrays[schema.CHOSEN_MASK].sum(1) - prompt_len).max()),
-                 int((arrays[schema.REJECTED_MASK].sum(1) - prompt_len).max()))
-  return int(prompt_len.max()), response
+def packed_width(arrays: dict[str, np.ndarray]) -> int:
+  """Longest prompt + chosen + rejected over the pairs of ``arrays`` (joined-sequence
+  arrays with "prompt_len"): the width ``pack`` needs for all of them."""
+  return int((arrays[schema.CHOSEN_MASK].sum(1) + arrays[schema.REJECTED_MASK].sum(1)
+              - arrays["prompt_len"]).max())
 
 
-def pack(batch: dict[str, np.ndarray], prompt_slot: int, response_slot: int) -> dict:
+def truncated_width(seq_len: int, max_response_len: int | None) -> int:
+  """A width that holds any pair cut by ``pipeline.truncate_pair``: there
+  prompt + max(chosen, rejected) <= seq_len and min(chosen, rejected) <= the response
+  cap, so the three segments together never exceed their sum."""
+  return seq_len + min(max_response_len or seq_len, seq_len)
+
+
+def pack(batch: dict[str, np.ndarray], width: int) -> dict:
   """Joined-sequence pair batch (right-padded, with "prompt_len") -> packed batch.
 
-  Returns the PACKED_KEYS arrays [batch, prompt_slot + 2 * response_slot] (the last
-  indices [batch]) plus the batch's margin and weight.
+  Returns the PACKED_KEYS arrays [batch, width] (the last indices [batch]) plus the
+  batch's margin and weight.
   """
   rows = len(batch["prompt_len"])
-  width = prompt_slot + 2 * response_slot
   tokens = np.zeros((rows, width), np.int32)
   segments = np.full((rows, width), PAD_SEGMENT, np.int8)
   positions = np.zeros((rows, width), np.int32)
@@ -45,19 +50,20 @@ def pack(batch: dict[str, np.ndarray], prompt_slot: int, response_slot: int) -> 
            (REJECTED, schema.REJECTED_TOKENS, schema.REJECTED_MASK))
   for i in range(rows):
     p = int(batch["prompt_len"][i])
+    lengths = [int(batch[mask_key][i].sum()) - p for _, _, mask_key in sides]
+    if min(lengths) < 1 or p + sum(lengths) > width:
+      raise ValueError(f"row {i}: prompt {p} + responses {lengths} tokens do not fit "
+                       f"width {width}")
     tokens[i, :p] = batch[schema.CHOSEN_TOKENS][i, :p]
     segments[i, :p] = PROMPT
     positions[i, :p] = np.arange(p)
-    for segment, token_key, mask_key in sides:
-      n = int(batch[mask_key][i].sum()) - p
-      if n < 1 or n > response_slot or p > prompt_slot:
-        raise ValueError(f"row {i}: prompt {p} / response {n} tokens do not fit slots "
-                         f"{prompt_slot} / {response_slot}")
-      start = prompt_slot + (segment - 1) * response_slot
+    start = p
+    for (segment, token_key, _), n in zip(sides, lengths):
       tokens[i, start:start + n] = batch[token_key][i, p:p + n]
       segments[i, start:start + n] = segment
       positions[i, start:start + n] = np.arange(p, p + n)
       last[segment][i] = start + n - 1
+      start += n
   return {"packed_tokens": tokens, "packed_segments": segments,
           "packed_positions": positions, "chosen_last": last[CHOSEN],
           "rejected_last": last[REJECTED], schema.MARGIN: batch[schema.MARGIN],

@@ -27,7 +27,7 @@ SOURCES = ("synthetic", "files")
 class RMData:
   train: ArraySource | pipeline.PairPipeline  # .batch(step) -> TRAIN_KEYS arrays
   eval: dict[str, np.ndarray]  # TRAIN_KEYS and, for synthetic data, gold rewards and flags
-  slots: tuple[int, int]  # (prompt, response) slot sizes for shared-prompt packing
+  packed_width: int  # row width that holds every pair packed with a shared prompt
   vocab_size: int  # of the data's token ids
   data_hash: str
 
@@ -51,7 +51,7 @@ def _synthetic(cfg, batch_size: int, seed: int) -> RMData:
   evaluation = synthetic.make_split(scfg, "eval")
   train = {k: train[k] for k in TRAIN_KEYS}
   return RMData(train=ArraySource(train, batch_size, seed=seed), eval=evaluation,
-                slots=shared_prompt.slot_sizes(train), vocab_size=scfg.vocab_size,
+                packed_width=shared_prompt.packed_width(train), vocab_size=scfg.vocab_size,
                 data_hash=arrays_hash(train, evaluation))
 
 
@@ -71,7 +71,8 @@ def _files(cfg, batch_size: int, seed: int) -> RMData:
   parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,
                                                                    **options)]
   evaluation = {k: np.concatenate([b[k][:real] for b, real in parts]) for k in TRAIN_KEYS}
-  return RMData(train=train, eval=evaluation, slots=(f.seq_len, f.max_response_len),
+  return RMData(train=train, eval=evaluation,
+                packed_width=shared_prompt.truncated_width(f.seq_len, f.max_response_len),
                 vocab_size=len(tokenizer), data_hash=builder.fingerprint)
 
 

@@ -113,7 +113,7 @@ def train(config) -> dict:
 
   next_batch = data.train.batch
   if tc.shared_prompt:  # encode each prompt once: [prompt | chosen | rejected] per row
-    next_batch = lambda step: shared_prompt.pack(data.train.batch(step), *data.slots)
+    next_batch = lambda step: shared_prompt.pack(data.train.batch(step), data.packed_width)
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
   train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss), mesh,
                                      shardings, batch_ndims)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmjax.data import schema, shared_prompt, synthetic
+from rmjax.data import pipeline, schema, shared_prompt, synthetic
 from rmjax.models import config as C
 from rmjax.models.transformer import Transformer
 from rmjax.train import rm_step
@@ -22,13 +22,26 @@ def test_packed_rewards_equal_separate_rewards(pairs):
   cfg, arrays = pairs
   model = Transformer(C.tiny_llama(vocab_size=cfg.vocab_size, num_reward_heads=1,
                                    lm_head=False), rngs=nnx.Rngs(0))
-  packed = shared_prompt.pack(arrays, *shared_prompt.slot_sizes(arrays))
+  packed = shared_prompt.pack(arrays, shared_prompt.packed_width(arrays))
   separate = jax.jit(rm_step.pair_rewards)(model, arrays)
   shared = jax.jit(rm_step.pair_rewards)(model, packed)
   for a, b in zip(separate, shared):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   width = packed["packed_tokens"].shape[1]
   assert width < 2 * arrays[schema.CHOSEN_TOKENS].shape[1]
+
+
+def test_segments_sit_back_to_back():
+  batch = {schema.CHOSEN_TOKENS: np.array([[5, 6, 7, 0]]),
+           schema.CHOSEN_MASK: np.array([[1, 1, 1, 0]], bool),
+           schema.REJECTED_TOKENS: np.array([[5, 6, 8, 9]]),
+           schema.REJECTED_MASK: np.array([[1, 1, 1, 1]], bool),
+           "prompt_len": np.array([2]), schema.MARGIN: np.zeros(1), schema.WEIGHT: np.ones(1)}
+  packed = shared_prompt.pack(batch, 6)
+  np.testing.assert_array_equal(packed["packed_tokens"][0], [5, 6, 7, 8, 9, 0])
+  np.testing.assert_array_equal(packed["packed_segments"][0], [0, 0, 1, 2, 2, -1])
+  np.testing.assert_array_equal(packed["packed_positions"][0], [0, 1, 2, 2, 3, 0])
+  assert packed["chosen_last"][0] == 2 and packed["rejected_last"][0] == 4
 
 
 def test_mask_keeps_responses_apart():
@@ -41,6 +54,17 @@ def test_mask_keeps_responses_apart():
 
 def test_pack_rejects_rows_that_do_not_fit(pairs):
   _, arrays = pairs
-  prompt_slot, response_slot = shared_prompt.slot_sizes(arrays)
   with pytest.raises(ValueError, match="do not fit"):
-    shared_prompt.pack(arrays, prompt_slot, response_slot - 1)
+    shared_prompt.pack(arrays, shared_prompt.packed_width(arrays) - 1)
+
+
+def test_truncated_width_holds_every_truncated_pair():
+  rng = np.random.default_rng(0)
+  seq_len, cap = 32, 12
+  width = shared_prompt.truncated_width(seq_len, cap)
+  widest = 0
+  for _ in range(500):
+    parts = [np.ones(n, np.int32) for n in rng.integers(1, 40, 3)]
+    prompt, chosen, rejected = pipeline.truncate_pair(*parts, seq_len, cap)
+    widest = max(widest, len(prompt) + len(chosen) + len(rejected))
+  assert widest == width  # reached, never exceeded
