@@ -94,7 +94,7 @@ def best_of_n_estimate(proxy, scores, ns):
       raise ValueError(f"scores must have the proxy's shape {proxy.shape}; got {values.shape}")
     ranked = jnp.take_along_axis(values.astype(jnp.promote_types(values.dtype, jnp.float32)),
                                  order, axis=-1)
-    # HIGHEST: accelerators would otherwise contract float32 in bf16/TF32.
+    # HIGHEST: an accelerator's default matmul precision may round float32 to TF32/bf16.
     return jnp.einsum("...i,mi->...m", ranked, weights, precision=jax.lax.Precision.HIGHEST)
 
   return jax.tree.map(estimate, scores)
