@@ -21,14 +21,15 @@ def run_side(script: str, side: str, args, flags) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def alternating_rounds(script: str, args, flags, describe) -> dict[str, list[dict]]:
+def alternating_rounds(script: str, args, flags, describe,
+                       sides: tuple[str, str] = SIDES) -> dict[str, list[dict]]:
   """``args.rounds`` rounds of one fresh child per side; ``describe(result)`` is printed
   to stderr after each. Children share a temporary XLA compilation cache (``cache_dir``)
   only to shorten the wall time."""
-  runs = {side: [] for side in SIDES}
+  runs = {side: [] for side in sides}
   with tempfile.TemporaryDirectory(prefix="rmjax-bench-xla-") as args.cache_dir:
     for r in range(args.rounds):
-      for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+      for side in sides if r % 2 == 0 else sides[::-1]:
         runs[side].append(run_side(script, side, args, flags))
         print(f"round {r + 1}/{args.rounds} {side}: {describe(runs[side][-1])}",
               file=sys.stderr)
