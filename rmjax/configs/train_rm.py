@@ -7,7 +7,15 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # ensemble: devices over which an ensemble's members are spread (it must divide
+  # ensemble.k); the rest of each member's work is split over data x fsdp x tensor.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, ensemble=1))
+  # k reward models trained as one program (rmjax/train/ensemble.py): k = 1 is a single
+  # model. Member m has its own initialisation and data order (seed of member m).
+  # shared_backbone: one backbone with k reward heads instead of k full models;
+  # bootstrap: there, each head weighs the shared batch's pairs by its own Poisson(1)
+  # draws, so that heads do not all fit the same data.
+  c.ensemble = ml_collections.ConfigDict(dict(k=1, shared_backbone=False, bootstrap=True))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
   # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
   c.model = ml_collections.ConfigDict(dict(

@@ -1,7 +1,10 @@
 """The one table that maps logical axis names to mesh axes.
 
 Parameters name their dimensions logically (``rmjax/models/layers.py``); batches use
-"batch" and "length". A name missing from the table is replicated. A mesh axis is
+"batch" and "length". The stacked members of a reward-model ensemble
+(``rmjax/train/ensemble.py``) add a leading "ensemble" dimension to every parameter and
+to their batches; it goes to the mesh's own ``ensemble`` axis (``mesh.py`` says why that
+axis exists instead of reusing ``data``), so members keep their usual sharding inside it. A name missing from the table is replicated. A mesh axis is
 used at most once per array, and an axis whose size does not divide the dimension is
 dropped for that array (the dimension is replicated instead of failing): SmolLM2's 3
 KV heads on a tensor axis of 2 stay whole, for example.
@@ -13,6 +16,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 # Ordered: the first rule that names a logical axis wins.
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("ensemble", "ensemble"),
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("vocab", "tensor"),

@@ -6,7 +6,9 @@ The pattern every trainer uses::
     step = compile_step(step_fn, mesh, state_sh, batch_ndims)
     state, metrics = step(state, shard_batch(batch, mesh))
 
-``step_fn(state, batch) -> (state, metrics)`` is a pure function, jitted once.
+``step_fn(state, batch) -> (state, metrics)`` is a pure function, jitted once. The
+stacked members of an ensemble take member-major batches ``[members, batch, ...]``
+(``members=True``): members over the ``ensemble`` axis, rows over the data axes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rmjax.parallel.rules import LOGICAL_RULES, logical_to_spec
 
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # as rules.py maps "batch"
+ENSEMBLE_AXIS = "ensemble"  # as rules.py maps "ensemble"
 
 
 def _is_variable(x) -> bool:
@@ -46,28 +49,42 @@ def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Leading (batch) dimension over the data-parallel axes, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+def ensemble_size(mesh: Mesh) -> int:
+  return int(mesh.shape[ENSEMBLE_AXIS])
 
 
-def check_batch(batch, mesh: Mesh) -> None:
-  size = data_parallel_size(mesh)
+def batch_sharding(mesh: Mesh, ndim: int, members: bool = False) -> NamedSharding:
+  """Batch dimension over the data-parallel axes, the rest replicated; with
+  ``members``, a leading member dimension over the ensemble axis comes first."""
+  lead = (ENSEMBLE_AXIS, BATCH_AXES) if members else (BATCH_AXES,)
+  return NamedSharding(mesh, PartitionSpec(*lead, *([None] * (ndim - len(lead)))))
+
+
+def check_batch(batch, mesh: Mesh, members: bool = False) -> None:
+  size, lead = data_parallel_size(mesh), 2 if members else 1
   for path, x in jax.tree_util.tree_leaves_with_path(batch):
-    if np.ndim(x) == 0:
-      raise ValueError(f"batch field {jax.tree_util.keystr(path)} is a scalar; every "
-                       "batch field needs a leading batch dimension")
-    if x.shape[0] % size:
+    name = jax.tree_util.keystr(path)
+    if np.ndim(x) < lead:
+      raise ValueError(f"batch field {name} has shape {np.shape(x)}; every batch field "
+                       f"needs {'[members, batch, ...]' if members else 'a leading batch'} "
+                       "dimensions")
+    if members and x.shape[0] % ensemble_size(mesh):
       raise ValueError(
-          f"batch field {jax.tree_util.keystr(path)} has {x.shape[0]} rows, which the "
-          f"data-parallel size {size} (data x fsdp of mesh {dict(mesh.shape)}) does "
-          "not divide")
+          f"batch field {name} has {x.shape[0]} members, which the ensemble axis of size "
+          f"{ensemble_size(mesh)} (mesh {dict(mesh.shape)}) does not divide")
+    rows = x.shape[lead - 1]
+    if rows % size:
+      raise ValueError(
+          f"batch field {name} has {rows} rows, which the data-parallel size {size} "
+          f"(data x fsdp of mesh {dict(mesh.shape)}) does not divide")
 
 
-def shard_batch(batch, mesh: Mesh):
-  """Place a host batch (pytree of arrays, batch-major) on the mesh."""
-  check_batch(batch, mesh)
-  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), batch)
+def shard_batch(batch, mesh: Mesh, members: bool = False):
+  """Place a host batch (pytree of arrays, batch-major, or member-major with
+  ``members``) on the mesh."""
+  check_batch(batch, mesh, members)
+  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), members)),
+                      batch)
 
 
 def shard_tree(tree, mesh: Mesh, rules=LOGICAL_RULES):
@@ -92,13 +109,15 @@ def init_sharded(make_model, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.Module:
   return nnx.merge(graphdef, state)
 
 
-def compile_step(step_fn, mesh: Mesh, state_shardings, batch_ndims, *, donate=True):
+def compile_step(step_fn, mesh: Mesh, state_shardings, batch_ndims, *, donate=True,
+                 members: bool = False):
   """Jit ``step_fn(state, batch) -> (state, metrics)`` once with explicit shardings.
 
-  ``batch_ndims``: pytree matching the batch, giving each field's rank. Metrics come
-  back replicated. The incoming state is donated (its buffers reused) by default.
+  ``batch_ndims``: pytree matching the batch, giving each field's rank; ``members``:
+  the batch is member-major (``batch_sharding``). Metrics come back replicated. The
+  incoming state is donated (its buffers reused) by default.
   """
-  batch_shardings = jax.tree.map(lambda n: batch_sharding(mesh, n), batch_ndims)
+  batch_shardings = jax.tree.map(lambda n: batch_sharding(mesh, n, members), batch_ndims)
   replicated = NamedSharding(mesh, PartitionSpec())
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated),

@@ -5,7 +5,11 @@
     local tokenizer, prepared once as a TFDS ArrayRecord dataset split by source line,
     and read through the grain pipeline (``PairPipeline``).
 Both give ``batch(step)``, a pure function of the step, so the data position in a
-checkpoint is the step itself.
+checkpoint is the step itself. For an ensemble (``rmjax.train.ensemble``) the batch is
+still a pure function of the step: separate members each read their own order of the
+same pairs (``MemberBatches``, [K, B, ...] from (member seed, step)); a shared
+backbone's heads read one batch with per-head bootstrap weights (``HeadBootstrap``,
+from (seed, head, step)).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 
 from rmjax.data import pipeline, schema, shared_prompt, synthetic, tfds_builder, tokenize
 from rmjax.data.array_source import ArraySource
+from rmjax.train import ensemble
+from rmjax.train.rm_step import HEAD_WEIGHT
 
 TRAIN_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
               schema.REJECTED_MASK, schema.MARGIN, schema.WEIGHT, "prompt_len")
@@ -25,7 +31,7 @@ SOURCES = ("synthetic", "files")
 
 @dataclasses.dataclass
 class RMData:
-  train: ArraySource | pipeline.PairPipeline  # .batch(step) -> TRAIN_KEYS arrays
+  train: object  # .batch(step) -> TRAIN_KEYS arrays (packed, per member: see ``load``)
   eval: dict[str, np.ndarray]  # TRAIN_KEYS and, for synthetic data, gold rewards and flags
   packed_width: int  # row width that holds every pair packed with a shared prompt
   vocab_size: int  # of the data's token ids
@@ -41,7 +47,47 @@ def arrays_hash(*splits: dict[str, np.ndarray]) -> str:
   return digest.hexdigest()[:16]
 
 
-def _synthetic(cfg, batch_size: int, seed: int) -> RMData:
+class Packed:
+  """A source's batches packed with a shared prompt (``shared_prompt.pack``)."""
+
+  def __init__(self, source, width: int):
+    self.source, self.width = source, width
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    return shared_prompt.pack(self.source.batch(step), self.width)
+
+
+class MemberBatches:
+  """Separate ensemble members' batches, stacked: ``batch(step)`` -> [K, B, ...], member
+  m's rows from ``sources[m]`` (the same pairs in that member's own seeded order)."""
+
+  def __init__(self, sources: list):
+    self.sources = sources
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    parts = [source.batch(step) for source in self.sources]
+    return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+
+
+class HeadBootstrap:
+  """A shared-backbone ensemble's batches: the source's batch plus "head_weight"
+  float32 [B, K], head h's Poisson(1) weight of each pair at ``step``, drawn from
+  (seed, h, step) so that a resumed run draws the same (the online bootstrap of
+  ``rmjax.train.ensemble``)."""
+
+  def __init__(self, source, k: int, seed: int):
+    self.source, self.k, self.seed = source, k, seed
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    out = dict(self.source.batch(step))
+    rows = len(out[schema.WEIGHT])
+    draws = [np.random.default_rng([self.seed, head, step, 0xB007]).poisson(1.0, rows)
+             for head in range(self.k)]
+    out[HEAD_WEIGHT] = np.stack(draws, axis=1).astype(np.float32)
+    return out
+
+
+def _synthetic(cfg, batch_size: int, seeds: list[int]) -> RMData:
   fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
   unknown = set(cfg.synthetic.keys()) - fields
   if unknown:
@@ -50,12 +96,13 @@ def _synthetic(cfg, batch_size: int, seed: int) -> RMData:
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
   train = {k: train[k] for k in TRAIN_KEYS}
-  return RMData(train=ArraySource(train, batch_size, seed=seed), eval=evaluation,
+  return RMData(train=[ArraySource(train, batch_size, seed=seed) for seed in seeds],
+                eval=evaluation,
                 packed_width=shared_prompt.packed_width(train), vocab_size=scfg.vocab_size,
                 data_hash=arrays_hash(train, evaluation))
 
 
-def _files(cfg, batch_size: int, seed: int) -> RMData:
+def _files(cfg, batch_size: int, seeds: list[int]) -> RMData:
   f = cfg.files
   tokenizer = tokenize.load_tokenizer(f.tokenizer)
   encode = lambda pairs: tokenize.encode_parts(pairs, tokenizer)
@@ -66,8 +113,8 @@ def _files(cfg, batch_size: int, seed: int) -> RMData:
   sources = tfds_builder.data_sources(f.data_dir, f.name)
   options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
                  keep_prompt_start=len(tokenize.special_prefix(tokenizer)))
-  train = pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
-      batch_size=batch_size, seed=seed, **options))
+  train = [pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
+      batch_size=batch_size, seed=seed, **options)) for seed in seeds]
   parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,
                                                                    **options)]
   evaluation = {k: np.concatenate([b[k][:real] for b, real in parts]) for k in TRAIN_KEYS}
@@ -76,9 +123,25 @@ def _files(cfg, batch_size: int, seed: int) -> RMData:
                 vocab_size=len(tokenizer), data_hash=builder.fingerprint)
 
 
-def load(cfg, batch_size: int, seed: int) -> RMData:
+def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Layout(),
+         pack_prompt: bool = False) -> RMData:
   """``cfg.source``: "synthetic" (``cfg.synthetic``: SyntheticConfig fields) or "files"
-  (``cfg.files``: paths, format, tokenizer, line ranges, seq_len, data_dir, name)."""
+  (``cfg.files``: paths, format, tokenizer, line ranges, seq_len, data_dir, name).
+
+  ``train.batch(step)`` gives [B, ...] arrays in the order of ``seed``; for separate
+  ensemble members [K, B, ...], member m in the order of its seed
+  (``ensemble.member_seeds``); for a shared backbone with ``layout.bootstrap``, plus
+  "head_weight" [B, K]. ``pack_prompt``: packed with a shared prompt.
+  """
   if cfg.source not in SOURCES:
     raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
-  return (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seed)
+  seeds = ensemble.member_seeds(seed, layout.k) if layout.stacked else [seed]
+  data = (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seeds)
+  sources = [Packed(s, data.packed_width) if pack_prompt else s for s in data.train]
+  if layout.stacked:
+    train = MemberBatches(sources)
+  elif layout.k > 1 and layout.bootstrap:
+    train = HeadBootstrap(sources[0], layout.k, seed)
+  else:
+    train = sources[0]
+  return dataclasses.replace(data, train=train)

@@ -1,8 +1,9 @@
 """The reward-model training loop: data in, a trained, evaluated, checkpointed model out.
 
 Thin by design: the math is in ``rmjax.objectives.bt``, the step in ``rm_step``, the
-sharding in ``rmjax.parallel``, checkpoints in ``checkpoint``. A run resumes
-automatically from the latest checkpoint in its workdir, onto the current mesh.
+sharding in ``rmjax.parallel``, checkpoints in ``checkpoint``, ensembles in
+``ensemble``. A run resumes automatically from the latest checkpoint in its workdir,
+onto the current mesh.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from rmjax import parallel
-from rmjax.data import schema, shared_prompt
+from rmjax.data import schema
 from rmjax.data.array_source import eval_batches
 from rmjax.models import config as model_config
 from rmjax.models import gguf_io, hf_io
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
-from rmjax.train import rm_data
+from rmjax.train import ensemble, rm_data
 from rmjax.train.checkpoint import Checkpointer, abstract_like, provenance
 from rmjax.train.metrics_writer import MetricsWriter, Progress
 from rmjax.train.optim import make_optimizer
@@ -36,40 +37,92 @@ def check_finite(loss: float, step: int) -> None:
         f"non-finite loss {loss} at step {step}; the last good checkpoint is kept")
 
 
-def build_model_config(cfg, vocab_size: int) -> model_config.ModelConfig:
+def build_model_config(cfg, vocab_size: int, heads: int = 1) -> model_config.ModelConfig:
   """A preset with the config's ModelConfig fields on top (``init_from`` aside)."""
   fields = {k: v for k, v in cfg.to_dict().items() if k not in ("preset", "init_from")}
   if cfg.preset not in model_config.PRESETS:
     raise ValueError(f"model.preset={cfg.preset!r} is not one of {sorted(model_config.PRESETS)}")
   return model_config.PRESETS[cfg.preset](
-      **fields, vocab_size=vocab_size, num_reward_heads=1, lm_head=False)
+      **fields, vocab_size=vocab_size, num_reward_heads=heads, lm_head=False)
 
 
-def build_model(cfg, vocab_size: int, seed: int, mesh) -> Transformer:
-  """A fresh reward model, or one whose backbone comes from ``cfg.init_from`` (a GGUF
-  file or a Hugging Face folder), sharded on ``mesh``."""
-  if not cfg.init_from:
-    mcfg = build_model_config(cfg, vocab_size)
-    return parallel.init_sharded(lambda: Transformer(mcfg, rngs=nnx.Rngs(seed)), mesh)
-  heads = dict(num_reward_heads=1, lm_head=False, seed=seed)
+def _load_pretrained(cfg, vocab_size: int, seed: int, heads: int) -> Transformer:
+  """``cfg.init_from``'s backbone (GGUF file or Hugging Face folder) with fresh heads."""
+  options = dict(num_reward_heads=heads, lm_head=False, seed=seed)
   if str(cfg.init_from).endswith(".gguf"):
-    model, _ = gguf_io.load_gguf(cfg.init_from, **heads)
+    model, _ = gguf_io.load_gguf(cfg.init_from, **options)
   else:
-    model = hf_io.load_hf(cfg.init_from, **heads)
+    model = hf_io.load_hf(cfg.init_from, **options)
   if model.cfg.vocab_size < vocab_size:
     raise ValueError(f"model.init_from={cfg.init_from} has {model.cfg.vocab_size} token ids "
                      f"but the data's tokenizer has {vocab_size}")
-  return parallel.shard_model(model, mesh)
+  return model
+
+
+def build_model(cfg, vocab_size: int, seed: int, mesh, heads: int = 1) -> Transformer:
+  """A fresh reward model with ``heads`` reward heads, or one whose backbone comes from
+  ``cfg.init_from`` (a GGUF file or a Hugging Face folder), sharded on ``mesh``."""
+  if not cfg.init_from:
+    mcfg = build_model_config(cfg, vocab_size, heads)
+    return parallel.init_sharded(lambda: Transformer(mcfg, rngs=nnx.Rngs(seed)), mesh)
+  return parallel.shard_model(_load_pretrained(cfg, vocab_size, seed, heads), mesh)
+
+
+def build_members(cfg, vocab_size: int, seed: int, mesh, layout: ensemble.Layout):
+  """(graphdef, params) of ``layout``'s model(s) on ``mesh``: stacked [K, ...] for
+  separate members (member m built as ``build_model`` builds it with its own seed),
+  else one model with ``layout.heads`` heads."""
+  if not layout.stacked:
+    return nnx.split(build_model(cfg, vocab_size, seed, mesh, layout.heads))
+  seeds = ensemble.member_seeds(seed, layout.k)
+  if not cfg.init_from:
+    mcfg = build_model_config(cfg, vocab_size)
+    return ensemble.init_stacked(lambda rngs: Transformer(mcfg, rngs=rngs), seeds, mesh)
+  # A pretrained backbone: the same in every member, heads initialised per member.
+  splits = [nnx.split(_load_pretrained(cfg, vocab_size, s, 1)) for s in seeds]
+  return splits[0][0], parallel.shard_tree(ensemble.stack_states([p for _, p in splits]), mesh)
+
+
+def check_layout(layout: ensemble.Layout, mesh) -> None:
+  """The mesh's ensemble axis must split separate members evenly; otherwise it would
+  only replicate the same work."""
+  size = parallel.sharding.ensemble_size(mesh)
+  if size > 1 and not layout.stacked:
+    raise ValueError(f"mesh.ensemble={size} spreads separate ensemble members over devices, "
+                     f"but this run has ensemble.k={layout.k}, shared_backbone="
+                     f"{layout.shared_backbone}; use mesh.ensemble=1")
+  if layout.k % size:
+    raise ValueError(f"ensemble.k={layout.k} is not divisible by mesh.ensemble={size}")
 
 
 def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]:
-  """Held-out metrics over every eval pair (algorithms.md §1)."""
+  """Held-out metrics over every eval pair (algorithms.md §1).
+
+  ``eval_fn`` gives [B, K] member rewards. The plain names ("accuracy", "margin", "ece",
+  "length_correlation", "gold_agreement") score the members' mean reward (K = 1: the
+  model); an ensemble adds each member's metrics as "name/m" and the average member's
+  accuracy and gold agreement as "member_accuracy" and "member_gold_agreement".
+  """
   parts = []
   for batch, real in eval_batches(arrays, batch_size):
     out = jax.device_get(eval_fn(params, parallel.shard_batch(batch, mesh)))
     parts.append({k: v[:real] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   r_c, r_r = out["r_chosen"], out["r_rejected"]
+  metrics = pair_metrics(r_c.mean(1), r_r.mean(1), arrays)
+  k = r_c.shape[1]
+  if k > 1:
+    members = [pair_metrics(r_c[:, m], r_r[:, m], arrays) for m in range(k)]
+    for m, member in enumerate(members):
+      metrics.update({f"{name}/{m}": value for name, value in member.items()})
+    for name in ("accuracy", "gold_agreement"):
+      if name in metrics:
+        metrics[f"member_{name}"] = float(np.mean([member[name] for member in members]))
+  return metrics
+
+
+def pair_metrics(r_c: np.ndarray, r_r: np.ndarray, arrays) -> dict[str, float]:
+  """Metrics of rewards r_c, r_r [n] of the pairs ``arrays``."""
   prompt_len = arrays.get("prompt_len", 0)
   lengths = [arrays[key].sum(1) - prompt_len for key in (schema.CHOSEN_MASK, schema.REJECTED_MASK)]
   metrics = {
@@ -88,7 +141,9 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
 def train(config) -> dict:
   """Train per ``config`` (see ``rmjax/configs/train_rm.py``); returns final eval metrics."""
   tc = config.train
+  layout = ensemble.Layout.from_config(config.get("ensemble"))
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  check_layout(layout, mesh)
   data_parallel = parallel.sharding.data_parallel_size(mesh)
   if tc.batch_size % data_parallel:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
@@ -96,28 +151,26 @@ def train(config) -> dict:
   for name in ("steps", "log_every", "eval_every", "save_every"):
     if tc[name] < 1:
       raise ValueError(f"train.{name}={tc[name]} must be >= 1")
-  data = rm_data.load(config.data, tc.batch_size, config.seed)
+  data = rm_data.load(config.data, tc.batch_size, config.seed, layout, tc.shared_prompt)
   updates = tc.steps // config.optim.grad_accum
   if updates < 1:
     raise ValueError(f"train.steps={tc.steps} gives no update with "
                      f"optim.grad_accum={config.optim.grad_accum}")
   tx = make_optimizer(config.optim, updates)
 
-  model = build_model(config.model, data.vocab_size, config.seed, mesh)
-  graphdef, params = nnx.split(model)
-  opt_shardings = parallel.tree_shardings(jax.eval_shape(tx.init, params), mesh)
-  state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+  graphdef, params = build_members(config.model, data.vocab_size, config.seed, mesh, layout)
+  opt_init = jax.vmap(tx.init) if layout.stacked else tx.init  # one state per member
+  opt_shardings = parallel.tree_shardings(jax.eval_shape(opt_init, params), mesh)
+  state = {"params": params, "opt_state": jax.jit(opt_init, out_shardings=opt_shardings)(params),
            "step": jnp.zeros((), jnp.int32)}
   shardings = parallel.tree_shardings(state, mesh)
   state = jax.device_put(state, shardings)  # committed like the step's outputs: one compile
 
   next_batch = data.train.batch
-  if tc.shared_prompt:  # encode each prompt once: [prompt | chosen | rejected] per row
-    next_batch = lambda step: shared_prompt.pack(data.train.batch(step), data.packed_width)
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
-  train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss), mesh,
-                                     shardings, batch_ndims)
-  eval_fn = jax.jit(make_eval_step(graphdef))
+  train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss, layout), mesh,
+                                     shardings, batch_ndims, members=layout.stacked)
+  eval_fn = jax.jit(make_eval_step(graphdef, layout))
 
   workdir = tc.workdir
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
@@ -133,7 +186,8 @@ def train(config) -> dict:
   eval_metrics, window = {}, []
   with checkpointer.install_sigterm_handler():
     for step in range(start, tc.steps):
-      state, metrics = train_step(state, parallel.shard_batch(next_batch(step), mesh))
+      batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked)
+      state, metrics = train_step(state, batch)
       metrics = jax.device_get(metrics)
       check_finite(float(metrics["loss"]), step + 1)
       window.append(metrics)

@@ -22,7 +22,8 @@ def _numbers(message):
 
 
 def _shape(mesh):
-  return tuple(mesh.shape[a] for a in AXES)
+  """(data, fsdp, tensor) sizes; the ensemble axis is checked on its own."""
+  return tuple(mesh.shape[a] for a in ("data", "fsdp", "tensor"))
 
 
 @pytest.mark.parametrize("shape, expected", [
@@ -41,6 +42,7 @@ def test_fill_one_axis(eight_devices, shape, expected):
 
 def test_mesh_config_defaults_to_pure_data_parallel(eight_devices):
   assert _shape(make_mesh()) == (8, 1, 1)
+  assert make_mesh().shape["ensemble"] == 1
   assert _shape(make_mesh(MeshConfig(data=2, fsdp=-1))) == (2, 4, 1)
 
 
@@ -136,3 +138,15 @@ def test_tree_shardings_follow_parameter_axes(eight_devices):
   assert shardings["reward_head"].get_value().spec == P("fsdp", None)
   # Non-variable leaves (step counters, scalars) are replicated.
   assert tree_shardings({"step": jnp.zeros(())}, mesh)["step"].spec == P()
+
+
+def test_ensemble_axis_is_outermost_and_optional(eight_devices):
+  mesh = make_mesh(MeshConfig(data=2, ensemble=-1))
+  assert AXES[0] == "ensemble" and mesh.shape["ensemble"] == 4 and _shape(mesh) == (2, 1, 1)
+  # Members are the outermost axis: each member group is a contiguous block of devices.
+  groups = [sorted(d.id for d in mesh.devices[i].flat) for i in range(4)]
+  assert groups == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert make_mesh((2, 1, 1, 4)).shape == mesh.shape
+  with pytest.raises(ValueError) as info:
+    make_mesh((2, 1, 1, 3))
+  assert {6, 8} <= _numbers(str(info.value))

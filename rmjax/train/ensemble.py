@@ -1,0 +1,157 @@
+"""Reward-model ensembles: K members trained and scored as one compiled program.
+
+Two layouts (``Layout``), both chosen by the run config's ``ensemble`` section:
+
+* **Separate members** (``k > 1``): K full reward models. Their parameters, and their
+  optimizer states, are stacked on a leading axis named "ensemble" (a logical axis that
+  ``rmjax/parallel/rules.py`` maps to the mesh's ``ensemble`` axis), and the train step
+  ``jax.vmap``s one member's update over it. Members share the data but differ by seed
+  (Coste et al. 2023; ``algorithms.md`` §3): member m is exactly the model that a
+  single-model run with seed ``member_seeds(seed, k)[m]`` trains: the same
+  initialisation of backbone and head and the same data order.
+* **Shared backbone** (``shared_backbone``): one backbone with K reward heads
+  (``ModelConfig.num_reward_heads = K``), nearly the cost of one model. The heads differ
+  by initialisation (independent columns of one head matrix) and, with ``bootstrap``
+  (the default), by data: each head weighs every pair of the shared batch by its own
+  Poisson(1) draw (an online bootstrap, ``rm_data.HeadBootstrap``). Why not the same
+  batch for every head: for fixed features a head is a logistic regression, a convex
+  problem with one optimum, so heads trained on identical data converge towards the same
+  head and the ensemble's spread, the very signal the conservative objectives use,
+  fades. Why not per-head batches: that would need a backbone pass per head, which is
+  the cost this layout exists to avoid.
+
+``k = 1`` is today's single reward model, trained by the same code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rmjax import parallel
+
+AXIS = "ensemble"  # the logical name of the member axis of stacked parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a run's K reward members are held; ``k = 1`` is a single model."""
+
+  k: int = 1
+  shared_backbone: bool = False
+  bootstrap: bool = True  # shared backbone only: per-head Poisson(1) pair weights
+
+  def __post_init__(self):
+    if not isinstance(self.k, int) or self.k < 1:
+      raise ValueError(f"ensemble.k={self.k!r} must be an integer >= 1")
+
+  @classmethod
+  def from_config(cls, cfg) -> "Layout":
+    """From a run config's ``ensemble`` section (None or absent fields: defaults)."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"ensemble has unknown fields {sorted(unknown)}")
+    return cls(**cfg)
+
+  @property
+  def stacked(self) -> bool:
+    """Whether members are full models stacked on a leading axis."""
+    return self.k > 1 and not self.shared_backbone
+
+  @property
+  def heads(self) -> int:
+    """Reward heads of each model: K for a shared backbone, else 1."""
+    return self.k if self.shared_backbone else 1
+
+
+def member_seeds(seed: int, k: int) -> list[int]:
+  """The seed of each member: ``seed`` itself for member 0 (so k = 1 is the single
+  model), then 31-bit seeds mixed from (seed, m). Mixed rather than ``seed + m`` so
+  that ensembles of different seeds share no member (seed 0 and seed 1 would share
+  K - 1 of them)."""
+  mixed = [int(np.random.SeedSequence([seed, m]).generate_state(1)[0]) & 0x7FFFFFFF
+           for m in range(1, k)]
+  return [seed, *mixed]
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def with_member_axis(state):
+  """``state`` whose arrays gained a leading member dimension: name it "ensemble" in
+  every Variable's logical ``axes`` so that it is sharded like the rest."""
+  def one(v):
+    axes = v.get_metadata().get("axes")
+    return v if axes is None else v.replace(v.get_value(), axes=(AXIS, *axes))
+  return jax.tree.map(one, state, is_leaf=_is_variable)
+
+
+def stack_states(states: list):
+  """One ``nnx.State`` per member (equal structure) -> the stacked state (host arrays)."""
+  stacked = jax.tree.map(lambda *vs: vs[0].replace(np.stack([np.asarray(v.get_value())
+                                                              for v in vs])),
+                         *states, is_leaf=_is_variable)
+  return with_member_axis(stacked)
+
+
+def init_stacked(make_member, seeds: list[int], mesh):
+  """(graphdef, stacked parameters) of ``make_member(rngs)`` for each seed.
+
+  Built in one jitted ``vmap`` straight into the shardings of ``mesh`` (members over
+  its ``ensemble`` axis); member m is bit-identical to ``make_member(nnx.Rngs(seeds[m]))``.
+  """
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_member(nnx.Rngs(0))))
+
+  def init(seed_array):
+    one = lambda seed: nnx.split(make_member(nnx.Rngs(jax.random.key(seed))))[1]
+    return with_member_axis(jax.vmap(one)(seed_array))
+
+  seed_array = jnp.asarray(seeds, jnp.int32)
+  shardings = parallel.tree_shardings(jax.eval_shape(init, seed_array), mesh)
+  return graphdef, jax.jit(init, out_shardings=shardings)(seed_array)
+
+
+def apply_members(layout: Layout, graphdef, params, fn):
+  """``fn(model)`` -> pytree of per-head arrays [B, heads], as [B, K] for every layout.
+
+  Stacked members are ``vmap``ped over (each has one head); otherwise the one model's
+  heads are the members.
+  """
+  if not layout.stacked:
+    return fn(nnx.merge(graphdef, params))
+  out = jax.vmap(lambda p: fn(nnx.merge(graphdef, p)))(params)  # [K, B, 1]
+  return jax.tree.map(lambda x: jnp.moveaxis(x[..., 0], 0, -1), out)
+
+
+def member_rewards(layout: Layout, graphdef, params, tokens, mask) -> jax.Array:
+  """float32 [B, K] member rewards of sequences tokens/mask [B, seq]."""
+  def rewards(model):
+    return model.rewards(model(tokens, mask)[0], mask)
+  return apply_members(layout, graphdef, params, rewards)
+
+
+class RewardEnsemble:
+  """A trained reward model or ensemble as a scorer: ``self(tokens, mask) -> [B, K]``
+  float32 member rewards (K = 1 for a single model), jitted once per input shape.
+
+  ``cfg``: the ModelConfig of one member (vocabulary, ``max_seq_len``); ``params``:
+  the parameters as trained (stacked for separate members).
+  """
+
+  def __init__(self, graphdef, params, layout: Layout, cfg):
+    self.graphdef, self.params, self.layout, self.cfg = graphdef, params, layout, cfg
+    self._score = jax.jit(lambda params, tokens, mask: member_rewards(
+        layout, graphdef, params, tokens, mask))
+
+  @property
+  def k(self) -> int:
+    return self.layout.k
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    return self._score(self.params, tokens, mask)
