@@ -11,11 +11,14 @@ modulo its 512-token vocabulary: the cost depends on the shapes, not the ids.
 
 Two sides, each in its own fresh subprocess, rounds alternating (``harness.py``):
   * ``joined``: each pair as two rows [prompt | response] of width ``--seq-len``;
-  * ``shared``: each pair as one row [prompt | chosen | rejected] of width
-    ``shared_prompt.truncated_width`` (the least width that holds any cut pair).
+  * ``shared``: each pair as one row [prompt | chosen | rejected], each batch as wide as
+    its longest pair rounded up to 64 (``shared_prompt.bucket_width``, at most
+    ``truncated_width``, the least width that holds any cut pair), as the trainer packs.
 Both run the trainer's compiled step (``rm_step.make_train_step``, AdamW) on the same
-batches from the same initial parameters; the first step's losses must agree. Figures are
-medians over all timed windows. The last line of stdout is one JSON object.
+batches from the same initial parameters; the first step's losses must agree. Each child
+first runs the batches it will time once (every bucket width compiles there), then times
+them again. Figures are medians over all timed windows. The last line of stdout is one
+JSON object.
 """
 
 import argparse
@@ -73,16 +76,19 @@ def run_side(args) -> dict:
   arrays = dict(np.load(args.data))
   source = ArraySource(arrays, args.pairs, seed=0)
   width = shared_prompt.truncated_width(args.seq_len, args.max_response_len)
-  batch_at = ((lambda step: shared_prompt.pack(source.batch(step), width))
-              if args.side == "shared" else source.batch)
-  steps = args.warmup + args.windows * args.window_steps
+  batch_at = source.batch
+  if args.side == "shared":
+    def batch_at(step):
+      batch = source.batch(step)
+      return shared_prompt.pack(batch, shared_prompt.bucket_width(batch, width))
+  steps = args.windows * args.window_steps
   mesh = parallel.make_mesh()
   model = parallel.init_sharded(
       lambda: Transformer(config.s0(num_reward_heads=1, lm_head=False), rngs=nnx.Rngs(0)), mesh)
   graphdef, params = nnx.split(model)
   tx = make_optimizer(ml_collections.ConfigDict(dict(
       learning_rate=1e-5, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, clip_norm=1.0,
-      grad_accum=1)), steps)
+      grad_accum=1)), 2 * steps)
   loss_cfg = ml_collections.ConfigDict(dict(
       label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -91,36 +97,41 @@ def run_side(args) -> dict:
   batch_ndims = {k: v.ndim for k, v in batch_at(0).items()}
   train_step = parallel.compile_step(make_train_step(graphdef, tx, loss_cfg), mesh, shardings,
                                      batch_ndims)
+  batches = [batch_at(step) for step in range(steps)]  # packing is host work done once
   losses, windows = [], []
-  for step in range(steps):
-    if step >= args.warmup and (step - args.warmup) % args.window_steps == 0:
+  # A warm pass over the very batches to be timed compiles every bucket width first.
+  for timed in (False, True):
+    for w in range(args.windows):
       start = time.perf_counter()
-    state, metrics = train_step(state, parallel.shard_batch(batch_at(step), mesh))
-    losses.append(float(jax.device_get(metrics["loss"])))
-    if step >= args.warmup and (step - args.warmup + 1) % args.window_steps == 0:
-      windows.append(time.perf_counter() - start)
-  return dict(window_s=windows, first_loss=losses[0])
+      for batch in batches[w * args.window_steps:(w + 1) * args.window_steps]:
+        state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+        losses.append(float(jax.device_get(metrics["loss"])))
+      if timed:
+        windows.append(time.perf_counter() - start)
+  widths = sorted({b["packed_tokens"].shape[1] if "packed_tokens" in b
+                   else b["chosen_tokens"].shape[1] for b in batches})
+  return dict(window_s=windows, first_loss=losses[0], widths=widths)
 
 
-def token_counts(arrays: dict[str, np.ndarray], seq_len: int, width: int, pairs: int) -> dict:
-  """Per pair: real tokens encoded, and positions encoded (padding included) with the
-  fixed widths used here and with per-batch widths rounded up to 64."""
+def token_counts(arrays: dict[str, np.ndarray], args, width: int) -> dict:
+  """Per pair, over one epoch of the benchmark's batches: real tokens encoded, and
+  positions encoded (padding included) by each side, and by the joined side if it too
+  cut each batch to its longest row rounded up to 64 (the pipeline's ``buckets``)."""
+  from rmjax.data import shared_prompt
+  from rmjax.data.array_source import ArraySource
   p = arrays["prompt_len"].astype(np.int64)
-  chosen = arrays["chosen_mask"].sum(1) - p
-  rejected = arrays["rejected_mask"].sum(1) - p
-  joined_real, shared_real = 2 * p + chosen + rejected, p + chosen + rejected
-  round64 = lambda x: -(-x // 64) * 64
-  batches = len(p) // pairs
-  bucketed = {"joined": 0, "shared": 0}
-  for b in range(batches):
-    rows = slice(b * pairs, (b + 1) * pairs)
-    bucketed["joined"] += 2 * pairs * round64(int((p[rows] + np.maximum(chosen[rows], rejected[rows])).max()))
-    bucketed["shared"] += pairs * round64(int(shared_real[rows].max()))
-  n = batches * pairs
+  chosen, rejected = arrays["chosen_mask"].sum(1) - p, arrays["rejected_mask"].sum(1) - p
+  source = ArraySource(arrays, args.pairs, seed=0)
+  batches = [source.batch(step) for step in range(source.num_rows // args.pairs)]
+  shared = [shared_prompt.bucket_width(b, width) for b in batches]
+  longest = [max(b["chosen_mask"].sum(1).max(), b["rejected_mask"].sum(1).max())
+             for b in batches]
+  joined_bucketed = [min(args.seq_len, -(-int(n) // 64) * 64) for n in longest]
   return dict(
-      real_tokens=dict(joined=float(joined_real.mean()), shared=float(shared_real.mean())),
-      fixed_width_positions=dict(joined=2 * seq_len, shared=width),
-      bucketed_64_positions=dict(joined=bucketed["joined"] / n, shared=bucketed["shared"] / n),
+      real_tokens=dict(joined=float((2 * p + chosen + rejected).mean()),
+                       shared=float((p + chosen + rejected).mean())),
+      positions=dict(joined=2 * args.seq_len, shared=float(np.mean(shared)),
+                     joined_if_bucketed=2 * float(np.mean(joined_bucketed))),
       lengths_mean=dict(prompt=float(p.mean()), chosen=float(chosen.mean()),
                         rejected=float(rejected.mean())))
 
@@ -135,7 +146,6 @@ def main():
   p.add_argument("--rounds", type=int, default=3, help="fresh child pairs, alternating")
   p.add_argument("--windows", type=int, default=2, help="timed windows per child")
   p.add_argument("--window-steps", type=int, default=5, help="training steps per window")
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps first (>= 2)")
   p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
   p.add_argument("--data", default="", help=argparse.SUPPRESS)
   p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
@@ -155,7 +165,7 @@ def main():
     np.savez(args.data, **arrays)
     runs = harness.alternating_rounds(
         os.path.abspath(__file__), args,
-        ("pairs", "seq_len", "max_response_len", "warmup", "windows", "window_steps", "data"),
+        ("pairs", "seq_len", "max_response_len", "windows", "window_steps", "data"),
         lambda r: f"windows of {args.window_steps} steps {[round(t, 3) for t in r['window_s']]} s",
         sides=SIDES)
   seconds = {side: harness.median_over(runs, side, "window_s") for side in SIDES}
@@ -167,9 +177,11 @@ def main():
       pairs_per_s=pairs_per_s, speedup=pairs_per_s["shared"] / pairs_per_s["joined"],
       first_step_loss=losses, median_window_s=seconds,
       window_s={side: [round(t, 4) for c in runs[side] for t in c["window_s"]] for side in SIDES},
-      per_pair=token_counts(arrays, args.seq_len, width, args.pairs),
+      per_pair=token_counts(arrays, args, width),
+      shared_widths=sorted({w for c in runs["shared"] for w in c["widths"]}),
       shape=dict(config="s0", dtype="float32", pairs=args.pairs, seq_len=args.seq_len,
-                 max_response_len=args.max_response_len, shared_width=width, rows=len(arrays["prompt_len"])),
+                 max_response_len=args.max_response_len, shared_max_width=width,
+                 rows=len(arrays["prompt_len"])),
       cpu_count=os.cpu_count(), load_avg_1min=os.getloadavg()[0],
       wall_s=time.perf_counter() - start)))
 

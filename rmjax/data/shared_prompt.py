@@ -4,8 +4,10 @@ The prompt is encoded once instead of twice. Both responses continue the prompt'
 positions (chosen and rejected each start at position len(prompt)), and the attention
 mask keeps them apart: a token sees the prompt and the earlier tokens of its own
 segment, never the other response. Rewards are read at each response's last token.
-The three segments sit back to back, right-padded to one ``width`` for every batch, so
-the step compiles once; ``packed_width`` is the least width that holds every pair.
+The three segments sit back to back, right-padded to a ``width``: ``packed_width`` holds
+every pair of a dataset, ``bucket_width`` rounds a batch's own longest pair up to a
+multiple of 64, so a step compiles once per bucket and a batch of short pairs pays for
+short rows.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def truncated_width(seq_len: int, max_response_len: int | None) -> int:
   prompt + max(chosen, rejected) <= seq_len and min(chosen, rejected) <= the response
   cap, so the three segments together never exceed their sum."""
   return seq_len + min(max_response_len or seq_len, seq_len)
+
+
+def bucket_width(batch: dict[str, np.ndarray], max_width: int, multiple: int = 64) -> int:
+  """The batch's longest prompt + chosen + rejected rounded up to ``multiple``, at most
+  ``max_width`` (the dataset's ``packed_width`` or ``truncated_width``)."""
+  return min(max_width, -(-packed_width(batch) // multiple) * multiple)
 
 
 def pack(batch: dict[str, np.ndarray], width: int) -> dict:

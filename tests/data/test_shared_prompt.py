@@ -58,6 +58,16 @@ def test_pack_rejects_rows_that_do_not_fit(pairs):
     shared_prompt.pack(arrays, shared_prompt.packed_width(arrays) - 1)
 
 
+def test_bucket_width_rounds_up_to_the_multiple_and_caps():
+  batch = {schema.CHOSEN_MASK: np.array([[1] * 50 + [0] * 14, [1] * 10 + [0] * 54], bool),
+           schema.REJECTED_MASK: np.array([[1] * 40 + [0] * 24, [1] * 64], bool),
+           "prompt_len": np.array([20, 5])}
+  assert shared_prompt.packed_width(batch) == 70  # row 0: 20 + 30 + 20; row 1: 5 + 5 + 59
+  assert shared_prompt.bucket_width(batch, 448) == 128
+  assert shared_prompt.bucket_width(batch, 448, multiple=8) == 72
+  assert shared_prompt.bucket_width(batch, 100) == 100
+
+
 def test_truncated_width_holds_every_truncated_pair():
   rng = np.random.default_rng(0)
   seq_len, cap = 32, 12
