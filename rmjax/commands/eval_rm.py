@@ -3,7 +3,9 @@
 For each set (``config.sets``): pairs, accuracy (a tie counts 1/2), mean margin
 r_chosen - r_rejected, and the other held-out metrics of ``rm_trainer.evaluate``; then
 the pair-weighted overall accuracy and margin. The table is printed and written beside
-the run as ``<workdir>/eval_<name>.md`` and ``.json``.
+the run as ``<workdir>/eval_<name>.md`` and ``.json``. For an ensemble, accuracy and
+margin are those of the members' mean reward, and the table adds each member's accuracy
+("m0", "m1", ...) and the average member's ("members").
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 
 import jax
-from flax import nnx
 
 from rmjax import parallel
 from rmjax.data import readers
@@ -22,7 +23,7 @@ from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tok
                                   tokenize_pairs)
 from rmjax.parallel.sharding import data_parallel_size
 from rmjax.train import rm_trainer
-from rmjax.train.load_rm import encoding_for, load_trained_rm
+from rmjax.train.load_rm import encoding_for, load_ensemble
 from rmjax.train.rm_step import make_eval_step
 
 LLMBAR = "llmbar"
@@ -57,18 +58,30 @@ def parse_sets(sets) -> list[tuple[str, str, str | None]]:
   return out
 
 
+def _member_columns(row: dict) -> list[str]:
+  """An ensemble's per-member accuracies ("accuracy/m") and the average member's."""
+  members = sorted((k for k in row if k.startswith("accuracy/")),
+                   key=lambda k: int(k.split("/")[1]))
+  return members + (["member_accuracy"] if "member_accuracy" in row else [])
+
+
 def overall(rows: list[dict]) -> dict:
-  """Pair-count-weighted accuracy and mean margin over the sets."""
+  """Pair-count-weighted accuracy and mean margin (and member accuracies) over the sets."""
   total = sum(r["pairs"] for r in rows)
+  keys = ["accuracy", "margin", *_member_columns(rows[0])]
   return {"subset": "overall", "pairs": total,
-          **{k: sum(r["pairs"] * r[k] for r in rows) / total for k in ("accuracy", "margin")}}
+          **{k: sum(r["pairs"] * r[k] for r in rows) / total for k in keys}}
 
 
 def markdown_table(rows: list[dict], summary: dict) -> str:
-  lines = ["| subset | pairs | accuracy | mean margin |", "|---|---:|---:|---:|"]
+  members = _member_columns(summary)
+  titles = ["members" if k == "member_accuracy" else f"m{k.split('/')[1]}" for k in members]
+  lines = ["| subset | pairs | accuracy | mean margin |" + "".join(f" {t} |" for t in titles),
+           "|---|---:|---:|---:|" + "---:|" * len(titles)]
   for r in [*rows, summary]:
     name = f"**{r['subset']}**" if r is summary else r["subset"]
-    lines.append(f"| {name} | {r['pairs']} | {r['accuracy']:.4f} | {r['margin']:+.4f} |")
+    lines.append(f"| {name} | {r['pairs']} | {r['accuracy']:.4f} | {r['margin']:+.4f} |"
+                 + "".join(f" {r[k]:.4f} |" for k in members))
   return "\n".join(lines) + "\n"
 
 
@@ -82,13 +95,13 @@ def _default_name(sets, parsed) -> str:
 def run(config) -> dict:
   parsed = parse_sets(config.sets)
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-  model, run_config = load_trained_rm(config.workdir, mesh)
+  model, run_config = load_ensemble(config.workdir, mesh)
   enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
                      config.max_response_len)
   tokenizer = load_tokenizer(enc.tokenizer) if enc.tokenizer else None
   check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
-  graphdef, params = nnx.split(model)
-  eval_fn = jax.jit(make_eval_step(graphdef))
+  params = model.params
+  eval_fn = jax.jit(make_eval_step(model.graphdef, model.layout))
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
 

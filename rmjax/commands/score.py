@@ -4,6 +4,9 @@ Rows hold ``response`` (one sequence; written back with ``reward``) or ``chosen`
 ``rejected`` (a pair; ``reward_chosen`` and ``reward_rejected``), and an optional
 ``prompt`` (default empty). Fields are text (tokenised with ``config.tokenizer``) or
 lists of token ids. Every other field of a row is copied unchanged; rows keep their order.
+An ensemble's rewards are its members' mean, and every member's reward is written too,
+as ``member_rewards`` (``member_rewards_chosen``, ``member_rewards_rejected``): a list of
+K numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
 
 from rmjax import parallel
 from rmjax.data.array_source import eval_batches
@@ -23,7 +25,7 @@ from rmjax.data.schema import DataError, PreferencePair
 from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
                                   tokenize_pairs, tokenize_sequences)
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.train.load_rm import encoding_for, load_trained_rm
+from rmjax.train.load_rm import encoding_for, load_ensemble
 
 
 def read_jsonl(path: str) -> list[tuple[str, dict]]:
@@ -100,21 +102,17 @@ def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int |
   return tokens, mask, slots
 
 
-def sequence_rewards(model, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
+def sequence_rewards(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
                      mesh) -> np.ndarray:
-  """float32 [n] rewards (first reward head) of tokens/mask [n, seq], batched on ``mesh``."""
-  graphdef, params = nnx.split(model)
+  """float32 [n, K] member rewards of tokens/mask [n, seq], batched on ``mesh``.
 
-  @jax.jit
-  def forward(params, tokens, mask):
-    m = nnx.merge(graphdef, params)
-    return m.rewards(m(tokens, mask)[0], mask)[:, 0]
-
+  ``scorer``: ``(tokens, mask) -> [B, K]`` (``load_rm.load_ensemble``).
+  """
   out = []
   for batch, real in eval_batches({"tokens": tokens, "mask": mask}, batch_size):
     batch = parallel.shard_batch(batch, mesh)
-    out.append(np.asarray(jax.device_get(forward(params, batch["tokens"], batch["mask"])))[:real])
-  return np.concatenate(out) if out else np.zeros(0, np.float32)
+    out.append(np.asarray(jax.device_get(scorer(batch["tokens"], batch["mask"])))[:real])
+  return np.concatenate(out) if out else np.zeros((0, scorer.k), np.float32)
 
 
 def default_output(path: str) -> str:
@@ -127,7 +125,7 @@ def run(config) -> dict:
   if not config.input:
     raise ValueError("set --config.input to a JSONL file to score")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-  model, run_config = load_trained_rm(config.workdir, mesh)
+  model, run_config = load_ensemble(config.workdir, mesh)
   enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
                      config.max_response_len)
   rows = read_jsonl(config.input)
@@ -148,19 +146,23 @@ def run(config) -> dict:
                                     enc.max_response_len)
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
-  rewards = sequence_rewards(model, tokens, mask, batch_size, mesh)
+  members = sequence_rewards(model, tokens, mask, batch_size, mesh)
+  rewards = members.mean(1)
   out_rows = [dict(row) for _, row in rows]
-  for (i, field), reward in zip(slots, rewards):
+  for (i, field), reward, member in zip(slots, rewards, members):
     out_rows[i][field] = float(reward)
+    if model.k > 1:
+      out_rows[i][field.replace("reward", "member_rewards")] = [float(r) for r in member]
   output = config.output or default_output(config.input)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     for row in out_rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
   step = run_config.checkpoint.step
+  members_note = f" (ensemble of {model.k}, their mean)" if model.k > 1 else ""
   print(f"scored {len(rows)} rows ({len(rewards)} sequences, up to {tokens.shape[1]} of "
         f"max_len {enc.max_len} tokens{', tokenizer ' + enc.tokenizer if tokenizer else ''}) "
-        f"with step {step} of {config.workdir}: mean reward {float(np.mean(rewards)):+.4f}, "
-        f"std {float(np.std(rewards)):.4f}")
+        f"with step {step} of {config.workdir}{members_note}: mean reward "
+        f"{float(np.mean(rewards)):+.4f}, std {float(np.std(rewards)):.4f}")
   print(f"wrote {output}")
   return {"output": output, "rows": out_rows, "step": step}

@@ -100,21 +100,35 @@ def stack_states(states: list):
   return with_member_axis(stacked)
 
 
-def init_stacked(make_member, seeds: list[int], mesh):
-  """(graphdef, stacked parameters) of ``make_member(rngs)`` for each seed.
-
-  Built in one jitted ``vmap`` straight into the shardings of ``mesh`` (members over
-  its ``ensemble`` axis); member m is bit-identical to ``make_member(nnx.Rngs(seeds[m]))``.
-  """
+def _stacked_init(make_member):
+  """(graphdef, init): ``init(seeds int32 [K])`` -> the stacked state of
+  ``make_member(rngs)``, one member per seed."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_member(nnx.Rngs(0))))
 
   def init(seed_array):
     one = lambda seed: nnx.split(make_member(nnx.Rngs(jax.random.key(seed))))[1]
     return with_member_axis(jax.vmap(one)(seed_array))
 
+  return graphdef, init
+
+
+def init_stacked(make_member, seeds: list[int], mesh):
+  """(graphdef, stacked parameters) of ``make_member(rngs)`` for each seed.
+
+  Built in one jitted ``vmap`` straight into the shardings of ``mesh`` (members over
+  its ``ensemble`` axis); member m is bit-identical to ``make_member(nnx.Rngs(seeds[m]))``.
+  """
+  graphdef, init = _stacked_init(make_member)
   seed_array = jnp.asarray(seeds, jnp.int32)
   shardings = parallel.tree_shardings(jax.eval_shape(init, seed_array), mesh)
   return graphdef, jax.jit(init, out_shardings=shardings)(seed_array)
+
+
+def abstract_stacked(make_member, k: int):
+  """(graphdef, stacked state of ShapeDtypeStructs) of K members, nothing allocated:
+  the target a checkpoint of stacked members restores into."""
+  graphdef, init = _stacked_init(make_member)
+  return graphdef, jax.eval_shape(init, jax.ShapeDtypeStruct((k,), jnp.int32))
 
 
 def apply_members(layout: Layout, graphdef, params, fn):

@@ -9,6 +9,11 @@ state is never read.
 The checkpoint directory is opened read-only: unlike constructing a ``Checkpointer``
 (which creates the directory and deletes unfinished ``*.orbax-checkpoint-tmp`` saves on
 start-up), loading never writes, so it is safe while the run is still training.
+
+An ensemble run (``rmjax.train.ensemble``) loads with ``load_ensemble`` as a scorer
+``(tokens, mask) -> [B, K]`` member rewards; so does a single model (K = 1).
+``load_trained_rm`` gives the ``Transformer`` of a run with one backbone (a single
+model, or a shared backbone whose K heads are the members).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rmjax import parallel
 from rmjax.models import gguf_io, hf_io
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
-from rmjax.train import rm_trainer
+from rmjax.train import ensemble, rm_trainer
 from rmjax.train.checkpoint import abstract_like
 
 _ITEMS = ("state", "extra", "provenance")  # rmjax.train.checkpoint's step layout
@@ -67,14 +72,14 @@ def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
                                  item_handlers=handlers)
 
 
-def model_config_of(model_cfg, vocab_size: int) -> ModelConfig:
+def model_config_of(model_cfg, vocab_size: int, heads: int = 1) -> ModelConfig:
   """The architecture a ``train-rm`` run built: its preset and fields, or, for a run with
   ``model.init_from``, the GGUF file's or Hugging Face folder's config (which must still be
-  there). ``vocab_size``: the checkpoint's embedding rows."""
+  there). ``vocab_size``: the checkpoint's embedding rows; ``heads``: reward heads."""
   init_from = model_cfg.get("init_from", "")
   if not init_from:
-    return rm_trainer.build_model_config(model_cfg, vocab_size)
-  heads = dict(num_reward_heads=1, lm_head=False)
+    return rm_trainer.build_model_config(model_cfg, vocab_size, heads)
+  heads = dict(num_reward_heads=heads, lm_head=False)
   path = pathlib.Path(init_from)
   if str(init_from).endswith(".gguf"):
     if not path.is_file():
@@ -104,7 +109,23 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
   mesh on the first device). The config is the run's resolved ``train-rm`` config; its
   ``model`` section and the stored vocabulary size rebuild the architecture
   (``model_config_of``). ``config.checkpoint`` (directory, step) is added
-  to say which checkpoint the model is.
+  to say which checkpoint the model is. An ensemble of separate members is no single
+  ``Transformer``: load it with ``load_ensemble``.
+  """
+  scorer, config = load_ensemble(workdir, mesh, step=step)
+  if scorer.layout.stacked:
+    raise ValueError(f"{config.checkpoint.directory} holds an ensemble of "
+                     f"{scorer.k} separate members; load it with load_ensemble")
+  return nnx.merge(scorer.graphdef, scorer.params), config
+
+
+def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = None
+                  ) -> tuple[ensemble.RewardEnsemble, ml_collections.ConfigDict]:
+  """(scorer, run config) of a run's checkpoint, as ``load_trained_rm`` reads it.
+
+  ``scorer(tokens, mask)`` gives float32 [B, K] member rewards (K = 1 for a single
+  model); ``scorer.cfg`` is one member's ModelConfig. Separate members' stacked
+  parameters are sharded over ``mesh``'s ensemble axis when it divides K.
   """
   directory = checkpoint_dir(workdir)
   manager = _manager(directory)
@@ -122,10 +143,15 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
                          "'model' section; not a reward-model run?")
       config = ml_collections.ConfigDict(run)
       stored = manager.item_metadata(step).state
-      vocab_size = int(stored["params"]["embed"]["value"].shape[0])
-      cfg = model_config_of(config.model, vocab_size)
+      layout = ensemble.Layout.from_config(config.get("ensemble"))
+      vocab_size = int(stored["params"]["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
+      cfg = model_config_of(config.model, vocab_size, layout.heads)
       mesh = single_device_mesh() if mesh is None else mesh
-      graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+      make = lambda rngs: Transformer(cfg, rngs=rngs)
+      if layout.stacked:
+        graphdef, abstract = ensemble.abstract_stacked(make, layout.k)
+      else:
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
       target = {"params": abstract_like(abstract, parallel.tree_shardings(abstract, mesh))}
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -133,7 +159,7 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
   finally:
     manager.close()
   config.checkpoint = ml_collections.ConfigDict(dict(directory=str(directory), step=step))
-  return nnx.merge(graphdef, restored.state["params"]), config
+  return ensemble.RewardEnsemble(graphdef, restored.state["params"], layout, cfg), config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +171,12 @@ class Encoding:
   max_response_len: int | None
 
 
-def encoding_for(run_config, model: Transformer, tokenizer: str = "", max_len: int = 0,
+def encoding_for(run_config, model, tokenizer: str = "", max_len: int = 0,
                  max_response_len: int = 0) -> Encoding:
   """The given values, else the run's own (``data.files``: tokenizer, seq_len,
   max_response_len, for a run trained on preference files), else no tokenizer, the model's
-  ``max_seq_len`` and no response limit. ``max_len`` may not exceed ``max_seq_len``."""
+  ``max_seq_len`` and no response limit. ``max_len`` may not exceed ``max_seq_len``.
+  ``model``: a ``Transformer`` or ``RewardEnsemble`` (anything with a ModelConfig ``cfg``)."""
   files = run_config.data.files if run_config.get("data", {}).get("source") == "files" else {}
   limit = model.cfg.max_seq_len
   max_len = max_len or files.get("seq_len", 0) or limit
