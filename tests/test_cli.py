@@ -18,7 +18,7 @@ def test_demo_runs_on_a_sharded_mesh():
                 "--config.prompt_len=8", "--config.new_tokens=4", "--config.mesh.fsdp=2",
                 "--config.mesh.tensor=2")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in result.stdout
+  assert "mesh {'ensemble': 1, 'data': 2, 'fsdp': 2, 'tensor': 2}" in result.stdout
   assert "sampled 8 x 4 tokens" in result.stdout
 
 
@@ -45,6 +45,15 @@ def test_unknown_config_field_is_named():
   result = _run("train-rm", "--config.train.stepz=5")
   assert result.returncode != 0
   assert "stepz" in result.stderr and 'Did you mean "steps"' in result.stderr
+
+
+def test_ensemble_flags_reach_the_trainer():
+  result = _run("train-rm", "--config.ensemble.k=0")
+  assert result.returncode != 0 and "ensemble.k=0 must be an integer >= 1" in result.stderr
+  result = _run("train-rm", "--config.ensemble.k=3", "--config.mesh.data=4",
+                "--config.mesh.ensemble=2")
+  assert result.returncode != 0
+  assert "ensemble.k=3 is not divisible by mesh.ensemble=2" in result.stderr
 
 
 def test_train_rm_main_job_reports_held_out_and_gold(tmp_path):
