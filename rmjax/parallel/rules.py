@@ -4,10 +4,13 @@ Parameters name their dimensions logically (``rmjax/models/layers.py``); batches
 "batch" and "length". The stacked members of a reward-model ensemble
 (``rmjax/train/ensemble.py``) add a leading "ensemble" dimension to every parameter and
 to their batches; it goes to the mesh's own ``ensemble`` axis (``mesh.py`` says why that
-axis exists instead of reusing ``data``), so members keep their usual sharding inside it. A name missing from the table is replicated. A mesh axis is
-used at most once per array, and an axis whose size does not divide the dimension is
-dropped for that array (the dimension is replicated instead of failing): SmolLM2's 3
-KV heads on a tensor axis of 2 stay whole, for example.
+axis exists instead of reusing ``data``), so members keep their usual sharding inside it.
+
+A name missing from the table is replicated. A mesh axis is used at most once per
+array, and an axis whose size does not divide the dimension is dropped for that array
+(the dimension is replicated instead of failing): SmolLM2's 3 KV heads on a tensor axis
+of 2 stay whole, for example. (The trainer refuses an ensemble.k that the ensemble axis
+does not divide, rather than let members be silently replicated.)
 """
 
 from __future__ import annotations
