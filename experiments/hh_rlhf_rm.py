@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -23,7 +22,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -32,8 +30,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from scipy import stats  # noqa: E402
 
+# Run as a script, Python puts experiments/ itself on the path; the repo root makes the
+# shared helpers importable as experiments.report and experiments.stats.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import report, stats  # noqa: E402
 from rmjax.commands import eval_rm  # noqa: E402
 from rmjax.configs import eval_rm as eval_rm_config  # noqa: E402
 from rmjax.data import readers, tfds_builder, tokenize  # noqa: E402
@@ -104,15 +105,6 @@ def override(config, n: int):
   return run
 
 
-def interval(values) -> tuple[float, float]:
-  """(mean, half-width of the 95% t-interval; nan with one value)."""
-  values = np.asarray(values, float)
-  if len(values) < 2:
-    return float(values.mean()), float("nan")
-  half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-  return float(values.mean()), float(half)
-
-
 def train_variant(config, n, seed, vocab_size, entries, sets, data_hash, mesh) -> dict:
   """One (n, seed): train on cached features, evaluate every set, save the full model."""
   run = override(config, n)
@@ -174,28 +166,24 @@ def summarize(results: list[dict], ns) -> list[dict]:
            next(s for s in r["sets"] if s["subset"] == name))["accuracy"] for r in runs]
     metrics["train seconds"] = [r["train_seconds"] for r in runs]
     for metric, values in metrics.items():
-      mean, half = interval(values)
-      rows.append({"n": n, "metric": metric, "mean": mean, "ci95": half, "seeds": len(values),
-                   "values": values})
+      mean, low, high = (float(v) for v in stats.t_interval(values))
+      rows.append({"n": n, "metric": metric, "mean": mean, "low": low, "high": high,
+                   # one seed gives no interval: say so with an empty cell, not a zero width
+                   "ci95": (high - mean) if len(values) > 1 else None,
+                   "seeds": len(values), "values": [float(v) for v in values],
+                   "per_seed": " ".join(f"{v:.4f}" for v in values)})
   return rows
 
 
+COLUMNS = [("n", "n"), ("metric", "metric"), ("mean", "mean"), ("ci95", "±95%"),
+           ("seeds", "seeds"), ("per_seed", "per seed")]
+
+
 def write_outputs(workdir, rows, payload) -> list[str]:
-  paths = [os.path.join(workdir, f"results.{ext}") for ext in ("md", "csv", "json")]
-  lines = ["| n | metric | mean | ±95% | seeds | per seed |", "|---:|---|---:|---:|---:|---|"]
-  for r in rows:
-    per_seed = ", ".join(f"{v:.4f}" for v in r["values"])
-    lines.append(f"| {r['n']} | {r['metric']} | {r['mean']:.4f} | {r['ci95']:.4f} | "
-                 f"{r['seeds']} | {per_seed} |")
-  with open(paths[0], "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(paths[1], "w", newline="", encoding="utf-8") as f:
-    out = csv.DictWriter(f, ["n", "metric", "mean", "ci95", "seeds", "values"])
-    out.writeheader()
-    out.writerows({**r, "values": " ".join(f"{v:.6g}" for v in r["values"])} for r in rows)
-  with open(paths[2], "w", encoding="utf-8") as f:
-    json.dump({**payload, "summary": rows}, f, indent=2)
-  return paths
+  """results.md/.csv (``report.write_table``) and results.json (everything)."""
+  stem = os.path.join(workdir, "results")
+  paths = report.write_table(stem, COLUMNS, rows)
+  return paths + [report.write_json(f"{stem}.json", {**payload, "summary": rows})]
 
 
 def plot_curves(results: list[dict], out_path: str) -> str:
