@@ -6,7 +6,9 @@ tokens. Batches keep the schema's keys, with CHOSEN_TOKENS/REJECTED_TOKENS holdi
 cached features [batch, width, d_model] instead of token ids, so the existing
 ``rm_step`` steps, ``rm_trainer.evaluate`` and the metrics run unchanged. The trained
 full model (frozen prefix included) is saved in ``train-rm``'s checkpoint layout, so
-``rmjax eval-rm``, ``rmjax score`` and ``load_rm`` read it like any other run.
+``rmjax eval-rm``, ``rmjax score`` and ``load_rm`` read it like any other run. A run on
+cached features takes seconds to minutes, so only that final model is saved: there is no
+mid-run checkpoint to resume from.
 """
 
 from __future__ import annotations
