@@ -103,7 +103,7 @@ def plot_bands(path: str, grid: list[list[list[Series]]], titles: list[str], xla
         ax.set_xlabel(xlabel)
       if c == 0:
         ax.set_ylabel(ylabels[r])
-      ax.legend(fontsize=8)
+      ax.legend(fontsize=8, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
