@@ -184,29 +184,31 @@ def train(config) -> dict:
   writer = MetricsWriter(workdir)
   progress = Progress(start, tc.steps)
   eval_metrics, window = {}, []
-  with checkpointer.install_sigterm_handler():
-    for step in range(start, tc.steps):
-      batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked)
-      state, metrics = train_step(state, batch)
-      metrics = jax.device_get(metrics)
-      check_finite(float(metrics["loss"]), step + 1)
-      window.append(metrics)
-      done = step + 1
-      if done % tc.log_every == 0 or done == tc.steps:  # means over the logging window
-        means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        window = []
-        writer.write(done, "train", means)
-        progress.update(done, {k: means[k] for k in ("loss", "accuracy")})
-      if done % tc.eval_every == 0 or done == tc.steps:
-        eval_metrics = evaluate(eval_fn, state["params"], data.eval, tc.batch_size, mesh)
-        writer.write(done, "eval", eval_metrics)
-      checkpointer.save(done, state, {"data_step": done},
-                        force=done == tc.steps or checkpointer.preempted)
-      if checkpointer.preempted:
-        print(f"SIGTERM: saved step {done}, exiting")
-        break
-  checkpointer.wait()
-  checkpointer.close()
-  writer.close()
+  try:
+    with checkpointer.install_sigterm_handler():
+      for step in range(start, tc.steps):
+        batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked)
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        check_finite(float(metrics["loss"]), step + 1)
+        window.append(metrics)
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:  # means over the logging window
+          means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          window = []
+          writer.write(done, "train", means)
+          progress.update(done, {k: means[k] for k in ("loss", "accuracy")})
+        if done % tc.eval_every == 0 or done == tc.steps:
+          eval_metrics = evaluate(eval_fn, state["params"], data.eval, tc.batch_size, mesh)
+          writer.write(done, "eval", eval_metrics)
+        checkpointer.save(done, state, {"data_step": done},
+                          force=done == tc.steps or checkpointer.preempted)
+        if checkpointer.preempted:
+          print(f"SIGTERM: saved step {done}, exiting")
+          break
+  finally:  # a failing run (a NaN loss) still commits the checkpoints it started
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
   plot = plot_training_curves(writer.jsonl_path, os.path.join(workdir, "training_curves.png"))
   return {"eval": eval_metrics, "workdir": workdir, "plot": plot}
