@@ -12,7 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOISE = ("0.0", "0.25")
 OBJECTIVES = ("single", "mean", "wco", "uwo")
-MAX_N = 32
+MAX_N = 128
 
 
 def _finite(obj):
@@ -27,7 +27,8 @@ def _finite(obj):
 @pytest.mark.slow
 def test_tiny_run_writes_table_json_and_plot(tmp_path):
   workdir = tmp_path / "run"
-  flags = {"workdir": workdir, "seeds": "(0,)", "bon.num_prompts": 2, "bon.num_samples": 64,
+  # 2 x 256 rows: one 512-row chunk, the shape the task's own sampler already compiled.
+  flags = {"workdir": workdir, "seeds": "(0,)", "bon.num_prompts": 2, "bon.num_samples": 256,
            "bon.max_n": MAX_N, "task.num_train_pairs": 64, "task.num_eval_pairs": 16,
            "proxy.ensemble.k": 2, "proxy.train.steps": 8, "proxy.train.batch_size": 8,
            "proxy.optim.warmup_steps": 2, "proxy.model.d_model": 16, "proxy.model.d_ff": 32}
@@ -48,11 +49,11 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path):
   assert len(markdown) == 2 + len(NOISE) * len(OBJECTIVES)
   with open(workdir / "curves.csv") as f:
     curves = list(csv.DictReader(f))
-  assert len(curves) == len(NOISE) * len(OBJECTIVES) * 6  # n = 1, 2, ..., 32
+  assert len(curves) == len(NOISE) * len(OBJECTIVES) * 8  # n = 1, 2, ..., 128
 
   result = json.loads((workdir / "results.json").read_text())
   assert _finite(result)
-  assert result["n"] == [2 ** i for i in range(6)]
+  assert result["n"] == [2 ** i for i in range(8)]
   for noise in ("0", "0.25"):
     block = result["noise"][noise]
     assert set(OBJECTIVES) | {"single/0", "single/1"} <= set(block)
