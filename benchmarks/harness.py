@@ -22,7 +22,7 @@ def run_side(script: str, side: str, args, flags) -> dict:
 
 
 def alternating_rounds(script: str, args, flags, describe,
-                       sides: tuple[str, str] = SIDES) -> dict[str, list[dict]]:
+                       sides: tuple[str, ...] = SIDES) -> dict[str, list[dict]]:
   """``args.rounds`` rounds of one fresh child per side; ``describe(result)`` is printed
   to stderr after each. Children share a temporary XLA compilation cache (``cache_dir``)
   only to shorten the wall time."""
