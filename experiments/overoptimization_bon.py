@@ -180,6 +180,8 @@ def verdicts(c, summary) -> list[str]:
   lines = ["Gain = gold(best-of-n at the largest n) - gold(base policy, n = 1); the relative "
            "gain of an objective is (its gain - the single model's) / the single model's, "
            "seed means (Coste et al. compare the improvement over the base policy)."]
+  if len(c.seeds) < 2:
+    lines.append("One seed: the [intervals] below are that seed's value, not a spread.")
   for noise in c.noise_levels:
     block = summary["noise"][f"{noise:g}"]
     lines.append(f"-- label noise {noise:.0%}:")
@@ -192,7 +194,8 @@ def verdicts(c, summary) -> list[str]:
         state = (f"gold peaks at n={e['peak_n']} and falls by {drop['mean']:.3f} "
                  f"[{drop['low']:.3f}, {drop['high']:.3f}] by n={ns[-1]}, in "
                  f"{e['seeds_falling']}/{len(c.seeds)} seeds: "
-                 + ("overoptimises (the fall's 95% interval is above 0)" if significant else
+                 + ("overoptimises (one seed, no interval)" if len(c.seeds) < 2 else
+                    "overoptimises (the fall's 95% interval is above 0)" if significant else
                     "the fall's 95% interval includes 0"))
       lines.append(f"  {LABELS[name]}: {state}")
     for name in c.objectives:
@@ -238,7 +241,8 @@ def write_outputs(c, summary, evals, seconds) -> list[str]:
   keys = list(curve_rows[0])
   paths += report.write_table(stem("curves"), [(k, k) for k in keys], curve_rows)[1:]
   paths.append(report.write_json(stem("results.json"), {
-      "config": c.to_dict(), "seconds": seconds, "proxy_eval": evals, **summary}))
+      "config": c.to_dict(), "config_note": "sizes already multiplied by scale",
+      "seconds": seconds, "proxy_eval": evals, **summary}))
   # Gains, not levels: every objective ranks the same samples of a seed, so the seed's
   # base-policy level gold(1) is shared and would only widen every band alike.
   grid = [[[report.Series(LABELS[name], kl, *(e[k][b] for b in ("mean", "low", "high")),
