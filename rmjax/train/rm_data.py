@@ -48,13 +48,17 @@ def arrays_hash(*splits: dict[str, np.ndarray]) -> str:
 
 
 class Packed:
-  """A source's batches packed with a shared prompt (``shared_prompt.pack``)."""
+  """A source's batches packed with a shared prompt (``shared_prompt.pack``), ``width``
+  wide, or with ``bucket`` each batch only as wide as its longest pair rounded up to 64
+  (``shared_prompt.bucket_width``; the step compiles once per bucket)."""
 
-  def __init__(self, source, width: int):
-    self.source, self.width = source, width
+  def __init__(self, source, width: int, bucket: bool = False):
+    self.source, self.width, self.bucket = source, width, bucket
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    return shared_prompt.pack(self.source.batch(step), self.width)
+    batch = self.source.batch(step)
+    width = shared_prompt.bucket_width(batch, self.width) if self.bucket else self.width
+    return shared_prompt.pack(batch, width)
 
 
 class MemberBatches:
@@ -137,7 +141,9 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Lay
     raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
   seeds = ensemble.member_seeds(seed, layout.k) if layout.stacked else [seed]
   data = (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seeds)
-  sources = [Packed(s, data.packed_width) if pack_prompt else s for s in data.train]
+  # Separate members' batches are stacked, so they share one width.
+  sources = [Packed(s, data.packed_width, bucket=not layout.stacked) if pack_prompt else s
+             for s in data.train]
   if layout.stacked:
     train = MemberBatches(sources)
   elif layout.k > 1 and layout.bootstrap:

@@ -8,7 +8,7 @@ from flax import nnx
 from rmjax.data import pipeline, schema, shared_prompt, synthetic
 from rmjax.models import config as C
 from rmjax.models.transformer import Transformer
-from rmjax.train import rm_step
+from rmjax.train import rm_data, rm_step
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,20 @@ def test_truncated_width_holds_every_truncated_pair():
     prompt, chosen, rejected = pipeline.truncate_pair(*parts, seq_len, cap)
     widest = max(widest, len(prompt) + len(chosen) + len(rejected))
   assert widest == width  # reached, never exceeded
+
+
+def test_trainer_source_packs_each_batch_to_its_bucket():
+  rows = np.arange(64)[None]
+  batch = {schema.CHOSEN_TOKENS: np.ones((2, 64), np.int32),
+           schema.CHOSEN_MASK: np.concatenate([rows < 50, rows < 10]),
+           schema.REJECTED_TOKENS: np.ones((2, 64), np.int32),
+           schema.REJECTED_MASK: np.concatenate([rows < 40, rows < 64]),
+           "prompt_len": np.array([20, 5]), schema.MARGIN: np.zeros(2),
+           schema.WEIGHT: np.ones(2)}
+
+  class Source:
+    def batch(self, step):
+      return batch
+
+  assert rm_data.Packed(Source(), 448, bucket=True).batch(0)["packed_tokens"].shape == (2, 128)
+  assert rm_data.Packed(Source(), 448).batch(0)["packed_tokens"].shape == (2, 448)
