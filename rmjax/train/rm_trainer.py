@@ -135,7 +135,11 @@ def train(config) -> dict:
     for step in range(start, tc.steps):
       state, metrics = train_step(state, parallel.shard_batch(next_batch(step), mesh))
       metrics = jax.device_get(metrics)
-      check_finite(float(metrics["loss"]), step + 1)
+      try:
+        check_finite(float(metrics["loss"]), step + 1)
+      except FloatingPointError:
+        checkpointer.wait()  # the last good save may still be writing: commit it first
+        raise
       window.append(metrics)
       done = step + 1
       if done % tc.log_every == 0 or done == tc.steps:  # means over the logging window
