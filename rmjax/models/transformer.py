@@ -60,16 +60,34 @@ class Attention(nnx.Module):
                      if has_bias else None)
     self.o_bias = (param(rngs, (e,), ("embed",), w, 0) if cfg.family == "gpt2" else None)
 
-  def __call__(self, x, positions, mask, layer_cache):
-    """x [b, s, e]; positions [b, s]; mask [b, s, keys]; layer_cache (k, v, index) or None."""
-    qkv = jnp.einsum("bse,ekgd->bskgd", x, self.qkv[...].astype(x.dtype))
-    if self.qkv_bias is not None:
-      qkv = qkv + self.qkv_bias[...].astype(x.dtype)
-    groups = qkv.shape[3] - 2
-    q, k, v = qkv[:, :, :, :groups], qkv[:, :, :, groups], qkv[:, :, :, groups + 1]
+  def __call__(self, x, positions, mask, layer_cache, read_at=None):
+    """x [b, s, e]; positions [b, s]; mask [b, s, keys]; layer_cache (k, v, index) or None.
+
+    ``read_at`` [b, n] (no cache): queries only at these positions, so the output is
+    [b, n, e]; keys and values still cover all of x.
+    """
+    w = self.qkv[...].astype(x.dtype)
+    groups = w.shape[2] - 2
+    if read_at is not None:
+      # Projections of weight slices: queries only for the n read rows.
+      q = jnp.einsum("bse,ekgd->bskgd", _rows(x, read_at), w[:, :, :groups])
+      kv = jnp.einsum("bse,ekgd->bskgd", x, w[:, :, groups:])
+      if self.qkv_bias is not None:
+        bias = self.qkv_bias[...].astype(x.dtype)
+        q, kv = q + bias[:, :groups], kv + bias[:, groups:]
+      k, v = kv[:, :, :, 0], kv[:, :, :, 1]
+      q_positions, mask = _rows(positions, read_at), _rows(mask, read_at)
+    else:
+      qkv = jnp.einsum("bse,ekgd->bskgd", x, w)
+      if self.qkv_bias is not None:
+        qkv = qkv + self.qkv_bias[...].astype(x.dtype)
+      # One split, not three slices: its gradient is a single concatenate, where the
+      # slices' is a zero-padded full-size buffer per slice plus their sum.
+      q, k, v = jnp.split(qkv, [groups, groups + 1], axis=3)
+      k, v = k[:, :, :, 0], v[:, :, :, 0]
     if self.cfg.family == "llama":
       inv_freq = rope_inverse_frequencies(self.cfg)  # a trace-time constant
-      q = apply_rope(q, positions, inv_freq)
+      q = apply_rope(q, positions if read_at is None else q_positions, inv_freq)
       k = apply_rope(k, positions, inv_freq)
     k = k.transpose(0, 2, 1, 3)  # [b, kv, s, d]: the cache layout
     v = v.transpose(0, 2, 1, 3)
@@ -105,13 +123,40 @@ class Mlp(nnx.Module):
 
   def __call__(self, x):
     if self.gated:
-      both = jnp.einsum("bse,etf->bstf", x, self.up[...].astype(x.dtype))
-      hidden = jax.nn.silu(both[:, :, 0]) * both[:, :, 1]
+      hidden = _swiglu(x, self.up[...].astype(x.dtype))
     else:
       up = x @ self.up[...].astype(x.dtype) + self.up_bias[...].astype(x.dtype)
       hidden = jax.nn.gelu(up, approximate=True)
     out = hidden @ self.down[...].astype(x.dtype)
     return out if self.down_bias is None else out + self.down_bias[...].astype(x.dtype)
+
+
+def _swiglu_fwd(x, w):
+  both = jnp.einsum("bse,etf->bstf", x, w)
+  return jax.nn.silu(both[:, :, 0]) * both[:, :, 1], (x, w, both)
+
+
+@jax.custom_vjp
+def _swiglu(x, w):
+  """silu(x @ w[:, 0]) * (x @ w[:, 1]) for the fused gate/up kernel w [e, 2, f].
+
+  The hand-written backward builds the gradient of the fused output in one pass
+  (a stack of the gate and up gradients); autodiff of the two slices writes a
+  zero-padded full-size buffer for each and then adds them.
+  """
+  return _swiglu_fwd(x, w)[0]
+
+
+def _swiglu_bwd(res, d_hidden):
+  x, w, both = res
+  gate, up = both[:, :, 0], both[:, :, 1]
+  sig = jax.nn.sigmoid(gate)
+  d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))  # d silu(g) = sig (1 + g (1 - sig))
+  d_both = jnp.stack([d_gate, d_hidden * gate * sig], axis=2)
+  return (jnp.einsum("bstf,etf->bse", d_both, w), jnp.einsum("bstf,bse->etf", d_both, x))
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class Block(nnx.Module):
@@ -124,12 +169,21 @@ class Block(nnx.Module):
     self.mlp_norm = Norm(cfg, rngs)
     self.mlp = Mlp(cfg, rngs)
 
-  def __call__(self, x, positions, mask, layer_cache, dropout_key):
+  def __call__(self, x, positions, mask, layer_cache, dropout_key, read_at=None):
+    """``read_at`` [b, n]: the block's output only at these positions, [b, n, e]."""
     keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache)
+    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache,
+                                      read_at)
+    if read_at is not None:
+      x = _rows(x, read_at)
     x = x + dropout(attn_out, self.rate, keys[0])
     x = x + dropout(self.mlp(self.mlp_norm(x)), self.rate, keys[1])
     return x, layer_cache
+
+
+def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [b, s, ...] at index [b, n] -> [b, n, ...]."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def _run_block(block: Block, *args):
@@ -157,7 +211,8 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,
                positions: jax.Array | None = None, cache: kvc.KVCache | None = None,
-               dropout_key: jax.Array | None = None, attn_mask: jax.Array | None = None):
+               dropout_key: jax.Array | None = None, attn_mask: jax.Array | None = None,
+               read_at: jax.Array | None = None):
     """tokens, mask [batch, seq] -> (hidden [batch, seq, d_model], updated cache or None).
 
     ``mask`` marks real tokens (default: all). ``positions`` default to each row's
@@ -166,6 +221,10 @@ class Transformer(nnx.Module):
     ``attn_mask`` [batch, seq, seq] (no cache) replaces the causal mask, for packed
     sequences such as a shared prompt followed by two responses that must not see
     each other.
+
+    ``read_at`` [batch, n] (no cache): return the hidden states only at these positions,
+    [batch, n, d_model]. The last block then computes queries, attention and MLP for
+    those n rows alone (keys and values for all), which is all a reward head reads.
     """
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
@@ -183,11 +242,14 @@ class Transformer(nnx.Module):
       attn_mask = attention_mask(mask, cache, tokens.shape[1])
     elif cache is not None:
       raise ValueError("attn_mask cannot be combined with a KV cache")
+    if read_at is not None and cache is not None:
+      raise ValueError("read_at cannot be combined with a KV cache")
     block_key = embed_key = None
     if dropout_key is not None:
       block_key, embed_key = jax.random.split(dropout_key)
     x = self.embed_tokens(tokens, positions, embed_key)
-    x, layer_caches = self.run_blocks(x, positions, attn_mask, cache=cache, dropout_key=block_key)
+    x, layer_caches = self.run_blocks(x, positions, attn_mask, cache=cache,
+                                      dropout_key=block_key, read_at=read_at)
     x = self.final_norm(x)
     if cache is not None:
       cache = kvc.KVCache(*layer_caches, cache.valid, cache.index + tokens.shape[1])
@@ -204,20 +266,22 @@ class Transformer(nnx.Module):
 
   def run_blocks(self, x: jax.Array, positions: jax.Array, attn_mask: jax.Array,
                  start: int = 0, stop: int | None = None, *, cache: kvc.KVCache | None = None,
-                 dropout_key: jax.Array | None = None):
+                 dropout_key: jax.Array | None = None, read_at: jax.Array | None = None):
     """x [batch, seq, d_model] through ``blocks[start:stop]`` (no final norm).
 
     positions [batch, seq]; attn_mask [batch, seq, keys]. Split points let a frozen
     prefix be computed once and cached (``rmjax.train.feature_cache``). Returns (x,
     (keys, values) of those blocks' updated cache layers, or None without a cache).
     Block i's dropout key is ``fold_in(dropout_key, i)`` whatever ``start`` is.
+    ``read_at`` [batch, n]: the model's last block (if run) outputs only these rows.
     """
     new_keys, new_values = [], []
     for i in range(*slice(start, stop).indices(len(self.blocks))):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
       block_key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+      last = i == len(self.blocks) - 1
       x, layer_cache = self._block_fn(self.blocks[i], x, positions, attn_mask, layer_cache,
-                                      block_key)
+                                      block_key, read_at if last else None)
       if cache is not None:
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])
@@ -242,10 +306,13 @@ class Transformer(nnx.Module):
 
   def rewards_at(self, hidden: jax.Array, index: jax.Array) -> jax.Array:
     """Rewards [batch, K] read from hidden [batch, seq, d_model] at index [batch]."""
+    return self.reward_scores(jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0])
+
+  def reward_scores(self, hidden: jax.Array) -> jax.Array:
+    """hidden [..., d_model] (already at the read positions) -> float32 [..., K]."""
     if self.reward_head is None:
       raise ValueError("this model has num_reward_heads=0")
-    last = jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
-    return jnp.einsum("be,ek->bk", last, self.reward_head[...].astype(last.dtype),
+    return jnp.einsum("...e,ek->...k", hidden, self.reward_head[...].astype(hidden.dtype),
                       preferred_element_type=jnp.float32)
 
   def values(self, hidden: jax.Array) -> jax.Array:

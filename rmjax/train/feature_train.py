@@ -48,15 +48,24 @@ class TopModel(nnx.Module):
     self.final_norm = model.final_norm
     self.reward_head = model.reward_head
 
-  def __call__(self, features: jax.Array, mask: jax.Array):
-    """features [b, w, d_model] (block ``start``'s input), mask [b, seq] -> (hidden, None)."""
+  def __call__(self, features: jax.Array, mask: jax.Array, read_at: jax.Array | None = None):
+    """features [b, w, d_model] (block ``start``'s input), mask [b, seq] -> (hidden, None).
+
+    ``read_at`` [b, n] as in ``Transformer.__call__``: the last block outputs only these
+    rows. Last-token features (n = 0) are already the one row a reward head reads.
+    """
     x = features.astype(self.cfg.compute_dtype)
     if not self.head_only:
       positions = feature_cache.default_positions(mask)
       attn = attention_mask(mask, None, mask.shape[1])
-      for block in self.blocks:
-        x, _ = block(x, positions, attn, None, None)
+      for i, block in enumerate(self.blocks):
+        last = i == len(self.blocks) - 1
+        x, _ = block(x, positions, attn, None, None, read_at if last else None)
     return self.final_norm(x), None
+
+  def reward_scores(self, hidden: jax.Array) -> jax.Array:
+    """hidden [..., d_model] at the read positions -> [..., K] rewards."""
+    return Transformer.reward_scores(self, hidden)
 
   def rewards(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
     """[b, K] rewards at the last real token (position 0 of last-token features)."""

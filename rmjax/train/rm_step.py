@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from rmjax.data import schema, shared_prompt
+from rmjax.models.transformer import last_token_index
 from rmjax.objectives import bt
 from rmjax.train import ensemble
 
@@ -31,19 +32,21 @@ def pair_head_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
   """Scores of both sides with every reward head: (r_chosen [B, H], r_rejected [B, H]).
 
   A packed batch (``shared_prompt.pack``) is encoded once per pair, prompt shared;
-  otherwise chosen and rejected sequences go through the backbone as 2B rows.
+  otherwise chosen and rejected sequences go through the backbone as 2B rows. Only
+  the positions the reward head reads go through the last block (``read_at``).
   """
   if "packed_tokens" in batch:
     segments = batch["packed_segments"]
+    last = jnp.stack([batch["chosen_last"], batch["rejected_last"]], axis=1)
     hidden, _ = model(batch["packed_tokens"], segments != shared_prompt.PAD_SEGMENT,
                       positions=batch["packed_positions"],
-                      attn_mask=shared_prompt.attention_mask(segments))
-    return (model.rewards_at(hidden, batch["chosen_last"]),
-            model.rewards_at(hidden, batch["rejected_last"]))
+                      attn_mask=shared_prompt.attention_mask(segments), read_at=last)
+    rewards = model.reward_scores(hidden)  # [B, 2, H]
+    return rewards[:, 0], rewards[:, 1]
   tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
   mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
-  hidden, _ = model(tokens, mask)
-  rewards = model.rewards(hidden, mask)
+  hidden, _ = model(tokens, mask, read_at=last_token_index(mask)[:, None])
+  rewards = model.reward_scores(hidden[:, 0])  # [2B, H]
   half = tokens.shape[0] // 2
   return rewards[:half], rewards[half:]
 

@@ -229,6 +229,62 @@ def test_remat_gives_the_same_gradients():
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_read_at_equals_full_forward_and_its_gradients(family, packed):
+  """read_at runs the last block on the read rows only: same values, same gradients."""
+  tokens = _tokens((3, 10), seed=4)
+  mask = jnp.ones((3, 10), bool).at[0, :3].set(False).at[1, 7:].set(False)
+  attn_mask = None
+  if packed:  # a prompt of 4 then two responses of 3 that do not see each other
+    seg = jnp.array([0] * 4 + [1] * 3 + [2] * 3)
+    attn_mask = jnp.broadcast_to(
+        (seg[None, :] <= seg[:, None]) & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
+        & jnp.tril(jnp.ones((10, 10), bool)), (3, 10, 10))
+  read_at = jnp.stack([last_token_index(mask), jnp.array([5, 2, 9])], axis=1)
+  model = _model(FAMILIES[family](num_reward_heads=2, qkv_bias=True))
+  graphdef, params = nnx.split(model)
+
+  def run(params, read):
+    m = nnx.merge(graphdef, params)
+    hidden, _ = m(tokens, mask, attn_mask=attn_mask, read_at=read_at if read else None)
+    if not read:
+      hidden = jnp.take_along_axis(hidden, read_at[:, :, None], axis=1)
+    return m.reward_scores(hidden)
+
+  full, part = jax.jit(run, static_argnums=1)(params, False), jax.jit(run, static_argnums=1)(
+      params, True)
+  assert part.shape == (3, 2, 2)
+  _close(part, full, rtol=1e-5, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda p, read: jnp.sum(run(p, read) ** 2)), static_argnums=1)
+  for a, b in zip(jax.tree.leaves(grad(params, False)), jax.tree.leaves(grad(params, True)),
+                  strict=True):  # sums in another order: rounding relative to the leaf's scale
+    _close(b, a, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(a))))
+
+
+def test_read_at_rejects_a_cache():
+  model = _model(C.tiny_llama())
+  cache = kvc.init_cache(model.cfg, 1, 8)
+  with pytest.raises(ValueError, match="read_at"):
+    model(_tokens((1, 2)), cache=cache, read_at=jnp.zeros((1, 1), int))
+
+
+def test_swiglu_gradients_match_autodiff():
+  from rmjax.models.transformer import _swiglu
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  w = jax.random.normal(jax.random.key(1), (8, 2, 6))
+
+  def reference(x, w):
+    both = jnp.einsum("bse,etf->bstf", x, w)
+    return jax.nn.silu(both[:, :, 0]) * both[:, :, 1]
+
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  _close(_swiglu(x, w), reference(x, w), rtol=1e-6)
+  for a, b in zip(jax.grad(loss(reference), (0, 1))(x, w),
+                  jax.grad(loss(_swiglu), (0, 1))(x, w), strict=True):
+    _close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_rope_inverse_frequencies_scaling():
   cfg = C.tiny_llama()
   base = rope_inverse_frequencies(cfg)
