@@ -6,8 +6,8 @@ Shape S0 (``rmjax.models.config.s0()``, float32) trained with the trainer's own 
 (``rm_step.make_train_step`` + ``parallel.compile_step``, AdamW). Three variants, each in
 its own fresh subprocess, rounds alternating their order (``harness.py``):
   * ``single``: one reward model;
-  * ``separate``: K full members stacked and ``vmap``ped in one program
-    (``ensemble.Layout(k=K)``);
+  * ``separate``: K full members stacked in one program (``ensemble.Layout(k=K)``; how
+    they run, batched or one after another, is ``--vectorize``);
   * ``shared``: one backbone with K reward heads (``Layout(k=K, shared_backbone=True)``).
 Every member gets the same batch of ``--pairs`` pairs of ``--seq`` random tokens per side
 (training itself gives each member its own data order; the cost is the same). A child warms
@@ -52,7 +52,7 @@ def run_variant(args) -> dict:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   layout = {"single": ensemble.Layout(),
-            "separate": ensemble.Layout(k=args.k),
+            "separate": ensemble.Layout(k=args.k, vectorize=args.vectorize),
             "shared": ensemble.Layout(k=args.k, shared_backbone=True)}[args.side]
   cfg = config.s0(num_reward_heads=layout.heads, lm_head=False)
   mesh = parallel.make_mesh()
@@ -125,6 +125,8 @@ def main():
   p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 2)")
   p.add_argument("--score-batch", type=int, default=256, help="sequences per scoring call")
   p.add_argument("--score-reps", type=int, default=5, help="timed scoring calls per child")
+  p.add_argument("--vectorize", choices=("auto", "vmap", "map"), default="auto",
+                 help="how separate members run (ensemble.Layout.vectorize)")
   p.add_argument("--side", choices=VARIANTS, help=argparse.SUPPRESS)
   p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -138,15 +140,16 @@ def main():
   start = time.perf_counter()
   runs = harness.alternating_rounds(
       os.path.abspath(__file__), args,
-      ("k", "pairs", "seq", "warmup", "windows", "window_steps", "score_batch", "score_reps"),
+      ("k", "pairs", "seq", "warmup", "windows", "window_steps", "score_batch", "score_reps",
+       "vectorize"),
       lambda r: f"step {statistics.median(r['window_s']) / args.window_steps:.3f} s, "
                 f"scoring {statistics.median(r['score_s']):.3f} s",
       sides=VARIANTS)
   step_s = {v: harness.median_over(runs, v, "window_s") / args.window_steps for v in VARIANTS}
   score_s = {v: harness.median_over(runs, v, "score_s") for v in VARIANTS}
   print(json.dumps(dict(
-      k=args.k, single_step_s=step_s["single"], separate_step_s=step_s["separate"],
-      shared_step_s=step_s["shared"],
+      k=args.k, vectorize=args.vectorize, single_step_s=step_s["single"],
+      separate_step_s=step_s["separate"], shared_step_s=step_s["shared"],
       cost_ratio_separate=step_s["separate"] / step_s["single"],
       cost_ratio_shared=step_s["shared"] / step_s["single"],
       scoring_sequences_per_s={v: args.score_batch / score_s[v] for v in VARIANTS},

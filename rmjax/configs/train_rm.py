@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
   # shared_backbone: one backbone with k reward heads instead of k full models;
   # bootstrap: there, each head weighs the shared batch's pairs by its own Poisson(1)
   # draws, so that heads do not all fit the same data.
-  c.ensemble = ml_collections.ConfigDict(dict(k=1, shared_backbone=False, bootstrap=True))
+  c.ensemble = ml_collections.ConfigDict(dict(k=1, shared_backbone=False, bootstrap=True,
+                                              vectorize="auto"))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
   # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
   c.model = ml_collections.ConfigDict(dict(

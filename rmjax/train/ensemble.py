@@ -5,7 +5,8 @@ Two layouts (``Layout``), both chosen by the run config's ``ensemble`` section:
 * **Separate members** (``k > 1``): K full reward models. Their parameters, and their
   optimizer states, are stacked on a leading axis named "ensemble" (a logical axis that
   ``rmjax/parallel/rules.py`` maps to the mesh's ``ensemble`` axis), and the train step
-  ``jax.vmap``s one member's update over it. Members share the data but differ by seed
+  maps one member's update over it (``over_members``: vmapped, or one member after
+  another in the same program). Members share the data but differ by seed
   (Coste et al. 2023; ``algorithms.md`` §3): member m is exactly the model that a
   single-model run with seed ``member_seeds(seed, k)[m]`` trains: the same
   initialisation of backbone and head and the same data order.
@@ -35,6 +36,7 @@ from flax import nnx
 from rmjax import parallel
 
 AXIS = "ensemble"  # the logical name of the member axis of stacked parameters
+VECTORIZE = ("auto", "vmap", "map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +46,15 @@ class Layout:
   k: int = 1
   shared_backbone: bool = False
   bootstrap: bool = True  # shared backbone only: per-head Poisson(1) pair weights
+  # How separate members run inside the one program: "vmap" (batched together), "map"
+  # (one after another, ``lax.map``) or "auto" (see ``over_members``).
+  vectorize: str = "auto"
 
   def __post_init__(self):
     if not isinstance(self.k, int) or self.k < 1:
       raise ValueError(f"ensemble.k={self.k!r} must be an integer >= 1")
+    if self.vectorize not in VECTORIZE:
+      raise ValueError(f"ensemble.vectorize={self.vectorize!r} is not one of {VECTORIZE}")
 
   @classmethod
   def from_config(cls, cfg) -> "Layout":
@@ -131,15 +138,34 @@ def abstract_stacked(make_member, k: int):
   return graphdef, jax.eval_shape(init, jax.ShapeDtypeStruct((k,), jnp.int32))
 
 
-def apply_members(layout: Layout, graphdef, params, fn):
+def over_members(fn, layout: Layout, member_devices: int = 1):
+  """``fn`` applied along the leading member axis of all its arguments (and outputs).
+
+  "vmap" batches the members; "map" runs them one after another inside the same
+  program (``lax.map``). "auto" picks "map" on a CPU backend when the members are not
+  spread over devices (``member_devices`` = the mesh's ensemble axis), else "vmap". Why:
+  XLA:CPU runs the batched matmuls of a vmapped member axis slower than the same
+  matmuls one member at a time (a K = 5 step cost 5.6 single steps under vmap,
+  ``benchmarks/ensemble.py``), while an accelerator is better filled by the batch, and
+  members sharded over devices must be vmapped so that each device runs its own.
+  """
+  mode = layout.vectorize
+  if mode == "auto":
+    mode = "map" if jax.default_backend() == "cpu" and member_devices == 1 else "vmap"
+  if mode == "vmap":
+    return jax.vmap(fn)
+  return lambda *args: jax.lax.map(lambda member_args: fn(*member_args), args)
+
+
+def apply_members(layout: Layout, graphdef, params, fn, member_devices: int = 1):
   """``fn(model)`` -> pytree of per-head arrays [B, heads], as [B, K] for every layout.
 
-  Stacked members are ``vmap``ped over (each has one head); otherwise the one model's
-  heads are the members.
+  Stacked members are mapped over (``over_members``; each has one head); otherwise the
+  one model's heads are the members.
   """
   if not layout.stacked:
     return fn(nnx.merge(graphdef, params))
-  out = jax.vmap(lambda p: fn(nnx.merge(graphdef, p)))(params)  # [K, B, 1]
+  out = over_members(lambda p: fn(nnx.merge(graphdef, p)), layout, member_devices)(params)
   return jax.tree.map(lambda x: jnp.moveaxis(x[..., 0], 0, -1), out)
 
 

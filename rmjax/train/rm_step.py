@@ -91,8 +91,10 @@ def make_member_update(graphdef, tx: optax.GradientTransformation, loss_cfg):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg,
-                    layout: ensemble.Layout = ensemble.Layout()):
+                    layout: ensemble.Layout = ensemble.Layout(), member_devices: int = 1):
   """``step(state, batch) -> (state, metrics)`` for ``layout``'s model(s).
+
+  ``member_devices``: the mesh's ensemble-axis size (``ensemble.over_members``).
 
   Metrics are scalars: for an ensemble, "loss", "accuracy", "margin" and "grad_norm"
   are means over members (the NaN check and progress line read them), and each member
@@ -100,7 +102,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg,
   """
   update = make_member_update(graphdef, tx, loss_cfg)
   if layout.stacked:  # each member its own params, optimizer state and batch
-    update = jax.vmap(update)
+    update = ensemble.over_members(update, layout, member_devices)
 
   def step(state, batch):
     params, opt_state, metrics = update(state["params"], state["opt_state"], batch)
@@ -122,13 +124,15 @@ def flatten_member_metrics(metrics: dict, k: int) -> dict:
   return out
 
 
-def make_eval_step(graphdef, layout: ensemble.Layout = ensemble.Layout()):
+def make_eval_step(graphdef, layout: ensemble.Layout = ensemble.Layout(),
+                   member_devices: int = 1):
   """(params, batch) -> {"r_chosen", "r_rejected"}: float32 [B, K] member rewards of
   every pair (K = 1 for a single model); every member scores the same batch."""
 
   def step(params, batch):
     r_chosen, r_rejected = ensemble.apply_members(
-        layout, graphdef, params, lambda model: pair_head_rewards(model, batch))
+        layout, graphdef, params, lambda model: pair_head_rewards(model, batch),
+        member_devices)
     return {"r_chosen": r_chosen, "r_rejected": r_rejected}
 
   return step

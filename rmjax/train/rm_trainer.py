@@ -168,9 +168,11 @@ def train(config) -> dict:
 
   next_batch = data.train.batch
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
-  train_step = parallel.compile_step(make_train_step(graphdef, tx, config.loss, layout), mesh,
-                                     shardings, batch_ndims, members=layout.stacked)
-  eval_fn = jax.jit(make_eval_step(graphdef, layout))
+  member_devices = parallel.sharding.ensemble_size(mesh)
+  train_step = parallel.compile_step(
+      make_train_step(graphdef, tx, config.loss, layout, member_devices),
+      mesh, shardings, batch_ndims, members=layout.stacked)
+  eval_fn = jax.jit(make_eval_step(graphdef, layout, member_devices))
 
   workdir = tc.workdir
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
