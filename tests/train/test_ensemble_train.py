@@ -231,3 +231,16 @@ def test_bad_ensemble_settings_say_what_is_wrong(tmp_path, k, mesh, shared, mess
   config.mesh.update(mesh)
   with pytest.raises(ValueError, match=message):
     rm_trainer.train(config)
+
+
+def test_members_one_after_another_equal_members_vmapped():
+  x = jnp.arange(12.0).reshape(3, 4)
+  w = jnp.linspace(-1.0, 1.0, 3 * 4 * 2).reshape(3, 4, 2)
+  fn = lambda xm, wm: (jnp.tanh(xm @ wm), jnp.sum(wm))
+  mapped = ensemble.over_members(fn, ensemble.Layout(k=3, vectorize="map"))(x, w)
+  batched = ensemble.over_members(fn, ensemble.Layout(k=3, vectorize="vmap"))(x, w)
+  for a, b in zip(mapped, batched):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+  assert mapped[0].shape == (3, 2) and mapped[1].shape == (3,)
+  with pytest.raises(ValueError, match="ensemble.vectorize='bad'"):
+    ensemble.Layout(k=3, vectorize="bad")
