@@ -240,7 +240,7 @@ def test_members_one_after_another_equal_members_vmapped():
   mapped = ensemble.over_members(fn, ensemble.Layout(k=3, vectorize="map"))(x, w)
   batched = ensemble.over_members(fn, ensemble.Layout(k=3, vectorize="vmap"))(x, w)
   for a, b in zip(mapped, batched):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
   assert mapped[0].shape == (3, 2) and mapped[1].shape == (3,)
   with pytest.raises(ValueError, match="ensemble.vectorize='bad'"):
     ensemble.Layout(k=3, vectorize="bad")
