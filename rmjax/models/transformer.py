@@ -34,6 +34,12 @@ def attention_mask(mask: jax.Array, cache: kvc.KVCache | None, seq: int) -> jax.
   return causal[None] & cache.valid[:, None, :]
 
 
+def default_positions(mask: jax.Array) -> jax.Array:
+  """[batch, seq] position of each token: the count of real tokens before it in its row
+  (so left padding is handled; pads get 0)."""
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+
+
 def last_token_index(mask: jax.Array) -> jax.Array:
   """[batch] index of the last real token of each row (left or right padding)."""
   positions = jnp.arange(mask.shape[1])
@@ -233,7 +239,7 @@ class Transformer(nnx.Module):
       raise ValueError(f"sequence length {length} exceeds the learned position table "
                        f"(ModelConfig.max_seq_len={cfg.max_seq_len})")
     if positions is None:
-      positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+      positions = default_positions(mask)
       if cache is not None:  # continue from the real tokens already cached
         positions = positions + jnp.sum(cache.valid, axis=1, dtype=positions.dtype)[:, None]
     if cache is not None:

@@ -36,7 +36,8 @@ import numpy as np
 from flax import nnx
 
 from rmjax.data import schema
-from rmjax.models.transformer import Transformer, attention_mask, last_token_index
+from rmjax.models.transformer import (Transformer, attention_mask, default_positions,
+                                      last_token_index)
 from rmjax.train.metrics_writer import Progress
 
 FEATURES = "features"  # key of the [rows, width, d_model] features in a loaded set
@@ -52,11 +53,6 @@ class Entry:
   start: int  # first trainable block; == n_layers means head (and final norm) only
   arrays: dict[str, np.ndarray]
   features: np.ndarray
-
-
-def default_positions(mask: jax.Array) -> jax.Array:
-  """[batch, seq] positions as ``Transformer.__call__`` numbers right-padded rows."""
-  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
 
 
 def sequences(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

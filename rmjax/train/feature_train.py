@@ -24,7 +24,8 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import ArraySource
-from rmjax.models.transformer import Transformer, attention_mask, last_token_index
+from rmjax.models.transformer import (Transformer, attention_mask, default_positions,
+                                      last_token_index)
 from rmjax.train import feature_cache
 from rmjax.train.checkpoint import Checkpointer, provenance
 from rmjax.train.metrics_writer import MetricsWriter, Progress
@@ -56,7 +57,7 @@ class TopModel(nnx.Module):
     """
     x = features.astype(self.cfg.compute_dtype)
     if not self.head_only:
-      positions = feature_cache.default_positions(mask)
+      positions = default_positions(mask)
       attn = attention_mask(mask, None, mask.shape[1])
       for i, block in enumerate(self.blocks):
         last = i == len(self.blocks) - 1
