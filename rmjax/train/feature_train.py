@@ -24,8 +24,7 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import ArraySource
-from rmjax.models.transformer import (Transformer, attention_mask, default_positions,
-                                      last_token_index)
+from rmjax.models.transformer import Transformer, attention_mask, default_positions
 from rmjax.train import feature_cache
 from rmjax.train.checkpoint import Checkpointer, provenance
 from rmjax.train.metrics_writer import MetricsWriter, Progress
@@ -67,12 +66,6 @@ class TopModel(nnx.Module):
   def reward_scores(self, hidden: jax.Array) -> jax.Array:
     """hidden [..., d_model] at the read positions -> [..., K] rewards."""
     return Transformer.reward_scores(self, hidden)
-
-  def rewards(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
-    """[b, K] rewards at the last real token (position 0 of last-token features)."""
-    index = (jnp.zeros(hidden.shape[0], jnp.int32) if self.head_only
-             else last_token_index(mask))
-    return Transformer.rewards_at(self, hidden, index)
 
 
 def pair_arrays(entry: feature_cache.Entry) -> dict[str, np.ndarray]:

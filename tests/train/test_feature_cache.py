@@ -22,7 +22,7 @@ from rmjax.models import gguf_io
 from rmjax.models.hf_io import save_hf
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
-from rmjax.train import feature_cache
+from rmjax.train import feature_cache, rm_step
 from rmjax.train.feature_train import TopModel, pair_arrays, trim
 from rmjax.train.load_rm import load_trained_rm
 
@@ -57,11 +57,9 @@ def _full_rewards(model, arrays):
 
 def _top_rewards(model, entry):
   arrays = pair_arrays(entry)
-  top = TopModel(model, entry.start)
-  features = np.concatenate([arrays[schema.CHOSEN_TOKENS], arrays[schema.REJECTED_TOKENS]])
-  mask = np.concatenate([arrays[schema.CHOSEN_MASK], arrays[schema.REJECTED_MASK]])
-  hidden, _ = top(jnp.asarray(features), jnp.asarray(mask))
-  return np.asarray(top.rewards(hidden, jnp.asarray(mask))[:, 0])
+  # The training step's own read-out (rm_step), features under the token keys.
+  r_chosen, r_rejected = rm_step.pair_rewards(TopModel(model, entry.start), arrays)
+  return np.concatenate([np.asarray(r_chosen), np.asarray(r_rejected)])
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-2)])
@@ -121,11 +119,7 @@ def test_gradient_from_cached_features_equals_the_full_models(tmp_path, n):
   graphdef, params = nnx.split(top)
 
   def top_loss(params):
-    m = nnx.merge(graphdef, params)
-    features = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
-    mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
-    hidden, _ = m(features, mask)
-    return loss(m.rewards(hidden, mask)[:, 0])
+    return loss(jnp.concatenate(rm_step.pair_rewards(nnx.merge(graphdef, params), batch)))
 
   full_graphdef, full_params = nnx.split(model)
 
