@@ -46,6 +46,13 @@ def last_token_index(mask: jax.Array) -> jax.Array:
   return jnp.max(jnp.where(mask, positions, 0), axis=1)
 
 
+def sequence_rewards(model, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """float32 [batch, K] rewards of ``model`` on tokens/mask [batch, seq], read at each
+  row's last real token; only that token goes through the last block (``read_at``)."""
+  hidden, _ = model(tokens, mask, read_at=last_token_index(mask)[:, None])
+  return model.reward_scores(hidden[:, 0])
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from rmjax import parallel
+from rmjax.models.transformer import sequence_rewards
 
 AXIS = "ensemble"  # the logical name of the member axis of stacked parameters
 VECTORIZE = ("auto", "vmap", "map")
@@ -171,9 +172,8 @@ def apply_members(layout: Layout, graphdef, params, fn, member_devices: int = 1)
 
 def member_rewards(layout: Layout, graphdef, params, tokens, mask) -> jax.Array:
   """float32 [B, K] member rewards of sequences tokens/mask [B, seq]."""
-  def rewards(model):
-    return model.rewards(model(tokens, mask)[0], mask)
-  return apply_members(layout, graphdef, params, rewards)
+  return apply_members(layout, graphdef, params,
+                       lambda model: sequence_rewards(model, tokens, mask))
 
 
 class RewardEnsemble:

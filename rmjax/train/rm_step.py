@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from rmjax.data import schema, shared_prompt
-from rmjax.models.transformer import last_token_index
+from rmjax.models.transformer import sequence_rewards
 from rmjax.objectives import bt
 from rmjax.train import ensemble
 
@@ -45,8 +45,7 @@ def pair_head_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
     return rewards[:, 0], rewards[:, 1]
   tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
   mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
-  hidden, _ = model(tokens, mask, read_at=last_token_index(mask)[:, None])
-  rewards = model.reward_scores(hidden[:, 0])  # [2B, H]
+  rewards = sequence_rewards(model, tokens, mask)  # [2B, H]
   half = tokens.shape[0] // 2
   return rewards[:half], rewards[half:]
 
