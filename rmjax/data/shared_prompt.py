@@ -47,7 +47,7 @@ def pack(batch: dict[str, np.ndarray], width: int) -> dict:
   """Joined-sequence pair batch (right-padded, with "prompt_len") -> packed batch.
 
   Returns the PACKED_KEYS arrays [batch, width] (the last indices [batch]) plus the
-  batch's margin and weight.
+  batch's per-pair arrays (margin, weight and any other [batch] array but "prompt_len").
   """
   rows = len(batch["prompt_len"])
   tokens = np.zeros((rows, width), np.int32)
@@ -74,8 +74,8 @@ def pack(batch: dict[str, np.ndarray], width: int) -> dict:
       start += n
   return {"packed_tokens": tokens, "packed_segments": segments,
           "packed_positions": positions, "chosen_last": last[CHOSEN],
-          "rejected_last": last[REJECTED], schema.MARGIN: batch[schema.MARGIN],
-          schema.WEIGHT: batch[schema.WEIGHT]}
+          "rejected_last": last[REJECTED],
+          **{k: v for k, v in batch.items() if v.ndim == 1 and k != "prompt_len"}}
 
 
 def attention_mask(segments: jax.Array) -> jax.Array:

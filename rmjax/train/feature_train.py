@@ -48,11 +48,13 @@ class TopModel(nnx.Module):
     self.final_norm = model.final_norm
     self.reward_head = model.reward_head
 
-  def __call__(self, features: jax.Array, mask: jax.Array, read_at: jax.Array | None = None):
+  def __call__(self, features: jax.Array, mask: jax.Array, read_at: jax.Array | None = None,
+               dropout_key: jax.Array | None = None):
     """features [b, w, d_model] (block ``start``'s input), mask [b, seq] -> (hidden, None).
 
     ``read_at`` [b, n] as in ``Transformer.__call__``: the last block outputs only these
     rows. Last-token features (n = 0) are already the one row a reward head reads.
+    ``dropout_key``: the trained blocks' dropout, as ``Transformer.run_blocks`` draws it.
     """
     x = features.astype(self.cfg.compute_dtype)
     if not self.head_only:
@@ -60,7 +62,8 @@ class TopModel(nnx.Module):
       attn = attention_mask(mask, None, mask.shape[1])
       for i, block in enumerate(self.blocks):
         last = i == len(self.blocks) - 1
-        x, _ = block(x, positions, attn, None, None, read_at if last else None)
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        x, _ = block(x, positions, attn, None, key, read_at if last else None)
     return self.final_norm(x), None
 
   def reward_scores(self, hidden: jax.Array) -> jax.Array:

@@ -170,7 +170,7 @@ def train(config) -> dict:
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
   member_devices = parallel.sharding.ensemble_size(mesh)
   train_step = parallel.compile_step(
-      make_train_step(graphdef, tx, config.loss, layout, member_devices),
+      make_train_step(graphdef, tx, config.loss, layout, member_devices, config.seed),
       mesh, shardings, batch_ndims, members=layout.stacked)
   eval_fn = jax.jit(make_eval_step(graphdef, layout, member_devices))
 
