@@ -18,7 +18,8 @@ from ml_collections import config_flags
 from rmjax import configs
 
 COMMANDS = {"demo": "rmjax.commands.demo", "train-rm": "rmjax.commands.train_rm",
-            "score": "rmjax.commands.score", "eval-rm": "rmjax.commands.eval_rm"}
+            "score": "rmjax.commands.score", "eval-rm": "rmjax.commands.eval_rm",
+            "score-pairs": "rmjax.commands.score_pairs"}
 
 
 def main(argv: list[str] | None = None) -> None:

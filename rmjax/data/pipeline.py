@@ -123,22 +123,46 @@ def _epoch_seed(seed: int) -> int:
   return int(np.random.SeedSequence([seed, 0x524D]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
+class _Records:
+  """The records of ``source`` at ``indices`` (default all), as (index, record) items."""
+
+  def __init__(self, source, indices: Sequence[int] | None):
+    n = len(source)
+    self.source = source
+    self.indices = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+    if self.indices.ndim != 1 or (self.indices.size and not (
+        0 <= self.indices.min() and self.indices.max() < n)):
+      raise ValueError(f"records must be indices in [0, {n}) of the split; got "
+                       f"{self.indices.size} value(s) in [{self.indices.min(initial=0)}, "
+                       f"{self.indices.max(initial=0)}]")
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int):
+    index = int(self.indices[i])
+    return index, self.source[index]
+
+
 class PairPipeline:
   """Pair batches from one split's random-access source (``len`` and ``[i]`` -> record).
 
   ``shard``: grain ``ShardOptions``; default ``grain.sharding.ShardByJaxProcess(
-  drop_remainder=True)`` (this host's share of jax.process_count()).
+  drop_remainder=True)`` (this host's share of jax.process_count()). ``records``: read
+  only these record indices of the split (an out-of-fold ensemble member's share);
+  examples keep their index in the split as "index".
   """
 
   def __init__(self, source, cfg: PipelineConfig,
-               shard: grain.sharding.ShardOptions | None = None):
+               shard: grain.sharding.ShardOptions | None = None,
+               records: Sequence[int] | None = None):
     self.cfg = cfg
     self.shard = shard if shard is not None else grain.sharding.ShardByJaxProcess(
         drop_remainder=True)
-    n, count = len(source), self.shard.shard_count
+    chosen = _Records(source, records)
+    n, count = len(chosen), self.shard.shard_count
     stop = n - n % count if self.shard.drop_remainder else n
-    ds = grain.MapDataset.source(source).map_with_index(
-        lambda i, record: pair_example(record, i % n, cfg))  # i counts on past epochs
+    ds = grain.MapDataset.source(chosen).map(lambda item: pair_example(item[1], item[0], cfg))
     ds = ds[self.shard.shard_index:stop:count]
     if len(ds) == 0:
       raise ValueError(f"shard {self.shard.shard_index} of {count} has no records "

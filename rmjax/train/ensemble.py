@@ -50,12 +50,20 @@ class Layout:
   # How separate members run inside the one program: "vmap" (batched together), "map"
   # (one after another, ``lax.map``) or "auto" (see ``over_members``).
   vectorize: str = "auto"
+  # Separate members only: 0 = every member trains on every pair; F >= 2 = the pairs are
+  # split into F folds and member m never sees fold m % F, so that every pair has members
+  # that can score it out of fold (``rmjax score-pairs``, ``rmjax.train.strength``).
+  folds: int = 0
 
   def __post_init__(self):
     if not isinstance(self.k, int) or self.k < 1:
       raise ValueError(f"ensemble.k={self.k!r} must be an integer >= 1")
     if self.vectorize not in VECTORIZE:
       raise ValueError(f"ensemble.vectorize={self.vectorize!r} is not one of {VECTORIZE}")
+    if self.folds and not (self.stacked and 2 <= self.folds <= self.k):
+      raise ValueError(f"ensemble.folds={self.folds} needs separate members "
+                       f"(shared_backbone=False) and 2 <= folds <= k={self.k}, so that "
+                       "every fold is held out by some member; 0 turns folds off")
 
   @classmethod
   def from_config(cls, cfg) -> "Layout":

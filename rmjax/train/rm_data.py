@@ -21,7 +21,7 @@ import numpy as np
 
 from rmjax.data import pipeline, schema, shared_prompt, synthetic, tfds_builder, tokenize
 from rmjax.data.array_source import ArraySource
-from rmjax.train import ensemble
+from rmjax.train import ensemble, strength
 from rmjax.train.rm_step import HEAD_WEIGHT
 
 TRAIN_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
@@ -36,6 +36,7 @@ class RMData:
   packed_width: int  # row width that holds every pair packed with a shared prompt
   vocab_size: int  # of the data's token ids
   data_hash: str
+  num_train_pairs: int
 
 
 def arrays_hash(*splits: dict[str, np.ndarray]) -> str:
@@ -91,7 +92,7 @@ class HeadBootstrap:
     return out
 
 
-def _synthetic(cfg, batch_size: int, seeds: list[int]) -> RMData:
+def _synthetic(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
   unknown = set(cfg.synthetic.keys()) - fields
   if unknown:
@@ -100,13 +101,18 @@ def _synthetic(cfg, batch_size: int, seeds: list[int]) -> RMData:
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
   train = {k: train[k] for k in TRAIN_KEYS}
-  return RMData(train=[ArraySource(train, batch_size, seed=seed) for seed in seeds],
-                eval=evaluation,
-                packed_width=shared_prompt.packed_width(train), vocab_size=scfg.vocab_size,
-                data_hash=arrays_hash(train, evaluation))
+  data_hash = arrays_hash(train, evaluation)
+  num_pairs = len(train[schema.WEIGHT])
+  train[strength.INDEX] = np.arange(num_pairs, dtype=np.int32)
+  sources = []
+  for seed, member_records in zip(seeds, records(num_pairs)):
+    rows = train if member_records is None else {k: v[member_records] for k, v in train.items()}
+    sources.append(ArraySource(rows, batch_size, seed=seed))
+  return RMData(train=sources, eval=evaluation, packed_width=shared_prompt.packed_width(train),
+                vocab_size=scfg.vocab_size, data_hash=data_hash, num_train_pairs=num_pairs)
 
 
-def _files(cfg, batch_size: int, seeds: list[int]) -> RMData:
+def _files(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   f = cfg.files
   tokenizer = tokenize.load_tokenizer(f.tokenizer)
   encode = lambda pairs: tokenize.encode_parts(pairs, tokenizer)
@@ -117,14 +123,17 @@ def _files(cfg, batch_size: int, seeds: list[int]) -> RMData:
   sources = tfds_builder.data_sources(f.data_dir, f.name)
   options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
                  keep_prompt_start=len(tokenize.special_prefix(tokenizer)))
+  num_pairs = len(sources["train"])
   train = [pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
-      batch_size=batch_size, seed=seed, **options)) for seed in seeds]
+      batch_size=batch_size, seed=seed, **options), records=member_records)
+      for seed, member_records in zip(seeds, records(num_pairs))]
   parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,
                                                                    **options)]
   evaluation = {k: np.concatenate([b[k][:real] for b, real in parts]) for k in TRAIN_KEYS}
   return RMData(train=train, eval=evaluation,
                 packed_width=shared_prompt.truncated_width(f.seq_len, f.max_response_len),
-                vocab_size=len(tokenizer), data_hash=builder.fingerprint)
+                vocab_size=len(tokenizer), data_hash=builder.fingerprint,
+                num_train_pairs=num_pairs)
 
 
 def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Layout(),
@@ -134,16 +143,29 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Lay
 
   ``train.batch(step)`` gives [B, ...] arrays in the order of ``seed``; for separate
   ensemble members [K, B, ...], member m in the order of its seed
-  (``ensemble.member_seeds``); for a shared backbone with ``layout.bootstrap``, plus
-  "head_weight" [B, K]. ``pack_prompt``: packed with a shared prompt.
+  (``ensemble.member_seeds``) and, with ``layout.folds``, from its training folds only
+  (``strength.training_records``); for a shared backbone with ``layout.bootstrap``, plus
+  "head_weight" [B, K]. ``cfg.strength.path``: the batches carry the strength options
+  (``strength.StrengthBatches``). ``pack_prompt``: packed with a shared prompt.
   """
   if cfg.source not in SOURCES:
     raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
   seeds = ensemble.member_seeds(seed, layout.k) if layout.stacked else [seed]
-  data = (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seeds)
+
+  def records(num_pairs: int) -> list:
+    if not layout.folds:
+      return [None] * len(seeds)
+    return [strength.training_records(num_pairs, layout.folds, seed, m)
+            for m in range(len(seeds))]
+
+  data = (_synthetic if cfg.source == "synthetic" else _files)(cfg, batch_size, seeds, records)
+  sources = data.train
+  options = strength_options(cfg.get("strength"), data)
+  if options is not None:
+    sources = [strength.StrengthBatches(s, options) for s in sources]
   # Separate members' batches are stacked, so they share one width.
   sources = [Packed(s, data.packed_width, bucket=not layout.stacked) if pack_prompt else s
-             for s in data.train]
+             for s in sources]
   if layout.stacked:
     train = MemberBatches(sources)
   elif layout.k > 1 and layout.bootstrap:
@@ -151,3 +173,29 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Lay
   else:
     train = sources[0]
   return dataclasses.replace(data, train=train)
+
+
+def strength_options(cfg, data: RMData) -> strength.Options | None:
+  """The ``data.strength`` options for ``data``'s training pairs, or None when off."""
+  if cfg is None or not cfg.path:
+    if cfg is not None and (cfg.flip_fraction or cfg.smoothing or cfg.adaptive_margin):
+      raise ValueError("data.strength options are set but data.strength.path is empty; "
+                       "write a strength file with rmjax score-pairs")
+    return None
+  scored = strength.load(cfg.path, data.data_hash, data.num_train_pairs)
+  return strength.Options.from_config(cfg, scored.mu)
+
+
+def train_pairs(cfg, batch_size: int = 256) -> dict[str, np.ndarray]:
+  """Every training pair of ``cfg`` in split order (what ``rmjax score-pairs`` scores):
+  the TRAIN_KEYS arrays, plus gold rewards and flip flags where the data has them."""
+  if cfg.source == "synthetic":
+    scfg = synthetic.SyntheticConfig(**cfg.synthetic.to_dict())
+    return synthetic.make_split(scfg, "train")
+  f = cfg.files
+  tokenizer = tokenize.load_tokenizer(f.tokenizer)
+  sources = tfds_builder.data_sources(f.data_dir, f.name)
+  options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
+                 keep_prompt_start=len(tokenize.special_prefix(tokenizer)))
+  parts = list(pipeline.eval_batches(sources["train"], batch_size, **options))
+  return {k: np.concatenate([b[k][:real] for b, real in parts]) for k in parts[0][0]}
