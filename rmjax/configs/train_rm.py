@@ -15,8 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   # shared_backbone: one backbone with k reward heads instead of k full models;
   # bootstrap: there, each head weighs the shared batch's pairs by its own Poisson(1)
   # draws, so that heads do not all fit the same data.
+  # folds: F >= 2 splits the pairs into F folds, member m trained without fold m % F, for
+  # out-of-fold preference strength (rmjax score-pairs); 0 = every member sees every pair.
   c.ensemble = ml_collections.ConfigDict(dict(k=1, shared_backbone=False, bootstrap=True,
-                                              vectorize="auto"))
+                                              vectorize="auto", folds=0))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
   # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
   c.model = ml_collections.ConfigDict(dict(
@@ -31,9 +33,22 @@ def get_config() -> ml_collections.ConfigDict:
       files=ml_collections.ConfigDict(dict(
           paths=("",), format="", tokenizer="", train_lines=(1, 2001), eval_lines=(2001, 10**9),
           skip_bad_rows=False, seq_len=256, max_response_len=192, data_dir="runs/data",
-          name="pairs"))))
+          name="pairs")),
+      # Secrets-II options from a strength file of these pairs (rmjax score-pairs): flip the
+      # labels of the lowest-strength fraction; label smoothing alpha on pairs with mu < 0;
+      # the adaptive margin -log sigmoid(delta - mu). Flips come first (mu -> -mu).
+      strength=ml_collections.ConfigDict(dict(
+          path="", flip_fraction=0.0, smoothing=0.0, adaptive_margin=False))))
   c.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
+  # A contrastive term beta * L_cl added to the BT loss (rmjax/train/contrastive_aux.py):
+  # kind "none", "simcse", "swav" or "goal"; view "difference" or "pair" (simcse, swav).
+  # -1 = the paper's value for the kind and view: beta simcse 1, swav 0.5 (difference) /
+  # 0.1 (pair), goal 0.5; temperature simcse 0.05, swav 0.1; prototypes 20 (difference) /
+  # 50 (pair). dropout: the rate that makes the two views (simcse, swav).
+  c.loss.contrastive = ml_collections.ConfigDict(dict(
+      kind="none", view="difference", beta=-1.0, temperature=-1.0, dropout=0.05,
+      prototypes=-1, sinkhorn_epsilon=0.05, sinkhorn_iterations=3))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=50, weight_decay=0.01, b1=0.9, b2=0.99, clip_norm=1.0,
       grad_accum=1))
@@ -41,4 +56,13 @@ def get_config() -> ml_collections.ConfigDict:
       steps=600, batch_size=32, log_every=25, eval_every=100, save_every=200,
       keep_checkpoints=2, workdir="runs/train_rm",
       shared_prompt=False))  # encode each prompt once per pair (rmjax/data/shared_prompt.py)
+  # MetaRM (rmjax/train/metarm.py): before each step, theta' = theta + eta * grad J(theta),
+  # J the difference loss on k responses to each of prompts_per_step meta prompts; the BT
+  # gradient is taken through theta' (first_order: at theta', applied to theta). The meta
+  # set: responses (an .npz of tokens/mask [P, k, T]) or, when empty, k samples of policy
+  # "synthetic" (the synthetic task's base policy at temperature/top_k) for the first
+  # num_prompts training prompts. eta is open in the paper; metarm.py says why 0.1.
+  c.metarm = ml_collections.ConfigDict(dict(
+      enabled=False, eta=0.1, first_order=False, k=4, prompts_per_step=8, num_prompts=256,
+      policy="synthetic", responses="", temperature=1.0, top_k=0))
   return c

@@ -51,6 +51,9 @@ class ModelConfig:
   lm_head: bool = True
   num_reward_heads: int = 0
   value_head: bool = False
+  # K > 0: learned prototypes [d_model, K] (SwAV's codebook for the contrastive
+  # auxiliary loss, ``rmjax/train/contrastive_aux.py``); no head reads them.
+  num_prototypes: int = 0
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -85,6 +88,8 @@ class ModelConfig:
         problems.append(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")
     if self.num_reward_heads < 0:
       problems.append(f"num_reward_heads={self.num_reward_heads} must be >= 0")
+    if self.num_prototypes < 0:
+      problems.append(f"num_prototypes={self.num_prototypes} must be >= 0")
     if problems:
       raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 

@@ -220,6 +220,8 @@ class Transformer(nnx.Module):
                               1.0 / (e + 1) ** 0.5) if cfg.num_reward_heads else None)
     self.value_head = (param(rngs, (e,), ("embed",), w, 1.0 / (e + 1) ** 0.5)
                        if cfg.value_head else None)
+    self.prototypes = (param(rngs, (e, cfg.num_prototypes), ("embed", "prototypes"), w,
+                             1.0 / e ** 0.5) if cfg.num_prototypes else None)
     self._block_fn = nnx.remat(_run_block) if cfg.remat else _run_block
 
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,

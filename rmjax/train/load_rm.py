@@ -35,7 +35,7 @@ from rmjax import parallel
 from rmjax.models import gguf_io, hf_io
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
-from rmjax.train import ensemble, rm_trainer
+from rmjax.train import contrastive_aux, ensemble, rm_trainer
 from rmjax.train.checkpoint import abstract_like
 
 _ITEMS = ("state", "extra", "provenance")  # rmjax.train.checkpoint's step layout
@@ -54,7 +54,7 @@ def _quiet_orbax():
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
   """``<workdir>/checkpoints``; ``workdir`` may also be that folder itself."""
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).absolute()  # Orbax reads absolute paths only
   for folder in (workdir / "checkpoints", workdir):
     if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()):
       return folder
@@ -72,14 +72,15 @@ def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
                                  item_handlers=handlers)
 
 
-def model_config_of(model_cfg, vocab_size: int, heads: int = 1) -> ModelConfig:
+def model_config_of(model_cfg, vocab_size: int, heads: int = 1, **overrides) -> ModelConfig:
   """The architecture a ``train-rm`` run built: its preset and fields, or, for a run with
   ``model.init_from``, the GGUF file's or Hugging Face folder's config (which must still be
-  there). ``vocab_size``: the checkpoint's embedding rows; ``heads``: reward heads."""
+  there). ``vocab_size``: the checkpoint's embedding rows; ``heads``: reward heads;
+  ``overrides``: the fields its loss added (``contrastive_aux.run_model_fields``)."""
   init_from = model_cfg.get("init_from", "")
   if not init_from:
-    return rm_trainer.build_model_config(model_cfg, vocab_size, heads)
-  heads = dict(num_reward_heads=heads, lm_head=False)
+    return rm_trainer.build_model_config(model_cfg, vocab_size, heads, **overrides)
+  heads = dict(num_reward_heads=heads, lm_head=False, **overrides)
   path = pathlib.Path(init_from)
   if str(init_from).endswith(".gguf"):
     if not path.is_file():
@@ -145,7 +146,8 @@ def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = N
       stored = manager.item_metadata(step).state
       layout = ensemble.Layout.from_config(config.get("ensemble"))
       vocab_size = int(stored["params"]["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
-      cfg = model_config_of(config.model, vocab_size, layout.heads)
+      cfg = model_config_of(config.model, vocab_size, layout.heads,
+                            **contrastive_aux.run_model_fields(config))
       mesh = single_device_mesh() if mesh is None else mesh
       make = lambda rngs: Transformer(cfg, rngs=rngs)
       if layout.stacked:

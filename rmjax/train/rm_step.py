@@ -20,7 +20,9 @@ from rmjax.objectives import bt
 from rmjax.train import ensemble
 
 HEAD_WEIGHT = "head_weight"  # [B, K] per-head pair weights of a shared-backbone ensemble
-LABEL_SMOOTHING = "label_smoothing"  # [B] per-pair α, when the data sets it
+# Per-pair loss settings a batch may carry (``rmjax.train.strength``), overriding loss_cfg:
+LABEL_SMOOTHING = "label_smoothing"  # [B] α
+ADAPTIVE_MARGIN = "adaptive_margin"  # [B] margin inside −log σ(Δ − m), replacing "margin"
 
 
 def pair_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
@@ -35,35 +37,47 @@ def pair_head_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
   return model.reward_scores(h_chosen), model.reward_scores(h_rejected)
 
 
-def pair_hidden(model, batch, dropout_key=None) -> tuple[jax.Array, jax.Array]:
+def pair_hidden(model, batch, dropout_key=None, chosen_extra=None):
   """Final hidden states the reward head reads: (h_chosen [B, D], h_rejected [B, D]).
 
   A packed batch (``shared_prompt.pack``) is encoded once per pair, prompt shared;
   otherwise chosen and rejected sequences go through the backbone as 2B rows. Only
   the positions the reward head reads go through the last block (``read_at``).
   ``dropout_key``: run with the model's dropout (``ModelConfig.dropout_rate``).
+  ``chosen_extra`` int [B]: one more position per pair to read in the same pass (an
+  index into the packed row, or into the chosen row of a plain batch); its states
+  [B, D] are then returned third: (h_chosen, h_rejected, h_extra).
   """
   if "packed_tokens" in batch:
     segments = batch["packed_segments"]
-    last = jnp.stack([batch["chosen_last"], batch["rejected_last"]], axis=1)
+    reads = [batch["chosen_last"], batch["rejected_last"]]
+    if chosen_extra is not None:
+      reads.append(chosen_extra)
     hidden, _ = model(batch["packed_tokens"], segments != shared_prompt.PAD_SEGMENT,
                       positions=batch["packed_positions"], dropout_key=dropout_key,
-                      attn_mask=shared_prompt.attention_mask(segments), read_at=last)
-    return hidden[:, 0], hidden[:, 1]
+                      attn_mask=shared_prompt.attention_mask(segments),
+                      read_at=jnp.stack(reads, axis=1))
+    return tuple(hidden[:, i] for i in range(len(reads)))
   tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
   mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
-  hidden, _ = model(tokens, mask, dropout_key=dropout_key,
-                    read_at=last_token_index(mask)[:, None])
+  last = last_token_index(mask)
   half = tokens.shape[0] // 2
-  return hidden[:half, 0], hidden[half:, 0]
+  if chosen_extra is None:
+    hidden, _ = model(tokens, mask, dropout_key=dropout_key, read_at=last[:, None])
+    return hidden[:half, 0], hidden[half:, 0]
+  # Rejected rows read their last token twice, so that every row reads two positions.
+  extra = jnp.concatenate([chosen_extra, last[half:]])
+  hidden, _ = model(tokens, mask, dropout_key=dropout_key,
+                    read_at=jnp.stack([last, extra], axis=1))
+  return hidden[:half, 0], hidden[half:, 0], hidden[:half, 1]
 
 
 def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
   """``loss_fn(params, batch, key) -> (loss, aux)``: the reward model's training loss.
 
   ``loss_cfg``: label_smoothing, center_coef, score_reg_coef, use_margin. A batch may
-  carry per-pair "label_smoothing" [B] (``rm_data``'s strength options), which then
-  replaces ``loss_cfg.label_smoothing``. A model with H > 1 heads (a shared-backbone
+  carry per-pair "label_smoothing" and "adaptive_margin" [B] (the strength options of
+  ``rmjax.train.strength``), which replace ``loss_cfg.label_smoothing`` and the margin. A model with H > 1 heads (a shared-backbone
   ensemble) averages the heads' Bradley–Terry losses, head h weighing pair i by
   ``weight[i] * head_weight[i, h]`` when the batch has "head_weight".
 
@@ -87,6 +101,7 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
     h_chosen, h_rejected = pair_hidden(model, batch, dropout_key)
     r_chosen, r_rejected = model.reward_scores(h_chosen), model.reward_scores(h_rejected)
     margin = batch[schema.MARGIN] if loss_cfg.use_margin else None
+    margin = batch.get(ADAPTIVE_MARGIN, margin)
     smoothing = batch.get(LABEL_SMOOTHING, loss_cfg.label_smoothing)
     weight = batch[schema.WEIGHT][:, None] * batch.get(HEAD_WEIGHT, 1.0)
     weight = jnp.broadcast_to(weight, r_chosen.shape)

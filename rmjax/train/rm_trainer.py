@@ -23,12 +23,13 @@ from rmjax.models import config as model_config
 from rmjax.models import gguf_io, hf_io
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
-from rmjax.train import ensemble, rm_data
+from rmjax.train import contrastive_aux, ensemble, metarm, rm_data
 from rmjax.train.checkpoint import Checkpointer, abstract_like, provenance
 from rmjax.train.metrics_writer import MetricsWriter, Progress
 from rmjax.train.optim import make_optimizer
 from rmjax.train.plots import plot_training_curves
-from rmjax.train.rm_step import make_eval_step, make_train_step
+from rmjax.train.rm_step import (make_eval_step, make_loss_fn, make_member_update,
+                                 make_train_step)
 
 
 def check_finite(loss: float, step: int) -> None:
@@ -37,18 +38,20 @@ def check_finite(loss: float, step: int) -> None:
         f"non-finite loss {loss} at step {step}; the last good checkpoint is kept")
 
 
-def build_model_config(cfg, vocab_size: int, heads: int = 1) -> model_config.ModelConfig:
-  """A preset with the config's ModelConfig fields on top (``init_from`` aside)."""
+def build_model_config(cfg, vocab_size: int, heads: int = 1,
+                       **overrides) -> model_config.ModelConfig:
+  """A preset with the config's ModelConfig fields on top (``init_from`` aside), then
+  ``overrides`` (fields the loss needs: ``contrastive_aux.model_fields``)."""
   fields = {k: v for k, v in cfg.to_dict().items() if k not in ("preset", "init_from")}
   if cfg.preset not in model_config.PRESETS:
     raise ValueError(f"model.preset={cfg.preset!r} is not one of {sorted(model_config.PRESETS)}")
   return model_config.PRESETS[cfg.preset](
-      **fields, vocab_size=vocab_size, num_reward_heads=heads, lm_head=False)
+      **{**fields, **overrides}, vocab_size=vocab_size, num_reward_heads=heads, lm_head=False)
 
 
-def _load_pretrained(cfg, vocab_size: int, seed: int, heads: int) -> Transformer:
+def _load_pretrained(cfg, vocab_size: int, seed: int, heads: int, **overrides) -> Transformer:
   """``cfg.init_from``'s backbone (GGUF file or Hugging Face folder) with fresh heads."""
-  options = dict(num_reward_heads=heads, lm_head=False, seed=seed)
+  options = dict(num_reward_heads=heads, lm_head=False, seed=seed, **overrides)
   if str(cfg.init_from).endswith(".gguf"):
     model, _ = gguf_io.load_gguf(cfg.init_from, **options)
   else:
@@ -59,27 +62,31 @@ def _load_pretrained(cfg, vocab_size: int, seed: int, heads: int) -> Transformer
   return model
 
 
-def build_model(cfg, vocab_size: int, seed: int, mesh, heads: int = 1) -> Transformer:
+def build_model(cfg, vocab_size: int, seed: int, mesh, heads: int = 1,
+                **overrides) -> Transformer:
   """A fresh reward model with ``heads`` reward heads, or one whose backbone comes from
-  ``cfg.init_from`` (a GGUF file or a Hugging Face folder), sharded on ``mesh``."""
+  ``cfg.init_from`` (a GGUF file or a Hugging Face folder), sharded on ``mesh``.
+  ``overrides``: ModelConfig fields set on top (``build_model_config``)."""
   if not cfg.init_from:
-    mcfg = build_model_config(cfg, vocab_size, heads)
+    mcfg = build_model_config(cfg, vocab_size, heads, **overrides)
     return parallel.init_sharded(lambda: Transformer(mcfg, rngs=nnx.Rngs(seed)), mesh)
-  return parallel.shard_model(_load_pretrained(cfg, vocab_size, seed, heads), mesh)
+  return parallel.shard_model(_load_pretrained(cfg, vocab_size, seed, heads, **overrides),
+                              mesh)
 
 
-def build_members(cfg, vocab_size: int, seed: int, mesh, layout: ensemble.Layout):
+def build_members(cfg, vocab_size: int, seed: int, mesh, layout: ensemble.Layout,
+                  **overrides):
   """(graphdef, params) of ``layout``'s model(s) on ``mesh``: stacked [K, ...] for
   separate members (member m built as ``build_model`` builds it with its own seed),
   else one model with ``layout.heads`` heads."""
   if not layout.stacked:
-    return nnx.split(build_model(cfg, vocab_size, seed, mesh, layout.heads))
+    return nnx.split(build_model(cfg, vocab_size, seed, mesh, layout.heads, **overrides))
   seeds = ensemble.member_seeds(seed, layout.k)
   if not cfg.init_from:
-    mcfg = build_model_config(cfg, vocab_size)
+    mcfg = build_model_config(cfg, vocab_size, **overrides)
     return ensemble.init_stacked(lambda rngs: Transformer(mcfg, rngs=rngs), seeds, mesh)
   # A pretrained backbone: the same in every member, heads initialised per member.
-  splits = [nnx.split(_load_pretrained(cfg, vocab_size, s, 1)) for s in seeds]
+  splits = [nnx.split(_load_pretrained(cfg, vocab_size, s, 1, **overrides)) for s in seeds]
   return splits[0][0], parallel.shard_tree(ensemble.stack_states([p for _, p in splits]), mesh)
 
 
@@ -142,6 +149,7 @@ def train(config) -> dict:
   """Train per ``config`` (see ``rmjax/configs/train_rm.py``); returns final eval metrics."""
   tc = config.train
   layout = ensemble.Layout.from_config(config.get("ensemble"))
+  aux_loss = contrastive_aux.make_aux_loss(config.loss.get("contrastive"))  # or None
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
   check_layout(layout, mesh)
   data_parallel = parallel.sharding.data_parallel_size(mesh)
@@ -152,13 +160,17 @@ def train(config) -> dict:
     if tc[name] < 1:
       raise ValueError(f"train.{name}={tc[name]} must be >= 1")
   data = rm_data.load(config.data, tc.batch_size, config.seed, layout, tc.shared_prompt)
+  use_metarm = config.get("metarm") is not None and config.metarm.enabled
+  if use_metarm:  # each batch also carries meta responses
+    data = metarm.attach(data, config, layout, data_parallel)
   updates = tc.steps // config.optim.grad_accum
   if updates < 1:
     raise ValueError(f"train.steps={tc.steps} gives no update with "
                      f"optim.grad_accum={config.optim.grad_accum}")
   tx = make_optimizer(config.optim, updates)
 
-  graphdef, params = build_members(config.model, data.vocab_size, config.seed, mesh, layout)
+  graphdef, params = build_members(config.model, data.vocab_size, config.seed, mesh, layout,
+                                   **contrastive_aux.run_model_fields(config))
   opt_init = jax.vmap(tx.init) if layout.stacked else tx.init  # one state per member
   opt_shardings = parallel.tree_shardings(jax.eval_shape(opt_init, params), mesh)
   state = {"params": params, "opt_state": jax.jit(opt_init, out_shardings=opt_shardings)(params),
@@ -169,8 +181,12 @@ def train(config) -> dict:
   next_batch = data.train.batch
   batch_ndims = {k: v.ndim for k, v in next_batch(0).items()}
   member_devices = parallel.sharding.ensemble_size(mesh)
+  loss_fn = make_loss_fn(graphdef, config.loss, aux_loss)
+  update = (metarm.make_meta_update(graphdef, tx, loss_fn, config.metarm.eta,
+                                    config.metarm.first_order)
+            if use_metarm else make_member_update(tx, loss_fn))
   train_step = parallel.compile_step(
-      make_train_step(graphdef, tx, config.loss, layout, member_devices, config.seed),
+      make_train_step(graphdef, tx, config.loss, layout, member_devices, config.seed, update),
       mesh, shardings, batch_ndims, members=layout.stacked)
   eval_fn = jax.jit(make_eval_step(graphdef, layout, member_devices))
 
