@@ -43,7 +43,7 @@ from rmjax import parallel  # noqa: E402
 from rmjax.data import schema, tokenize  # noqa: E402
 from rmjax.data.array_source import eval_batches  # noqa: E402
 from rmjax.objectives import bt, preference_strength  # noqa: E402
-from rmjax.train import feature_cache, feature_train  # noqa: E402
+from rmjax.train import feature_cache, feature_train, strength  # noqa: E402
 from rmjax.train.load_rm import single_device_mesh  # noqa: E402
 from rmjax.train.rm_trainer import build_model  # noqa: E402
 
@@ -55,9 +55,9 @@ FRACTION_NEGATIVE = "fraction μ<0"
 def fold_plan(pairs: int, folds: int, members: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(pair_fold [pairs], member_fold [members]) of the out-of-fold variant.
 
-  A seeded permutation deals the pairs round-robin into ``folds`` folds (sizes differ by
-  at most one); member m is trained without fold m % folds, so every pair is scored by
-  exactly members / folds members.
+  The folds of ``train-rm --config.ensemble.folds`` (``rmjax.train.strength``): a seeded
+  partition into near-equal folds, member m trained without fold m % folds, so every
+  pair is scored by exactly members / folds members.
   """
   if folds < 2:
     raise ValueError(f"strength.folds={folds}: out-of-fold scoring needs at least 2 folds")
@@ -66,9 +66,7 @@ def fold_plan(pairs: int, folds: int, members: int, seed: int) -> tuple[np.ndarr
                      f"{folds}: pairs would be scored by unequal numbers of members")
   if pairs < folds:
     raise ValueError(f"{pairs} pair(s) cannot fill strength.folds={folds} folds")
-  pair_fold = np.empty(pairs, np.int64)
-  pair_fold[np.random.default_rng(seed).permutation(pairs)] = np.arange(pairs) % folds
-  return pair_fold, np.arange(members) % folds
+  return strength.pair_folds(pairs, folds, seed), strength.member_folds(members, folds)
 
 
 def member_seed(base: int, member: int, members: int) -> int:

@@ -67,9 +67,17 @@ def _hash_arrays(digest, tree) -> None:
     digest.update(np.ascontiguousarray(tree[key]).tobytes())
 
 
+# ModelConfig fields the frozen prefix never reads (heads, training-only settings): a run
+# that changes them, or a new field of this kind, still finds the cached features.
+_NOT_IN_PREFIX = ("lm_head", "num_reward_heads", "value_head", "num_prototypes", "init_std",
+                  "dropout_rate", "remat")
+
+
 def frozen_fingerprint(model: Transformer, start: int) -> str:
-  """Hash of what the features at block ``start`` depend on: config, embedding, blocks < start."""
-  digest = hashlib.sha256(repr(model.cfg).encode())
+  """Hash of what the features at block ``start`` depend on: the architecture fields the
+  prefix reads, the embedding and blocks < start."""
+  fields = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k not in _NOT_IN_PREFIX}
+  digest = hashlib.sha256(repr(sorted(fields.items())).encode())
   state = nnx.state(model)
   parts = {"embed": state["embed"]}
   if "pos_embed" in state:
