@@ -25,7 +25,7 @@ from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import ArraySource
 from rmjax.models.transformer import Transformer, attention_mask, default_positions
-from rmjax.train import feature_cache
+from rmjax.train import contrastive_aux, feature_cache
 from rmjax.train.checkpoint import Checkpointer, provenance
 from rmjax.train.metrics_writer import MetricsWriter, Progress
 from rmjax.train.optim import make_optimizer
@@ -102,6 +102,14 @@ def train_top(model: Transformer, start: int, train: dict, evaluation: dict, con
   training_curves.png to ``workdir``. Returns final eval metrics and the wall time.
   """
   tc = config.train
+  unsupported = [name for name, on in (
+      ("loss.contrastive", contrastive_aux.resolve(config.loss.get("contrastive")).kind != "none"),
+      ("metarm", config.get("metarm", {}).get("enabled", False)),
+      ("data.strength", bool(config.get("data", {}).get("strength", {}).get("path"))))
+      if on]
+  if unsupported:
+    raise ValueError(f"training on cached features supports the plain BT loss only; "
+                     f"{', '.join(unsupported)} need the full model (rmjax train-rm)")
   top = TopModel(model, start)
   graphdef, params = nnx.split(top)
   tx = make_optimizer(config.optim, tc.steps)

@@ -103,6 +103,29 @@ def test_a_different_reward_head_reuses_the_cache(tmp_path):
   assert feature_cache.build(other, {"a": arrays}, (1,), tmp_path)["a", 1].path == first.path
 
 
+def test_fingerprint_ignores_head_fields_but_not_the_architecture():
+  """A new head or training-only field (prototypes, dropout) keeps the cached features;
+  a field the prefix computes with does not."""
+  model = _model()
+  base = feature_cache.frozen_fingerprint(model, 2)
+  for changes in (dict(num_prototypes=20, dropout_rate=0.05, num_reward_heads=3),
+                  dict(norm_eps=1e-6)):
+    other = _model()
+    other.cfg = model.cfg.replace(**changes)
+    same = feature_cache.frozen_fingerprint(other, 2) == base
+    assert same == ("norm_eps" not in changes), changes
+
+
+def test_cached_features_train_the_plain_bt_loss_only(tmp_path):
+  from rmjax.configs import train_rm
+  from rmjax.train import feature_train
+  config = train_rm.get_config()
+  config.loss.contrastive.kind = "simcse"
+  config.metarm.enabled = True
+  with pytest.raises(ValueError, match="loss.contrastive, metarm need the full model"):
+    feature_train.train_top(_model(), N_LAYERS, {}, {}, config, str(tmp_path), None)
+
+
 @pytest.mark.parametrize("n", [0, 2])
 def test_gradient_from_cached_features_equals_the_full_models(tmp_path, n):
   model, arrays = _model(), _pairs()
