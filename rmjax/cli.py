@@ -19,7 +19,7 @@ from rmjax import configs
 
 COMMANDS = {"demo": "rmjax.commands.demo", "train-rm": "rmjax.commands.train_rm",
             "score": "rmjax.commands.score", "eval-rm": "rmjax.commands.eval_rm",
-            "score-pairs": "rmjax.commands.score_pairs"}
+            "score-pairs": "rmjax.commands.score_pairs", "ppo": "rmjax.commands.ppo"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ ScoreFn = Callable[[jax.Array, jax.Array, jax.Array], Any]
 
 
 @jax.jit
-def _right_padded(tokens, mask):
+def right_padded(tokens, mask):
   """Real tokens first, in order (the layout of the training data and the synthetic gold
   reward); generate's output has the prompt's padding on the left of the prompt block."""
   order = jnp.argsort(~mask, axis=1, stable=True)
@@ -75,7 +75,7 @@ def best_of_n_scores(key: jax.Array, model: Transformer, sampling: SamplingConfi
     which = (np.arange(start, start + chunk) % rows) // num_samples  # prompt of each row
     out = generate(model, prompt_tokens[which], prompt_mask[which],
                    jax.random.fold_in(key, c), sampling)
-    tokens, mask = _right_padded(*out.sequences())
+    tokens, mask = right_padded(*out.sequences())
     scores = score_fn(tokens, mask, jnp.asarray(prompt_len[which]))
     keep = min(chunk, rows - start)
     outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], scores))

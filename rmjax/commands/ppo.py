@@ -1,0 +1,12 @@
+"""``rmjax ppo``: PPO against a trained reward model (``rmjax.train.ppo_trainer``)."""
+
+from __future__ import annotations
+
+from rmjax.train import ppo_trainer
+
+
+def run(config) -> None:
+  result = ppo_trainer.train(config)
+  metrics = result["metrics"]
+  print("last iteration: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+  print(f"checkpoints, metrics.jsonl and TensorBoard logs are in {result['workdir']}")

@@ -1,0 +1,39 @@
+"""Default config of ``rmjax ppo``: PPO-max against a reward model trained by
+``rmjax train-rm`` on the synthetic task, small enough for a laptop CPU.
+
+The policy and the frozen reference start as the synthetic task's base policy (the task of
+the first reward model's run); the critic starts from that reward model (its backbone,
+the value head from its first reward head). Run ``rmjax train-rm`` first.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # workdirs: one or more train-rm runs (each a model or an ensemble). Score pipeline
+  # (algorithms.md §5): each run's members -> objective (mean, wco, uwo, ...) -> transform
+  # ("none": the sum over runs; "lsc": log sigmoid(r - r_ref(x)) summed over runs, i.e. the
+  # AND-combination, r_ref the per-prompt quantile of lsc_samples reference-policy samples)
+  # -> running normalisation -> clip (0 = none).
+  c.reward = ml_collections.ConfigDict(dict(
+      workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.5, transform="none",
+      lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
+  c.critic = ml_collections.ConfigDict(dict(init="reward_model"))  # or "policy"
+  c.ppo = ml_collections.ConfigDict(dict(
+      iterations=40, prompts=8, samples_per_prompt=4,
+      max_new_tokens=0,  # 0 = the task's max_response_len
+      temperature=1.0, top_k=0, top_p=1.0, epochs=1, minibatches=1, clip_eps=0.2,
+      value_clip=0.2, gamma=1.0, lam=0.95, whiten=True, advantage_clip=0.0,
+      kl_estimator="k1", entropy_coef=0.0))
+  # Fixed beta = coef, or Ziegler et al.'s adaptive controller (coef is its start).
+  c.kl = ml_collections.ConfigDict(dict(adaptive=False, coef=0.05, target=6.0, horizon=10000))
+  optim = dict(warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, grad_accum=1)
+  c.optim = ml_collections.ConfigDict(dict(
+      actor=ml_collections.ConfigDict(dict(learning_rate=2e-5, **optim)),
+      critic=ml_collections.ConfigDict(dict(learning_rate=1e-4, **optim))))
+  c.train = ml_collections.ConfigDict(dict(
+      workdir="runs/ppo", log_every=5, save_every=10, keep_checkpoints=2))
+  return c

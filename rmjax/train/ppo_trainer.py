@@ -1,0 +1,267 @@
+"""The PPO loop (``rmjax ppo``): sample, score, advantages, then compiled minibatch updates.
+
+Per iteration i (``shared/papers/algorithms.md`` §5):
+  1. prompts of the synthetic task drawn from key fold_in(seed, i), each sampled
+     ``samples_per_prompt`` times with the #2 sampler; its log-probs are the old log-probs;
+  2. reference log-probs, critic values, reward-model scores through the score pipeline
+     (``ppo_rewards``) and, for the log, the gold reward;
+  3. per-token rewards (−β·KL at every token, the score at the last), GAE, whitening;
+  4. ``epochs`` passes over ``minibatches`` shuffled minibatches, each one jitted update
+     (``ppo_step.make_update``), and the KL controller's update.
+Everything that decides iteration i is a function of (config, checkpointed state, i): the
+state holds actor, critic, both optimizer states, the KL controller and the running reward
+moments, and every key is derived from (seed, i), so a run killed at any point resumes
+from its last checkpoint and continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.data import synthetic
+from rmjax.models.sampler import SamplingConfig, generate
+from rmjax.models.transformer import Transformer
+from rmjax.rl import kl as kl_lib
+from rmjax.rl import ppo, running_stats
+from rmjax.rl.bon_sampling import right_padded
+from rmjax.train import ppo_rewards
+from rmjax.train.checkpoint import Checkpointer, abstract_like, provenance
+from rmjax.train.load_rm import load_ensemble
+from rmjax.train.metrics_writer import MetricsWriter, Progress
+from rmjax.train.optim import make_optimizer
+from rmjax.train.ppo_step import EPISODE_KEYS, make_update, response_logprobs, response_values
+from rmjax.train.rm_trainer import check_finite
+
+CRITIC_INITS = ("reward_model", "policy")
+
+
+def critic_from(model: Transformer, mesh):
+  """(graphdef, params) of a critic: ``model``'s backbone plus a value head, initialised
+  from its first reward head when it has one (a reward model), else zeros."""
+  cfg = model.cfg.replace(value_head=True)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+  pure = nnx.to_pure_dict(nnx.state(model))
+  head = pure.get("reward_head")
+  pure["value_head"] = (np.asarray(head)[:, 0] if head is not None
+                        else np.zeros(cfg.d_model, np.float32))
+  nnx.replace_by_pure_dict(abstract, pure)
+  # Own buffers: the update donates the critic, and the reward model must live on.
+  return graphdef, jax.tree.map(jnp.copy, parallel.shard_tree(abstract, mesh))
+
+
+def first_member(scorer) -> Transformer:
+  """The reward model behind a scorer; member 0 of separate ensemble members."""
+  if not scorer.layout.stacked:
+    return nnx.merge(scorer.graphdef, scorer.params)
+  pure = jax.tree.map(lambda x: x[0], nnx.to_pure_dict(scorer.params))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(scorer.cfg, rngs=nnx.Rngs(0))))
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def load_reward_models(workdirs, mesh):
+  """(scorers, the first run's config) of ``reward.workdirs``."""
+  if not workdirs:
+    raise ValueError("reward.workdirs is empty; train a reward model with rmjax train-rm")
+  loaded = [load_ensemble(w, mesh) for w in workdirs]
+  return [scorer for scorer, _ in loaded], loaded[0][1]
+
+
+def task_of(run_config) -> synthetic.SyntheticTask:
+  """The synthetic task a reward model was trained on (its policy and gold reward)."""
+  if run_config.data.source != "synthetic":
+    raise ValueError(f"rmjax ppo runs on the synthetic task; the reward model in "
+                     f"{run_config.checkpoint.directory} was trained on data.source="
+                     f"{run_config.data.source!r}")
+  return synthetic.build_task(synthetic.SyntheticConfig(**run_config.data.synthetic.to_dict()))
+
+
+class PPOTrainer:
+  """Holds the models, the compiled functions and the score pipeline of one run."""
+
+  def __init__(self, config, scorers, task, critic_model: Transformer):
+    c = self.c = config.ppo
+    self.config, self.scorers, self.task = config, scorers, task
+    self.mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+    self.score_cfg = ppo_rewards.ScoreConfig.from_config(config.reward)
+    self.episodes = c.prompts * c.samples_per_prompt
+    if self.episodes % c.minibatches:
+      raise ValueError(f"ppo.prompts x samples_per_prompt = {self.episodes} episodes do not "
+                       f"split into ppo.minibatches={c.minibatches}")
+    self.sampling = SamplingConfig(
+        max_new_tokens=c.max_new_tokens or task.cfg.max_response_len,
+        temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=synthetic.EOS,
+        pad_id=synthetic.PAD)
+    self.prompt_width = task.cfg.max_prompt_len
+    self.actor_graphdef, reference = nnx.split(task.policy)
+    self.reference = parallel.shard_tree(reference, self.mesh)
+    self.critic_graphdef, critic = critic_from(critic_model, self.mesh)
+    updates = c.iterations * c.epochs * c.minibatches
+    self.actor_tx = make_optimizer(config.optim.actor, updates)
+    self.critic_tx = make_optimizer(config.optim.critic, updates)
+    actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
+    self.state = {"actor": actor, "critic": critic,
+                  "actor_opt": self.actor_tx.init(actor),
+                  "critic_opt": self.critic_tx.init(critic), "step": jnp.zeros((), jnp.int32),
+                  "kl": (kl_lib.adaptive_kl_controller(config.kl.coef, config.kl.target,
+                                                       config.kl.horizon)
+                         if config.kl.adaptive else kl_lib.fixed_kl_controller(config.kl.coef)),
+                  "moments": running_stats.init_moments()}
+    self.shardings = parallel.tree_shardings(self.state, self.mesh)
+    self.state = jax.device_put(self.state, self.shardings)
+    self._forward = jax.jit(self._rollout_forward)
+
+  def _rollout_forward(self, reference, critic, tokens, mask):
+    """(reference log-probs [B, N], critic values [B, N]) of sampled episodes."""
+    ref = nnx.merge(self.actor_graphdef, reference)
+    ref_logprobs, _ = response_logprobs(ref, tokens, mask, self.prompt_width,
+                                        self.c.temperature)
+    values = response_values(nnx.merge(self.critic_graphdef, critic), tokens, mask,
+                             self.prompt_width)
+    return ref_logprobs, values
+
+  def _sample(self, params, key, prompts, prompt_len, repeats: int):
+    """Sampled episodes: (tokens, mask [B, W], response mask, log-probs [B, N], the
+    prompt length of each row [B])."""
+    tokens = np.repeat(prompts, repeats, axis=0)
+    lengths = np.repeat(prompt_len, repeats)
+    mask = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    batch = parallel.shard_batch({"tokens": tokens, "mask": mask}, self.mesh)
+    out = generate(nnx.merge(self.actor_graphdef, params), batch["tokens"], batch["mask"],
+                   key, self.sampling)
+    seq, seq_mask = out.sequences()
+    return seq, seq_mask, out.mask, out.logprobs, lengths
+
+  def _scores(self, seq, seq_mask, lengths):
+    """(objective scores [B, J], member rewards per model, gold [B]) of episodes."""
+    tokens, mask = right_padded(seq, seq_mask)
+    members = ppo_rewards.member_scores(self.scorers, tokens, mask)
+    gold = np.asarray(self.task.gold_reward(tokens, mask, jnp.asarray(lengths))["total"])
+    return ppo_rewards.objective_scores(members, self.score_cfg), members, gold
+
+  def rollout(self, iteration: int):
+    """The episodes of ``iteration`` with advantages and returns, and their metrics."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), iteration)
+    prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0), self.c.prompts)
+    seq, seq_mask, response_mask, old_logprobs, lengths = self._sample(
+        self.state["actor"], jax.random.fold_in(key, 1), prompts, prompt_len,
+        self.c.samples_per_prompt)
+    ref_logprobs, values = self._forward(self.reference, self.state["critic"], seq, seq_mask)
+    scores, members, gold = self._scores(seq, seq_mask, lengths)
+    r_ref = None
+    if self.score_cfg.transform == "lsc":
+      ref = self._sample(self.reference, jax.random.fold_in(key, 2), prompts, prompt_len,
+                         self.config.reward.lsc_samples)
+      ref_scores = self._scores(ref[0], ref[1], ref[4])[0]
+      levels = ppo_rewards.reference_levels(
+          ref_scores.reshape(self.c.prompts, self.config.reward.lsc_samples, -1), self.score_cfg)
+      r_ref = np.repeat(levels, self.c.samples_per_prompt, axis=0)
+    combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
+    processed, moments = ppo_rewards.normalize(combined, self.state["moments"], self.score_cfg)
+    kl_state = self.state["kl"]
+    rewards = ppo.per_token_rewards(processed, old_logprobs, ref_logprobs, response_mask,
+                                    kl_state.beta, self.c.kl_estimator)
+    advantages, returns = ppo.gae(rewards, values, response_mask, self.c.gamma, self.c.lam)
+    if self.c.whiten:
+      advantages = ppo.whiten(advantages, response_mask, clip=self.c.advantage_clip or None)
+    seq_kl = kl_lib.sequence_kl(old_logprobs, ref_logprobs, response_mask, "k1")
+    self.state["kl"] = kl_lib.update_kl_controller(kl_state, jnp.mean(seq_kl), self.episodes)
+    self.state["moments"] = moments
+    episodes = {"tokens": seq, "mask": seq_mask, "response_mask": response_mask,
+                "old_logprobs": old_logprobs, "old_values": values, "advantages": advantages,
+                "returns": returns}
+    metrics = {
+        "score": float(np.mean(combined)), "score_processed": float(np.mean(processed)),
+        "gold": float(np.mean(gold)), "kl": float(jnp.mean(seq_kl)),
+        "kl_half_squared": float(jnp.mean(kl_lib.sequence_kl(
+            old_logprobs, ref_logprobs, response_mask, "k2"))),
+        "response_length": float(jnp.mean(jnp.sum(response_mask, axis=1))),
+        "ensemble_variance": float(np.mean([m.var(axis=-1).mean() for m in members])),
+        "beta": float(kl_state.beta)}
+    return episodes, metrics
+
+  def minibatches(self, episodes, iteration: int):
+    """The shuffled minibatches of every epoch, in order (a function of the iteration)."""
+    size = self.episodes // self.c.minibatches
+    host = {k: np.asarray(episodes[k]) for k in EPISODE_KEYS}
+    for epoch in range(self.c.epochs):
+      order = np.random.default_rng([self.config.seed, iteration, epoch]).permutation(
+          self.episodes)
+      for start in range(0, self.episodes, size):
+        rows = order[start:start + size]
+        yield parallel.shard_batch({k: v[rows] for k, v in host.items()}, self.mesh)
+
+  def compile_update(self, batch):
+    step = make_update(self.actor_graphdef, self.critic_graphdef, self.actor_tx,
+                       self.critic_tx, self.prompt_width, self.c)
+    model_keys = ("actor", "critic", "actor_opt", "critic_opt", "step")
+    shardings = {k: self.shardings[k] for k in model_keys}
+    compiled = parallel.compile_step(step, self.mesh, shardings,
+                                     {k: v.ndim for k, v in batch.items()})
+
+    def update(state, batch):
+      models, metrics = compiled({k: state[k] for k in model_keys}, batch)
+      return {**state, **models}, metrics
+
+    return update
+
+
+def train(config, scorers=None, task=None, critic_model=None) -> dict:
+  """PPO per ``config`` (``rmjax/configs/ppo.py``); returns the last iteration's metrics.
+
+  ``scorers`` (a list of ``(tokens, mask) -> [B, K]``), ``task`` and ``critic_model``
+  replace the reward models of ``config.reward.workdirs``, their synthetic task and the
+  critic's starting model (tests use a known reward function).
+  """
+  c = config.ppo
+  if config.critic.init not in CRITIC_INITS:
+    raise ValueError(f"critic.init={config.critic.init!r} is not one of {CRITIC_INITS}")
+  mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  if scorers is None:
+    scorers, run_config = load_reward_models(tuple(config.reward.workdirs), mesh)
+    task = task or task_of(run_config)
+    critic_model = critic_model or first_member(scorers[0])
+  if config.critic.init == "policy":
+    critic_model = task.policy
+  trainer = PPOTrainer(config, scorers, task, critic_model)
+  tc = config.train
+  checkpointer = Checkpointer(os.path.join(tc.workdir, "checkpoints"), keep=tc.keep_checkpoints,
+                              interval=tc.save_every, provenance=provenance(config))
+  restored = checkpointer.restore_latest(abstract_like(trainer.state, trainer.shardings))
+  start = 0
+  if restored is not None:
+    start, trainer.state, _ = restored
+    print(f"resumed from iteration {start} in {tc.workdir}")
+  writer, progress = MetricsWriter(tc.workdir), Progress(start, c.iterations)
+  update, metrics = None, {}
+  try:
+    with checkpointer.install_sigterm_handler():
+      for iteration in range(start, c.iterations):
+        episodes, metrics = trainer.rollout(iteration)
+        losses = []
+        for batch in trainer.minibatches(episodes, iteration):
+          update = update or trainer.compile_update(batch)
+          trainer.state, step_metrics = update(trainer.state, batch)
+          losses.append(jax.device_get(step_metrics))
+        metrics.update({k: float(np.mean([m[k] for m in losses])) for k in losses[0]})
+        done = iteration + 1
+        check_finite(metrics["policy_loss"] + metrics["value_loss"], done)
+        writer.write(done, "train", metrics)
+        if done % tc.log_every == 0 or done == c.iterations:
+          progress.update(done, {k: metrics[k] for k in ("score", "gold", "kl")})
+        checkpointer.save(done, trainer.state, {"iteration": done},
+                          force=done == c.iterations or checkpointer.preempted)
+        if checkpointer.preempted:
+          print(f"SIGTERM: saved iteration {done}, exiting")
+          break
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  return {"metrics": metrics, "workdir": tc.workdir}
