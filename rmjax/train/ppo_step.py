@@ -49,13 +49,12 @@ def response_values(critic, tokens, mask, prompt_width: int):
   return critic.values(_response_hidden(critic, tokens, mask, prompt_width))
 
 
-def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransformation,
-                critic_tx: optax.GradientTransformation, prompt_width: int, cfg):
-  """The PPO minibatch update.
+def make_losses(actor_graphdef, critic_graphdef, prompt_width: int, cfg):
+  """``losses(params, batch) -> (total, metrics)`` with params {"actor", "critic"}: the
+  clipped surrogate − entropy_coef · entropy + the clipped value loss (§5).
 
   ``cfg``: temperature, clip_eps, value_clip, entropy_coef (the ``ppo`` config section).
-  Metrics: policy_loss, value_loss, entropy, clip_fraction, approx_kl, ratio_mean,
-  actor_grad_norm, critic_grad_norm.
+  Metrics: policy_loss, value_loss, entropy, clip_fraction, approx_kl, ratio_mean.
   """
 
   def losses(params, batch):
@@ -70,6 +69,15 @@ def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransfo
     value = ppo.value_loss(values, batch["old_values"], batch["returns"], m, cfg.value_clip)
     total = policy - cfg.entropy_coef * entropy + value
     return total, {**metrics, "policy_loss": policy, "value_loss": value, "entropy": entropy}
+
+  return losses
+
+
+def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransformation,
+                critic_tx: optax.GradientTransformation, prompt_width: int, cfg):
+  """The PPO minibatch update ``step(state, batch) -> (state, metrics)``: ``make_losses``'
+  metrics plus actor_grad_norm and critic_grad_norm."""
+  losses = make_losses(actor_graphdef, critic_graphdef, prompt_width, cfg)
 
   def step(state, batch):
     params = {"actor": state["actor"], "critic": state["critic"]}

@@ -85,10 +85,10 @@ def task_of(run_config) -> synthetic.SyntheticTask:
 class PPOTrainer:
   """Holds the models, the compiled functions and the score pipeline of one run."""
 
-  def __init__(self, config, scorers, task, critic_model: Transformer):
+  def __init__(self, config, scorers, task, critic_model: Transformer, mesh=None):
     c = self.c = config.ppo
     self.config, self.scorers, self.task = config, scorers, task
-    self.mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+    self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
     self.score_cfg = ppo_rewards.ScoreConfig.from_config(config.reward)
     self.episodes = c.prompts * c.samples_per_prompt
     if self.episodes % c.minibatches:
@@ -223,13 +223,15 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   if config.critic.init not in CRITIC_INITS:
     raise ValueError(f"critic.init={config.critic.init!r} is not one of {CRITIC_INITS}")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  if scorers is not None and task is None:
+    raise ValueError("scorers given without the task whose prompts they score")
   if scorers is None:
     scorers, run_config = load_reward_models(tuple(config.reward.workdirs), mesh)
     task = task or task_of(run_config)
     critic_model = critic_model or first_member(scorers[0])
   if config.critic.init == "policy":
     critic_model = task.policy
-  trainer = PPOTrainer(config, scorers, task, critic_model)
+  trainer = PPOTrainer(config, scorers, task, critic_model, mesh)
   tc = config.train
   checkpointer = Checkpointer(os.path.join(tc.workdir, "checkpoints"), keep=tc.keep_checkpoints,
                               interval=tc.save_every, provenance=provenance(config))
