@@ -27,7 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
       max_new_tokens=0,  # 0 = the task's max_response_len
       temperature=1.0, top_k=0, top_p=1.0, epochs=1, minibatches=1, clip_eps=0.2,
       value_clip=0.2, gamma=1.0, lam=0.95, whiten=True, advantage_clip=0.0,
-      kl_estimator="k1", entropy_coef=0.0))
+      kl_estimator="k1", entropy_coef=0.0,
+      # PPO-ptx: ptx_coef x the LM loss on reference-policy samples (ptx_sequences of
+      # them, drawn once), one minibatch of them beside every PPO minibatch; 0 = off.
+      ptx_coef=0.0, ptx_sequences=256))
   # Fixed beta = coef, or Ziegler et al.'s adaptive controller (coef is its start).
   c.kl = ml_collections.ConfigDict(dict(adaptive=False, coef=0.05, target=6.0, horizon=10000))
   optim = dict(warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, grad_accum=1)

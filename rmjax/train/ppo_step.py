@@ -49,12 +49,24 @@ def response_values(critic, tokens, mask, prompt_width: int):
   return critic.values(_response_hidden(critic, tokens, mask, prompt_width))
 
 
+def language_model_loss(model, tokens, mask):
+  """Mean next-token negative log-likelihood over the real tokens after each row's first
+  (PPO-ptx's pretraining loss). tokens, mask [B, S] (left or right padded)."""
+  hidden, _ = model(tokens, mask)
+  logprobs = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)
+  nll = -jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+  return ppo.masked_mean(nll, mask[:, 1:] & mask[:, :-1])
+
+
 def make_losses(actor_graphdef, critic_graphdef, prompt_width: int, cfg):
   """``losses(params, batch) -> (total, metrics)`` with params {"actor", "critic"}: the
-  clipped surrogate − entropy_coef · entropy + the clipped value loss (§5).
+  clipped surrogate − entropy_coef · entropy + the clipped value loss (§5), plus
+  ptx_coef · the language-model loss on "ptx_tokens"/"ptx_mask" when the batch has them
+  (PPO-ptx).
 
-  ``cfg``: temperature, clip_eps, value_clip, entropy_coef (the ``ppo`` config section).
-  Metrics: policy_loss, value_loss, entropy, clip_fraction, approx_kl, ratio_mean.
+  ``cfg``: temperature, clip_eps, value_clip, entropy_coef, ptx_coef (the ``ppo`` section).
+  Metrics: policy_loss, value_loss, entropy, clip_fraction, approx_kl, ratio_mean (and
+  ptx_loss).
   """
 
   def losses(params, batch):
@@ -68,7 +80,11 @@ def make_losses(actor_graphdef, critic_graphdef, prompt_width: int, cfg):
     values = response_values(critic, tokens, mask, prompt_width)
     value = ppo.value_loss(values, batch["old_values"], batch["returns"], m, cfg.value_clip)
     total = policy - cfg.entropy_coef * entropy + value
-    return total, {**metrics, "policy_loss": policy, "value_loss": value, "entropy": entropy}
+    metrics = {**metrics, "policy_loss": policy, "value_loss": value, "entropy": entropy}
+    if "ptx_tokens" in batch:
+      metrics["ptx_loss"] = language_model_loss(actor, batch["ptx_tokens"], batch["ptx_mask"])
+      total = total + cfg.ptx_coef * metrics["ptx_loss"]
+    return total, metrics
 
   return losses
 

@@ -25,6 +25,7 @@ from flax import nnx
 
 from rmjax import parallel
 from rmjax.data import synthetic
+from rmjax.data.array_source import ArraySource
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
 from rmjax.rl import kl as kl_lib
@@ -116,6 +117,19 @@ class PPOTrainer:
     self.shardings = parallel.tree_shardings(self.state, self.mesh)
     self.state = jax.device_put(self.state, self.shardings)
     self._forward = jax.jit(self._rollout_forward)
+    self.ptx = self._ptx_source() if c.ptx_coef else None
+
+  def _ptx_source(self):
+    """PPO-ptx's corpus: ``ptx_sequences`` reference-policy samples, drawn once from key
+    fold_in(seed, 2**32 − 1) (a stream no iteration uses), batched like the minibatches;
+    minibatch j of the run reads the corpus's batch j, so resume stays exact."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), 2**32 - 1)
+    prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0),
+                                                   self.c.ptx_sequences)
+    seq, seq_mask, *_ = self._sample(self.reference, jax.random.fold_in(key, 1), prompts,
+                                     prompt_len, 1)
+    arrays = {"ptx_tokens": np.asarray(seq), "ptx_mask": np.asarray(seq_mask)}
+    return ArraySource(arrays, self.episodes // self.c.minibatches, seed=self.config.seed)
 
   def _rollout_forward(self, reference, critic, tokens, mask):
     """(reference log-probs [B, N], critic values [B, N]) of sampled episodes."""
@@ -139,10 +153,12 @@ class PPOTrainer:
     return seq, seq_mask, out.mask, out.logprobs, lengths
 
   def _scores(self, seq, seq_mask, lengths):
-    """(objective scores [B, J], member rewards per model, gold [B]) of episodes."""
+    """(objective scores [B, J], member rewards per model, gold terms {total, helpful,
+    harmless, length} each [B]) of episodes."""
     tokens, mask = right_padded(seq, seq_mask)
     members = ppo_rewards.member_scores(self.scorers, tokens, mask)
-    gold = np.asarray(self.task.gold_reward(tokens, mask, jnp.asarray(lengths))["total"])
+    gold = {k: np.asarray(v) for k, v in
+            self.task.gold_reward(tokens, mask, jnp.asarray(lengths)).items()}
     return ppo_rewards.objective_scores(members, self.score_cfg), members, gold
 
   def rollout(self, iteration: int):
@@ -178,7 +194,9 @@ class PPOTrainer:
                 "returns": returns}
     metrics = {
         "score": float(np.mean(combined)), "score_processed": float(np.mean(processed)),
-        "gold": float(np.mean(gold)), "kl": float(jnp.mean(seq_kl)),
+        "gold": float(np.mean(gold["total"])), "kl": float(jnp.mean(seq_kl)),
+        **{f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"},
+        **{f"proxy_{j}": float(v) for j, v in enumerate(np.mean(scores, axis=0))},
         "kl_half_squared": float(jnp.mean(kl_lib.sequence_kl(
             old_logprobs, ref_logprobs, response_mask, "k2"))),
         "response_length": float(jnp.mean(jnp.sum(response_mask, axis=1))),
@@ -195,7 +213,11 @@ class PPOTrainer:
           self.episodes)
       for start in range(0, self.episodes, size):
         rows = order[start:start + size]
-        yield parallel.shard_batch({k: v[rows] for k, v in host.items()}, self.mesh)
+        batch = {k: v[rows] for k, v in host.items()}
+        if self.ptx is not None:
+          index = (iteration * self.c.epochs + epoch) * self.c.minibatches + start // size
+          batch.update(self.ptx.batch(index))
+        yield parallel.shard_batch(batch, self.mesh)
 
   def compile_update(self, batch):
     step = make_update(self.actor_graphdef, self.critic_graphdef, self.actor_tx,

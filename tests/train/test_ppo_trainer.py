@@ -18,7 +18,7 @@ from rmjax.configs import ppo as ppo_config
 from rmjax.data import synthetic
 from rmjax.train import ppo_trainer
 from rmjax.train.checkpoint import Checkpointer
-from rmjax.train.ppo_step import make_losses
+from rmjax.train.ppo_step import language_model_loss, make_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,3 +140,23 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
   config.reward.workdirs = (str(tmp_path / "none"),)
   with pytest.raises(FileNotFoundError, match="train one with rmjax train-rm"):
     ppo_trainer.train(config)
+
+
+def test_ptx_loss_is_the_next_token_nll_and_joins_the_update(tmp_path):
+  task = synthetic.build_task(synthetic.SyntheticConfig())
+  tokens = np.array([[0, 2, 5, 7, 9], [2, 4, 4, 1, 0]], np.int32)
+  mask = np.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]], bool)
+  hidden, _ = task.policy(jnp.asarray(tokens), jnp.asarray(mask))
+  logits = np.asarray(task.policy.logits(hidden), np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                         keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  nll = [-logp[b, t, tokens[b, t + 1]] for b in range(2) for t in range(4)
+         if mask[b, t] and mask[b, t + 1]]
+  assert float(language_model_loss(task.policy, tokens, mask)) == pytest.approx(
+      np.mean(nll), rel=1e-5)
+  config = toy_config(tmp_path, 2)
+  config.ppo.update(ptx_coef=0.5, ptx_sequences=64)
+  ppo_trainer.train(config, scorers=[jax.jit(low_ids)], task=task, critic_model=task.policy)
+  rows = metrics(tmp_path)
+  assert all(np.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows)
