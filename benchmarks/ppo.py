@@ -1,0 +1,346 @@
+"""PPO iteration throughput of rmjax against TRL's ``RLOOTrainer`` (TRL 1.x has no PPO).
+
+    python benchmarks/ppo.py [--prompts 8 --samples 4 --prompt-len 64 --new 64
+                              --rounds 3 --reps 2 --warmup 1]
+
+Shape S0 (``rmjax.models.config.s0()``) for every model: policy, reference, reward model
+(and, ours, the critic), float32, random init. One iteration = ``--prompts`` random
+prompts of ``--prompt-len`` tokens x ``--samples`` samples, exactly ``--new`` new tokens
+each (EOS never stops a row), reward-model scoring, reference (and critic) forward, and
+one epoch of updates as a single minibatch of all episodes. Ours: ``PPOTrainer.rollout``
+then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
+(generation, old/reference log-probs, reward model, one backward and AdamW step).
+Each round starts one fresh child per side (``--side ours|peer``), alternating; a child
+runs ``--warmup`` untimed iterations (compilation excluded), then times ``--reps``.
+Figures are medians over all timed iterations of a side. The last line of stdout is one
+JSON object; progress goes to stderr. Besides wall time, each iteration's CPU time (the
+child's ``time.process_time``, all threads) is reported: on a shared machine it is the
+steadier figure. See benchmarks/README.md.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+from rm_train import build_tokenizer, cpu_busy_pct, peak_rss_mb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIRST_ID = 2  # prompt ids in [2, vocab): 0 is the peer's pad token, 1 its EOS
+FLAGS = ("prompts", "samples", "prompt_len", "new", "reps", "warmup")
+
+
+def iterations(args) -> int:
+  return args.warmup + args.reps
+
+
+# ---------------------------------------------------------------------------------- ours
+
+
+class BenchTask:
+  """The few attributes of a synthetic task that ``PPOTrainer`` reads: an S0 policy with
+  an LM head, random full-length prompts and a gold reward of zeros (there is none)."""
+
+  def __init__(self, policy, prompt_len: int, new: int, vocab: int):
+    self.policy, self.vocab = policy, vocab
+    self.cfg = argparse.Namespace(max_prompt_len=prompt_len, max_response_len=new)
+
+  def sample_prompts(self, key, n: int):
+    """(tokens [n, P] int32, lengths [n]): random ids, no padding."""
+    import jax
+    tokens = jax.random.randint(key, (n, self.cfg.max_prompt_len), FIRST_ID, self.vocab)
+    return np.asarray(tokens, np.int32), np.full(n, self.cfg.max_prompt_len, np.int32)
+
+  def gold_reward(self, tokens, mask, prompt_len):
+    return {"total": np.zeros(tokens.shape[0], np.float32)}
+
+
+def timed(fn, split: dict, name: str):
+  """``fn`` whose wall time (outputs ready) is added to ``split[name]``."""
+  import jax
+
+  def wrapper(*a, **kw):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*a, **kw))
+    split[name] = split.get(name, 0.0) + time.perf_counter() - start
+    return out
+  return wrapper
+
+
+def ppo_config(args):
+  """rmjax/configs/ppo.py with the benchmark's batch: one minibatch, one epoch."""
+  from rmjax.configs import ppo as ppo_config_lib
+  c = ppo_config_lib.get_config()
+  c.ppo.update(iterations=iterations(args), prompts=args.prompts,
+               samples_per_prompt=args.samples, max_new_tokens=args.new, minibatches=1,
+               epochs=1)
+  return c
+
+
+def build_ours(args):
+  """A PPOTrainer on S0 models and the split timers wrapped around its rollout pieces."""
+  import jax
+  from flax import nnx
+
+  from rmjax import parallel
+  from rmjax.models import config
+  from rmjax.models.transformer import Transformer
+  from rmjax.train.ensemble import Layout, RewardEnsemble
+  from rmjax.train.ppo_trainer import PPOTrainer
+
+  if args.cache_dir:  # shared by the ours-children: only the first one compiles
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  conf = ppo_config(args)
+  mesh = parallel.make_mesh(parallel.MeshConfig(**conf.mesh))
+  policy_cfg = config.s0()
+  rm_cfg = config.s0(num_reward_heads=1, lm_head=False)
+  policy = parallel.init_sharded(lambda: Transformer(policy_cfg, rngs=nnx.Rngs(0)), mesh)
+  rm = parallel.init_sharded(lambda: Transformer(rm_cfg, rngs=nnx.Rngs(1)), mesh)
+  scorer = RewardEnsemble(*nnx.split(rm), Layout(), rm_cfg)
+  task = BenchTask(policy, args.prompt_len, args.new, policy_cfg.vocab_size)
+  trainer = PPOTrainer(conf, [scorer], task, rm, mesh)
+  # Exactly `new` tokens per row: the trainer stops rows at the synthetic task's EOS (id
+  # 1), which a random S0 policy may sample; the peer forbids EOS by min_new_tokens.
+  trainer.sampling = dataclasses.replace(trainer.sampling, eos_id=None)
+  split = {}
+  trainer._sample = timed(trainer._sample, split, "sampling")
+  trainer._forward = timed(trainer._forward, split, "ref_critic_forward")
+  trainer._scores = timed(trainer._scores, split, "reward_model")
+  return trainer, split
+
+
+def run_ours(args) -> dict:
+  sys.path.insert(0, ROOT)
+  import flax
+  import jax
+
+  trainer, split = build_ours(args)
+  update, rows = None, []
+  for it in range(iterations(args)):
+    split.clear()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    episodes, metrics = trainer.rollout(it)
+    rolled = time.perf_counter()
+    for batch in trainer.minibatches(episodes, it):
+      update = update or trainer.compile_update(batch)
+      trainer.state, step_metrics = update(trainer.state, batch)
+      step_metrics = jax.device_get(step_metrics)
+    end, cpu_end = time.perf_counter(), time.process_time()
+    assert metrics["response_length"] == args.new, metrics["response_length"]
+    assert np.isfinite(step_metrics["policy_loss"] + step_metrics["value_loss"])
+    rows.append(dict(split, iteration_s=end - start, rollout_s=rolled - start,
+                     update_s=end - rolled, cpu_s=cpu_end - cpu_start))
+  timed_rows = rows[args.warmup:]
+  dev = jax.devices()[0]
+  return dict(iteration_s=[r["iteration_s"] for r in timed_rows],
+              cpu_s=[r["cpu_s"] for r in timed_rows],
+              all_iterations_s=[round(r["iteration_s"], 3) for r in rows],
+              split_s={k: [r[k] for r in timed_rows] for k in timed_rows[0]},
+              first_iteration_s=rows[0]["iteration_s"], peak_rss_mb=peak_rss_mb(),
+              jax=jax.__version__, flax=flax.__version__,
+              device=f"{dev.platform}: {dev.device_kind}", jax_devices=len(jax.devices()))
+
+
+# ---------------------------------------------------------------------------------- peer
+
+
+def hf_config(cfg, **extra):
+  """transformers.LlamaConfig of S0's numbers (``cfg``: the rmjax ModelConfig)."""
+  from transformers import LlamaConfig
+  return LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+      num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+      num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head,
+      max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+      rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+      hidden_act="silu", attention_bias=False, mlp_bias=False, bos_token_id=None,
+      eos_token_id=1, pad_token_id=0, **extra)
+
+
+def save_peer_models(folder: str, tokenizer) -> tuple[str, str]:
+  """S0-shaped policy (LM head) and reward model (one label) saved with the tokenizer;
+  returns their folders (TRL builds its reference model from the policy's path)."""
+  import torch
+  from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+  sys.path.insert(0, ROOT)
+  from rmjax.models import config
+  cfg = config.s0()
+  paths = []
+  for name, cls, extra in (("policy", LlamaForCausalLM, {}),
+                           ("reward", LlamaForSequenceClassification, {"num_labels": 1})):
+    torch.manual_seed(len(paths))
+    model = cls(hf_config(cfg, **extra)).float()
+    path = os.path.join(folder, name)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    paths.append(path)
+  return tuple(paths)
+
+
+def prompt_texts(args, rows: int, vocab: int) -> list[str]:
+  """``rows`` prompts of ``--prompt-len`` WordLevel words; the trailing space keeps the
+  first completion word apart when TRL joins prompt + completion text for the reward."""
+  ids = np.random.default_rng(0).integers(FIRST_ID, vocab, (rows, args.prompt_len))
+  return [" ".join(f"t{i}" for i in row) + " " for row in ids]
+
+
+class StepTimer:
+  """A TrainerCallback recording wall and process CPU time at every on_step_end, and logs."""
+
+  def __new__(cls):
+    from transformers import TrainerCallback
+
+    class _Timer(TrainerCallback):
+      def __init__(self):
+        self.ends, self.cpu, self.logs = [], [], []
+
+      def on_train_begin(self, args_, state, control, **kwargs):
+        self.on_step_end(args_, state, control)
+
+      def on_step_end(self, args_, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+        self.cpu.append(time.process_time())  # all threads of the process
+
+      def on_log(self, args_, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+    return _Timer()
+
+
+def run_peer(args) -> dict:
+  import datasets
+  import torch
+  import transformers
+  import trl
+
+  torch.set_num_threads(os.cpu_count())
+  datasets.disable_progress_bars()
+  steps, episodes = iterations(args), args.prompts * args.samples
+  tokenizer = build_tokenizer(512)
+  timer = StepTimer()
+  with tempfile.TemporaryDirectory(prefix="rmjax-bench-rloo-") as out:
+    policy_path, reward_path = save_peer_models(out, tokenizer)
+    data = datasets.Dataset.from_dict(
+        {"prompt": prompt_texts(args, args.prompts * steps, len(tokenizer))})
+    targs = trl.RLOOConfig(
+        output_dir=os.path.join(out, "run"), max_steps=steps, num_generations=args.samples,
+        per_device_train_batch_size=episodes, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_iterations=1, beta=0.05, temperature=1.0, top_k=0,
+        top_p=1.0, max_completion_length=args.new,
+        generation_kwargs={"min_new_tokens": args.new}, learning_rate=2e-5,
+        use_cpu=True, report_to=[], logging_strategy="no", save_strategy="no",
+        eval_strategy="no", disable_tqdm=True, log_completions=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False,
+        gradient_checkpointing=False, bf16=False, fp16=False, seed=0)
+    trainer = trl.RLOOTrainer(model=policy_path, reward_funcs=reward_path, args=targs,
+                              train_dataset=data, processing_class=tokenizer,
+                              callbacks=[timer])
+    assert trainer.ref_model is not None
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints a summary dict
+      trainer.train()
+    lengths = [log["completions/min_length"] for log in timer.logs
+               if "completions/min_length" in log]
+  assert len(timer.ends) == steps + 1, (len(timer.ends), steps)
+  step_s = np.diff(timer.ends)  # each step from the previous one's end: everything
+  assert next(trainer.model.parameters()).dtype == torch.float32
+  return dict(iteration_s=step_s[args.warmup:].tolist(),
+              cpu_s=np.diff(timer.cpu)[args.warmup:].tolist(), first_iteration_s=float(step_s[0]),
+              min_completion_length=[float(x) for x in lengths],
+              peak_rss_mb=peak_rss_mb(), torch=torch.__version__,
+              transformers=transformers.__version__, trl=trl.__version__,
+              torch_threads=torch.get_num_threads(),
+              attn_implementation=trainer.model.config._attn_implementation,
+              gradient_checkpointing=bool(trainer.args.gradient_checkpointing))
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def summary(runs, args, busy_before, load_before, wall_start) -> dict:
+  """The JSON line: throughputs, ratio, our split (medians over timed iterations)."""
+  episodes = args.prompts * args.samples
+  median = lambda side, key="iteration_s": harness.median_over(runs, side, key)
+  ours_s, peer_s = median("ours"), median("peer")
+  split = {k: float(np.median([t for c in runs["ours"] for t in c["split_s"][k]]))
+           for k in runs["ours"][0]["split_s"]}
+  split["advantages_and_metrics"] = (split["rollout_s"] - split["sampling"]
+                                     - split["ref_critic_forward"] - split["reward_model"])
+  ours, peer = runs["ours"][-1], runs["peer"][-1]
+  return dict(
+      episodes_per_s=episodes / ours_s, peer_episodes_per_s=episodes / peer_s,
+      ratio=peer_s / ours_s,
+      split_s=dict(sampling=split["sampling"],
+                   scoring=split["reward_model"] + split["ref_critic_forward"],
+                   scoring_reward_model=split["reward_model"],
+                   scoring_ref_critic_forward=split["ref_critic_forward"],
+                   advantages_and_metrics=split["advantages_and_metrics"],
+                   update=split["update_s"], iteration=ours_s),
+      median_iteration_s=dict(ours=ours_s, peer=peer_s),
+      median_cpu_s=dict(ours=median("ours", "cpu_s"), peer=median("peer", "cpu_s")),
+      ratio_cpu_time=median("peer", "cpu_s") / median("ours", "cpu_s"),
+      iteration_s={side: [round(t, 4) for c in runs[side] for t in c["iteration_s"]]
+                   for side in runs},
+      cpu_s={side: [round(t, 3) for c in runs[side] for t in c["cpu_s"]] for side in runs},
+      ours_all_iterations_s=[c["all_iterations_s"] for c in runs["ours"]],
+      first_iteration_s={side: [round(c["first_iteration_s"], 2) for c in runs[side]]
+                         for side in runs},
+      peer_min_completion_length=peer["min_completion_length"],
+      timed_iterations=args.rounds * args.reps, warmup_iterations=args.warmup,
+      shape=dict(config="s0", dtype="float32", prompts=args.prompts, samples=args.samples,
+                 prompt_len=args.prompt_len, new_tokens=args.new, episodes=episodes),
+      counted=(f"one iteration = {episodes} episodes: sample {args.prompts} prompts x "
+               f"{args.samples} x {args.new} new tokens, score, reference/old log-probs, one "
+               "update on all episodes. Ours: PPOTrainer.rollout + minibatches + compiled "
+               "update + device_get metrics (actor and critic updated). Peer: "
+               "RLOOTrainer step, on_step_end to on_step_end (generation, old and reference "
+               "log-probs, reward model, loss, backward, AdamW; no critic in RLOO)"),
+      peak_rss_mb=dict(ours=max(c["peak_rss_mb"] for c in runs["ours"]),
+                       peer=max(c["peak_rss_mb"] for c in runs["peer"])),
+      jax=ours["jax"], flax=ours["flax"], torch=peer["torch"],
+      transformers=peer["transformers"], trl=peer["trl"], torch_threads=peer["torch_threads"],
+      peer_attn=peer["attn_implementation"], cpu_count=os.cpu_count(), device=ours["device"],
+      load_avg_1min=dict(before=load_before, after=os.getloadavg()[0]),
+      cpu_busy_pct_5s=dict(before=busy_before, after=cpu_busy_pct()),
+      wall_s=time.perf_counter() - wall_start)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
+  p.add_argument("--samples", type=int, default=4, help="samples per prompt")
+  p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (all real)")
+  p.add_argument("--new", type=int, default=64, help="new tokens per sample (exactly)")
+  p.add_argument("--rounds", type=int, default=3, help="fresh child pairs, alternating")
+  p.add_argument("--reps", type=int, default=2, help="timed iterations per child")
+  p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (>= 1)")
+  p.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
+  p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.side:
+    print(json.dumps((run_ours if args.side == "ours" else run_peer)(args)), flush=True)
+    return
+  if args.rounds * args.reps < 5 or args.warmup < 1:
+    p.error("need >= 5 timed iterations per side (rounds x reps) and --warmup >= 1")
+  load_before, busy_before = os.getloadavg()[0], cpu_busy_pct()
+  if busy_before is not None and busy_before > 10:
+    print(f"warning: CPUs {busy_before:.0f}% busy before the run (1-min load "
+          f"{load_before:.1f} on {os.cpu_count()} cores); the figures are preliminary",
+          file=sys.stderr)
+  start = time.perf_counter()
+  runs = harness.alternating_rounds(
+      os.path.abspath(__file__), args, FLAGS,
+      lambda r: f"iterations {[round(t, 3) for t in r['iteration_s']]} s")
+  print(json.dumps(summary(runs, args, busy_before, load_before, start)))
+
+
+if __name__ == "__main__":
+  main()
