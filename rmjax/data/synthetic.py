@@ -31,9 +31,12 @@ On base-policy data longer is better (what proxies learn); past tau gold falls
 quadratically, so a policy pushed to long responses overoptimises.
 
 Labels: two base-policy responses a, b per prompt; a is chosen with probability
-sigma(bt_scale * (total_a - total_b)) (Bradley-Terry). In the train split exactly
-round(label_noise * n) pairs, chosen by the seed, are then swapped and marked ``flipped``;
-gold_chosen / gold_rejected are the gold totals of the sides as finally labelled.
+sigma(bt_scale * (g_a - g_b)) (Bradley-Terry), g the labelling score: the gold total by
+default, or the sum of the terms ``label_by`` names ("harmless", "helpful+length", ...),
+so that reward models of single properties can be trained for one shared task. In the
+train split exactly round(label_noise * n) pairs, chosen by the seed, are then swapped and
+marked ``flipped``; gold_chosen / gold_rejected are the labelling scores of the sides as
+finally labelled (the gold totals by default).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from rmjax.models.transformer import Transformer
 PAD, EOS, BOS = 0, 1, 2
 FIRST_CONTENT = 3
 SPLITS = ("train", "eval")
+TERMS = ("helpful", "harmless", "length")  # the gold total's terms (label_by's choices)
 CHUNK = 512  # rows per generate / gold call: one compilation serves every dataset size
 
 
@@ -67,6 +71,7 @@ class SyntheticConfig:
   num_eval_pairs: int = 500
   label_noise: float = 0.0  # fraction of train pairs swapped (Coste et al.: 0.25)
   bt_scale: float = 1.0  # P(a > b) = sigma(bt_scale * (r_a - r_b))
+  label_by: str = "total"  # or "+"-joined TERMS, e.g. "harmless", "helpful+length"
   seed: int = 0
   # Base policy.
   policy_d_model: int = 64
@@ -100,12 +105,21 @@ class SyntheticConfig:
             2 <= self.min_prompt_len <= self.max_prompt_len,
         "max_response_len must be >= 2": self.max_response_len >= 2,
         "label_noise must be in [0, 1]": 0.0 <= self.label_noise <= 1.0,
+        f"label_by must be 'total' or '+'-joined distinct terms of {TERMS}":
+            self.label_by == "total" or (set(self.label_by.split("+")) <= set(TERMS) and
+                                         len(set(self.label_by.split("+")))
+                                         == len(self.label_by.split("+"))),
         "eos_prob_* must be in (0, 1)": 0 < min(self.eos_prob_first, self.eos_prob_last)
                                         and max(self.eos_prob_first, self.eos_prob_last) < 1,
         "length_quantile must be in (0, 1]": 0.0 < self.length_quantile <= 1.0,
         "policy_n_heads must be >= 2 (head 0 counts)": self.policy_n_heads >= 2}
     if problems := [message for message, ok in checks.items() if not ok]:
       raise ValueError(f"Invalid SyntheticConfig ({self}): " + "; ".join(problems))
+
+  @property
+  def label_terms(self) -> tuple[str, ...]:
+    """The gold terms whose sum labels the pairs."""
+    return TERMS if self.label_by == "total" else tuple(self.label_by.split("+"))
 
   @property
   def seq_len(self) -> int:
@@ -321,17 +335,20 @@ def _task(cfg: SyntheticConfig) -> SyntheticTask:
 
 
 def build_task(cfg: SyntheticConfig = SyntheticConfig()) -> SyntheticTask:
-  """The task of ``cfg``, cached (the pair counts, label_noise and bt_scale are ignored)."""
+  """The task of ``cfg``, cached (the pair counts, label_noise, bt_scale and label_by are
+  ignored: they choose data, not the world it comes from)."""
   return _task(dataclasses.replace(cfg, num_train_pairs=0, num_eval_pairs=0, label_noise=0.0,
-                                   bt_scale=1.0))
+                                   bt_scale=1.0, label_by="total"))
 
 
 def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -> dict:
   """One split as numpy arrays under the schema's batch keys, plus "prompt_len".
 
   chosen/rejected tokens [n, seq_len] int32 and masks bool; margin (0), weight (1),
-  gold_chosen, gold_rejected float32 [n]; flipped bool [n]; prompt_len int32 [n]. The
-  splits use different keys from ``cfg.seed``; label noise touches the train split only.
+  gold_chosen, gold_rejected float32 [n] (the labelling score of ``cfg.label_by``);
+  flipped bool [n]; prompt_len int32 [n]. The splits use different keys from ``cfg.seed``
+  (the same prompts and responses for every ``label_by``); label noise touches the train
+  split only.
   """
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not one of {SPLITS}")
@@ -344,8 +361,9 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
   prompts, plen = task.sample_prompts(keys[0], n)
   plen2 = np.concatenate([plen, plen])
   tokens, mask = task.sample_responses(keys[1], np.concatenate([prompts, prompts]), plen2)
-  total = task.score(tokens, mask, plen2)["total"]
-  p_a = 1.0 / (1.0 + np.exp(-cfg.bt_scale * (total[:n].astype(np.float64) - total[n:])))
+  gold = task.score(tokens, mask, plen2)
+  score = gold["total"] if cfg.label_by == "total" else sum(gold[t] for t in cfg.label_terms)
+  p_a = 1.0 / (1.0 + np.exp(-cfg.bt_scale * (score[:n].astype(np.float64) - score[n:])))
   flipped = np.zeros(n, bool)
   if split == "train":
     flipped[_rng(keys[3]).permutation(n)[:round(cfg.label_noise * n)]] = True
@@ -358,7 +376,7 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
       (True, (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.GOLD_CHOSEN)),
       (False, (schema.REJECTED_TOKENS, schema.REJECTED_MASK, schema.GOLD_REJECTED))]:
     out.update({tok_key: pick(tokens, chosen), mask_key: pick(mask, chosen),
-                gold_key: pick(total, chosen).astype(np.float32)})
+                gold_key: pick(score, chosen).astype(np.float32)})
   return out
 
 

@@ -101,6 +101,26 @@ def test_bt_labels_agree_with_gold(train):
   np.testing.assert_allclose(scored["total"], train[schema.GOLD_CHOSEN][:64], atol=1e-5)
 
 
+@pytest.mark.parametrize("label_by", ["harmless", "helpful+length"])
+def test_label_by_labels_with_chosen_terms(task, label_by):
+  base = S.make_split(SMALL, "train")
+  cfg = dataclasses.replace(SMALL, label_by=label_by)
+  assert S.build_task(cfg) is S.build_task(SMALL)  # one world for every labelling
+  data = S.make_split(cfg, "train")
+  # The same pairs (sides possibly swapped), labelled by the chosen terms' sum.
+  swapped = ~np.all(data[schema.CHOSEN_TOKENS] == base[schema.CHOSEN_TOKENS], axis=1)
+  for part in ("tokens", "mask"):
+    for a, b in [("chosen", "rejected"), ("rejected", "chosen")]:
+      np.testing.assert_array_equal(data[f"{a}_{part}"][swapped], base[f"{b}_{part}"][swapped])
+  for side, gold_key in [("chosen", schema.GOLD_CHOSEN), ("rejected", schema.GOLD_REJECTED)]:
+    terms = task.score(data[f"{side}_tokens"], data[f"{side}_mask"], data["prompt_len"])
+    np.testing.assert_allclose(data[gold_key], sum(terms[t] for t in label_by.split("+")),
+                               atol=1e-5)
+  gap = data[schema.GOLD_CHOSEN] - data[schema.GOLD_REJECTED]
+  assert np.mean(gap > 0) > np.mean(gap < 0) + 0.05  # the labels follow that score
+  assert S.SyntheticConfig().label_terms == S.TERMS
+
+
 def test_gold_components_sum_to_total_and_jit(task, train):
   tokens, mask, plen = (train[k][:256] for k in (schema.REJECTED_TOKENS,
                                                  schema.REJECTED_MASK, "prompt_len"))
@@ -206,6 +226,9 @@ def test_preference_pairs(train):
 def test_config_errors():
   with pytest.raises(ValueError, match="label_noise"):
     S.SyntheticConfig(label_noise=1.5)
+  for bad in ("helpfulness", "harmless+harmless", "total+length"):
+    with pytest.raises(ValueError, match="label_by"):
+      S.SyntheticConfig(label_by=bad)
   with pytest.raises(ValueError, match="split"):
     S.make_split(SMALL, "test")
   with pytest.raises(ValueError, match="num_train_pairs"):
