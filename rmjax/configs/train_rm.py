@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic",  # or "files"
       synthetic=ml_collections.ConfigDict(dict(
-          num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0)),
+          num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0,
+          label_by="total")),  # or gold terms joined by "+", e.g. "harmless"
       # Preference files (any format rmjax.data.readers knows), split by source line
       # [start, stop); tokenizer: a .gguf file, a tokenizer folder or "gpt2-bpe".
       files=ml_collections.ConfigDict(dict(
