@@ -280,9 +280,6 @@ def run(config) -> dict:
   return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-
-
 def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
@@ -290,4 +287,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: other experiments import this module's helpers.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
   app.run(main)

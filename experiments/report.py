@@ -81,13 +81,13 @@ class Series:
 
 
 def plot_bands(path: str, grid: list[list[list[Series]]], titles: list[str], xlabel: str,
-               ylabels: list[str]) -> str:
+               ylabels: list[str], sharex: bool | str = True) -> str:
   """A grid of panels, grid[row][col] a list of ``Series``, each a line with a shaded
   interval; a line keeps its colour across panels (by label). ``titles`` per column,
-  ``ylabels`` per row."""
+  ``ylabels`` per row; ``sharex`` as matplotlib's (e.g. "col": one x range per column)."""
   rows, cols = len(grid), len(grid[0])
   fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False,
-                           sharex=True)
+                           sharex=sharex)
   colours = {}
   for r, row in enumerate(grid):
     for c, panel in enumerate(row):
