@@ -31,8 +31,13 @@ def test_tiny_run_writes_tables_json_and_plots(tmp_path):
            "rm.optim.warmup_steps": 1, "rm.model.d_model": 16, "rm.model.d_ff": 32,
            "ppo.ppo.iterations": ITERATIONS, "ppo.ppo.prompts": 2,
            "ppo.reward.lsc_samples": 4, "final_window": 1, "base_samples": 64}
-  # One CPU device: the suite's eight fake devices would only split the tiny batches.
+  # One CPU device: the suite's eight fake devices would only split the tiny batches. The
+  # three reward models and four PPO runs repeat their programs: a persistent compilation
+  # cache compiles each once.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   cmd = [sys.executable, str(ROOT / "experiments" / "lsc.py"),
          f"--config={ROOT / 'experiments' / 'configs' / 'lsc.py'}",
          *(f"--config.{k}={v}" for k, v in flags.items())]
