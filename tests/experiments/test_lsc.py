@@ -2,47 +2,22 @@
 
 import csv
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARMS = ("raw", "lsc", "sum", "and")
 ITERATIONS = 2
 
 
-def _finite(obj):
-  """Every number in parsed JSON is finite (json.load reads NaN/Infinity as floats)."""
-  if isinstance(obj, dict):
-    return all(_finite(v) for v in obj.values())
-  if isinstance(obj, list):
-    return all(_finite(v) for v in obj)
-  return not isinstance(obj, float) or obj == obj and abs(obj) != float("inf")
-
-
 @pytest.mark.slow
-def test_tiny_run_writes_tables_json_and_plots(tmp_path):
+def test_tiny_run_writes_tables_json_and_plots(tmp_path, run_experiment, all_finite):
   workdir = tmp_path / "run"
   flags = {"workdir": workdir, "seeds": "(0,)", "task.num_train_pairs": 64,
            "task.num_eval_pairs": 16, "rm.train.steps": 4, "rm.train.batch_size": 8,
            "rm.optim.warmup_steps": 1, "rm.model.d_model": 16, "rm.model.d_ff": 32,
            "ppo.ppo.iterations": ITERATIONS, "ppo.ppo.prompts": 2,
            "ppo.reward.lsc_samples": 4, "final_window": 1, "base_samples": 64}
-  # One CPU device: the suite's eight fake devices would only split the tiny batches. The
-  # three reward models and four PPO runs repeat their programs: a persistent compilation
-  # cache compiles each once.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, str(ROOT / "experiments" / "lsc.py"),
-         f"--config={ROOT / 'experiments' / 'configs' / 'lsc.py'}",
-         *(f"--config.{k}={v}" for k, v in flags.items())]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_experiment("lsc", flags, timeout=900)
   assert "(a) gold gain" in proc.stdout and "worse property" in proc.stdout
 
   with open(workdir / "results.csv") as f:
@@ -55,7 +30,7 @@ def test_tiny_run_writes_tables_json_and_plots(tmp_path):
   assert {r["iteration"] for r in curves} == {str(i + 1) for i in range(ITERATIONS)}
 
   result = json.loads((workdir / "results.json").read_text())
-  assert _finite(result)
+  assert all_finite(result)
   assert set(result["base_policy"]) == {"total", "helpful+length", "harmless"}
   assert set(result["rm_eval"]["0"]) == {"total", "helpful+length", "harmless"}
   for arm in ARMS:

@@ -2,9 +2,7 @@
 
 import csv
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -15,30 +13,15 @@ OBJECTIVES = ("single", "mean", "wco", "uwo")
 MAX_N = 128
 
 
-def _finite(obj):
-  """Every number in parsed JSON is finite (json.load reads NaN/Infinity as floats)."""
-  if isinstance(obj, dict):
-    return all(_finite(v) for v in obj.values())
-  if isinstance(obj, list):
-    return all(_finite(v) for v in obj)
-  return not isinstance(obj, float) or obj == obj and abs(obj) != float("inf")
-
-
 @pytest.mark.slow
-def test_tiny_run_writes_table_json_and_plot(tmp_path):
+def test_tiny_run_writes_table_json_and_plot(tmp_path, run_experiment, all_finite):
   workdir = tmp_path / "run"
   # 2 x 256 rows: one 512-row chunk, the shape the task's own sampler already compiled.
   flags = {"workdir": workdir, "seeds": "(0,)", "bon.num_prompts": 2, "bon.num_samples": 256,
            "bon.max_n": MAX_N, "task.num_train_pairs": 64, "task.num_eval_pairs": 16,
            "proxy.ensemble.k": 2, "proxy.train.steps": 8, "proxy.train.batch_size": 8,
            "proxy.optim.warmup_steps": 2, "proxy.model.d_model": 16, "proxy.model.d_ff": 32}
-  # One CPU device: the suite's eight fake devices would only split an 8-pair batch.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cmd = [sys.executable, str(ROOT / "experiments" / "overoptimization_bon.py"),
-         f"--config={ROOT / 'experiments' / 'configs' / 'overoptimization_bon.py'}",
-         *(f"--config.{k}={v}" for k, v in flags.items())]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_experiment("overoptimization_bon", flags, timeout=300)
   assert "label noise 25%" in proc.stdout and "vs single" in proc.stdout
 
   with open(workdir / "results.csv") as f:
@@ -52,7 +35,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path):
   assert len(curves) == len(NOISE) * len(OBJECTIVES) * 8  # n = 1, 2, ..., 128
 
   result = json.loads((workdir / "results.json").read_text())
-  assert _finite(result)
+  assert all_finite(result)
   assert result["n"] == [2 ** i for i in range(8)]
   for noise in ("0", "0.25"):
     block = result["noise"][noise]

@@ -2,30 +2,16 @@
 
 import csv
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 OBJECTIVES = ("single", "wco", "uwo")
 KL_COEFS = ("0", "0.2")
 ITERATIONS = 2
 
 
-def _finite(obj):
-  """Every number in parsed JSON is finite (json.load reads NaN/Infinity as floats)."""
-  if isinstance(obj, dict):
-    return all(_finite(v) for v in obj.values())
-  if isinstance(obj, list):
-    return all(_finite(v) for v in obj)
-  return not isinstance(obj, float) or obj == obj and abs(obj) != float("inf")
-
-
 @pytest.mark.slow
-def test_tiny_run_writes_table_json_and_plot(tmp_path):
+def test_tiny_run_writes_table_json_and_plot(tmp_path, run_experiment, all_finite):
   workdir = tmp_path / "run"
   flags = {"workdir": workdir, "seeds": "(0,)", "kl_coefs": "(0.0,0.2)",
            "task.num_train_pairs": 64, "task.num_eval_pairs": 16, "norm.prompts": 4,
@@ -34,17 +20,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path):
            "proxy.model.d_model": 16, "proxy.model.d_ff": 32,
            "ppo.ppo.iterations": ITERATIONS, "ppo.ppo.prompts": 2,
            "ppo.ppo.samples_per_prompt": 2}
-  # One CPU device: the suite's eight fake devices would only split a tiny batch. The six
-  # PPO runs build the same programs: a persistent compilation cache compiles them once.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, str(ROOT / "experiments" / "overoptimization_ppo.py"),
-         f"--config={ROOT / 'experiments' / 'configs' / 'overoptimization_ppo.py'}",
-         *(f"--config.{k}={v}" for k, v in flags.items())]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_experiment("overoptimization_ppo", flags, timeout=600)
   assert "KL coefficient 0.2" in proc.stdout and "Largest gold gain" in proc.stdout
 
   with open(workdir / "results.csv") as f:
@@ -58,7 +34,7 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path):
   assert len(curves) == len(OBJECTIVES) * len(KL_COEFS) * ITERATIONS
 
   result = json.loads((workdir / "results.json").read_text())
-  assert _finite(result)
+  assert all_finite(result)
   assert set(result["runs"]) == {f"{o}/{k}" for o in OBJECTIVES for k in KL_COEFS}
   for entry in result["runs"].values():
     for key in ("gold", "score", "kl_half_squared"):

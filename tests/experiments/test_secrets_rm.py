@@ -3,20 +3,15 @@ tables, plot and JSON."""
 
 import csv
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 METHODS = ("bt", "flip", "smoothing", "margin", "flip+margin", "soft+margin", "simcse", "swav",
            "goal")
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_every_table(tmp_path):
+def test_tiny_run_writes_every_table(tmp_path, run_experiment, all_finite):
   workdir = tmp_path / "run"
   flags = {"workdir": workdir, "seeds": "(0,)", "task.num_train_pairs": 64,
            "task.num_eval_pairs": 32, "rm.train.steps": 4, "rm.train.batch_size": 8,
@@ -24,13 +19,7 @@ def test_tiny_run_writes_every_table(tmp_path):
            "strength.members": 2, "metarm.num_samples": 4, "metarm.k": 2,
            "metarm.train_prompts": 8, "metarm.test_prompts": 16, "metarm.prompts_per_step": 4,
            "metarm.chunk_size": 64, "hh": False}
-  # One CPU device: the suite's eight fake devices would only split an 8-pair batch.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cmd = [sys.executable, str(ROOT / "experiments" / "secrets_rm.py"),
-         f"--config={ROOT / 'experiments' / 'configs' / 'secrets_rm.py'}",
-         *(f"--config.{k}={v}" for k, v in flags.items())]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_experiment("secrets_rm", flags, timeout=900)
 
   with open(workdir / "methods.csv") as f:
     rows = list(csv.DictReader(f))
@@ -38,6 +27,7 @@ def test_tiny_run_writes_every_table(tmp_path):
   with open(workdir / "strength.csv") as f:
     assert [r["scoring"] for r in csv.DictReader(f)] == ["out_of_fold", "in_sample"]
   results = json.loads((workdir / "results.json").read_text())
+  assert all_finite(results)
   for seed in results["per_seed"]:
     assert 0.0 <= seed["out_of_fold/auroc"] <= 1.0
     assert 0.0 <= seed["metarm/shifted_accuracy"] <= 1.0
