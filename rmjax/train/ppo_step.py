@@ -28,9 +28,12 @@ EPISODE_KEYS = ("tokens", "mask", "response_mask", "old_logprobs", "old_values",
 
 
 def _response_hidden(model, tokens, mask, prompt_width: int):
-  """Hidden states [B, N, D] at the columns that predict the N response tokens."""
-  hidden, _ = model(tokens, mask)
-  return hidden[:, prompt_width - 1:-1]
+  """Hidden states [B, N, D] at the columns that predict the N response tokens; the last
+  block runs only there (``read_at``), as nothing reads the prompt's other columns."""
+  batch, width = tokens.shape
+  columns = jnp.arange(prompt_width - 1, width - 1)
+  hidden, _ = model(tokens, mask, read_at=jnp.broadcast_to(columns, (batch, columns.size)))
+  return hidden
 
 
 def response_logprobs(model, tokens, mask, prompt_width: int, temperature: float = 1.0):
