@@ -22,9 +22,7 @@ import time
 
 import jax
 import ml_collections
-from absl import app
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
 import matplotlib
 
@@ -34,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Run as a script, Python puts experiments/ itself on the path; the repo root makes the
 # shared helpers importable as experiments.report and experiments.stats.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import report, stats  # noqa: E402
+from experiments import cli, report, stats  # noqa: E402
 from rmjax.commands import eval_rm  # noqa: E402
 from rmjax.configs import eval_rm as eval_rm_config  # noqa: E402
 from rmjax.data import readers, tfds_builder, tokenize  # noqa: E402
@@ -249,6 +247,4 @@ def run(config) -> dict:
 
 
 if __name__ == "__main__":
-  _CONFIG = config_flags.DEFINE_config_file(  # here, so importing the module defines no flag
-      "config", os.path.join(os.path.dirname(__file__), "configs", "hh_rlhf_smollm2.py"))
-  app.run(lambda _: run(_CONFIG.value) and None)
+  cli.main(run)

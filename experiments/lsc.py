@@ -30,12 +30,9 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import report, stats  # noqa: E402
+from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import ppo as ppo_defaults  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.data import synthetic  # noqa: E402
@@ -305,14 +302,5 @@ def run(config) -> dict:
   return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-
-
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run)

@@ -29,14 +29,11 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 # Run as a script, Python puts experiments/ itself on the path; the repo root makes the
 # shared helpers importable as experiments.report and experiments.stats.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import report, stats  # noqa: E402
+from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.data import synthetic  # noqa: E402
 from rmjax.rl import bon, bon_sampling  # noqa: E402
@@ -280,13 +277,5 @@ def run(config) -> dict:
   return summary
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  # Defined here, not at import: other experiments import this module's helpers.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-  app.run(main)
+  cli.main(run)

@@ -29,12 +29,9 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import report  # noqa: E402
+from experiments import cli, report  # noqa: E402
 from experiments.overoptimization_bon import interval, train_proxies  # noqa: E402
 from rmjax.configs import ppo as ppo_configs  # noqa: E402
 from rmjax.data import synthetic  # noqa: E402
@@ -248,13 +245,5 @@ def run(c) -> dict:
   return summary
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  # Defined here, not at import: other experiments import this module's helpers.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-  app.run(main)
+  cli.main(run)

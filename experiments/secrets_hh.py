@@ -27,10 +27,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from absl import logging as absl_logging
 from flax import nnx
-from ml_collections import config_flags
 
 import matplotlib
 
@@ -38,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import hh_rlhf_rm, report, stats  # noqa: E402
+from experiments import cli, hh_rlhf_rm, report, stats  # noqa: E402
 from rmjax import parallel  # noqa: E402
 from rmjax.data import schema, tokenize  # noqa: E402
 from rmjax.data.array_source import eval_batches  # noqa: E402
@@ -282,6 +280,4 @@ def hh_strength(config) -> dict:
 
 
 if __name__ == "__main__":
-  _CONFIG = config_flags.DEFINE_config_file(  # here, so importing the module defines no flag
-      "config", os.path.join(os.path.dirname(__file__), "configs", "secrets_hh.py"))
-  app.run(lambda _: hh_strength(_CONFIG.value) and None)
+  cli.main(hh_strength)

@@ -35,9 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 import matplotlib
 
@@ -45,7 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import report, stats  # noqa: E402
+from experiments import cli, report, stats  # noqa: E402
 from rmjax.commands import score_pairs  # noqa: E402
 from rmjax.configs import score_pairs as score_pairs_config  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
@@ -307,14 +304,5 @@ def run(config) -> dict:
   return {"summary": summary, "per_seed": per_seed, "hh": hh}
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
-
-
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-  run(_CONFIG.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run)
