@@ -325,11 +325,17 @@ def save_hf(model: Transformer, folder) -> None:
     raise ValueError("cannot save a causal LM: model has untied embeddings and no lm_head")
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
+  safetensors.numpy.save_file(hf_tensors(model), str(folder / "model.safetensors"),
+                              metadata={"format": "pt"})
+  (folder / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+
+
+def hf_tensors(model: Transformer, *, lm_head: bool = True) -> dict[str, np.ndarray]:
+  """HF name -> NumPy array of the backbone and (``lm_head`` and untied) the LM head."""
+  cfg = model.cfg if lm_head else model.cfg.replace(lm_head=False)
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   tensors = {}
   for rule in _rules(cfg):
     arrays = rule.save(*(np.asarray(flat[p][...]) for p in rule.ours))
     tensors.update((name, np.ascontiguousarray(a)) for name, a in zip(rule.hf, arrays))
-  safetensors.numpy.save_file(tensors, str(folder / "model.safetensors"),
-                              metadata={"format": "pt"})
-  (folder / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+  return tensors
