@@ -24,10 +24,11 @@ SCRIPT="tpu/$(basename "$0")"
 : "${REMOTE_DIR:=rmjax}"                  # checkout on each worker, under the home dir
 : "${PYTHON:=python3.11}"                 # interpreter for the workers' venv
 : "${JAX_VERSION:=$(sed -n 's/^jax==//p' "$REPO_ROOT/requirements/constraints.txt")}"
+: "${BUCKET:=}"                           # gs://name[/prefix] that mount_bucket.sh mounts
 : "${DRY_RUN:=0}"                         # 1: print gcloud commands without running them
 
 SETTINGS=(PROJECT ZONE TPU_NAME ACCELERATOR_TYPE RUNTIME_VERSION QUEUED SPOT VALID_FOR
-          POLL_SECONDS WAIT_TIMEOUT REPO_URL REPO_REF REMOTE_DIR PYTHON JAX_VERSION DRY_RUN)
+          POLL_SECONDS WAIT_TIMEOUT REPO_URL REPO_REF REMOTE_DIR PYTHON JAX_VERSION BUCKET DRY_RUN)
 
 die() {
   echo "$SCRIPT: $*" >&2
@@ -69,6 +70,9 @@ check_setting() {
     VALID_FOR) pattern='^([0-9]+[smhd])*$' ;;
     REMOTE_DIR) pattern='^[A-Za-z0-9_][-A-Za-z0-9_./]*$' ;;
     JAX_VERSION) pattern='^[0-9]+(\.[0-9]+)+$' ;;
+    BUCKET)
+      [[ -n $value ]] || die "BUCKET is not set: export BUCKET=gs://your-bucket or pass --bucket=gs://..."
+      pattern='^gs://[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9](/[-A-Za-z0-9_.]+)*/?$' ;;
     *) pattern='^[^[:space:]]*$' ;;
   esac
   [[ $value =~ $pattern ]] || die "$name='$value' is not valid (expected to match $pattern)"

@@ -233,6 +233,18 @@ def test_fetch_copies_run_dir_and_logs_from_one_worker(gcloud, tmp_path):
   failed(gcloud("fetch.sh", "--worker=all", "runs/x")[0], "--worker='all' is not valid")
 
 
+def test_mount_bucket_mounts_a_prefix_at_runs_on_every_worker(gcloud):
+  result, calls = gcloud("mount_bucket.sh", "--bucket=gs://my-bucket/exp/one/")
+  ok(result)
+  command = ssh_command(calls[0])
+  assert command.endswith("gcsfuse --implicit-dirs --rename-dir-limit=1000000 "
+                          "--only-dir=exp/one my-bucket rmjax/runs")
+  assert ssh_command(gcloud("mount_bucket.sh", BUCKET="gs://b-1")[1][0]).endswith(
+      " b-1 rmjax/runs")
+  failed(gcloud("mount_bucket.sh")[0], "BUCKET is not set")
+  failed(gcloud("mount_bucket.sh", BUCKET="my-bucket")[0], "BUCKET='my-bucket' is not valid")
+
+
 @pytest.mark.parametrize("args, stdin, deleted", [
     ((), "", False), ((), "yes\n", False), ((), "rmjax-test\n", True), (("--yes",), "", True),
 ])
