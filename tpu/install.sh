@@ -23,11 +23,11 @@ else  # no URL: ship this checkout's REPO_REF (committed files only) to every wo
   if [[ -n "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no)" ]]; then
     echo "$SCRIPT: warning: uncommitted changes in $REPO_ROOT are not shipped (only $commit)" >&2
   fi
-  archive="$(mktemp -d)/rmjax-src.tar.gz"
-  git -C "$REPO_ROOT" archive --format=tar.gz -o "$archive" "$commit"
-  gcloud_run compute tpus tpu-vm scp "$archive" "$TPU_NAME:rmjax-src.tar.gz" \
+  tmp="$(mktemp -d)"
+  trap 'rm -r "$tmp"' EXIT
+  git -C "$REPO_ROOT" archive --format=tar.gz -o "$tmp/rmjax-src.tar.gz" "$commit"
+  gcloud_run compute tpus tpu-vm scp "$tmp/rmjax-src.tar.gz" "$TPU_NAME:rmjax-src.tar.gz" \
     --project="$PROJECT" --zone="$ZONE" --worker=all
-  rm -r "$(dirname "$archive")"
   fetch="mkdir -p $REMOTE_DIR && tar -xzf rmjax-src.tar.gz -C $REMOTE_DIR && rm rmjax-src.tar.gz
 cd $REMOTE_DIR"
 fi
