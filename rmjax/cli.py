@@ -16,10 +16,12 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from rmjax import configs
+from rmjax.parallel import distributed
 
 COMMANDS = {"demo": "rmjax.commands.demo", "train-rm": "rmjax.commands.train_rm",
             "score": "rmjax.commands.score", "eval-rm": "rmjax.commands.eval_rm",
-            "score-pairs": "rmjax.commands.score_pairs", "ppo": "rmjax.commands.ppo"}
+            "score-pairs": "rmjax.commands.score_pairs", "ppo": "rmjax.commands.ppo",
+            "dry-run": "rmjax.commands.dry_run", "export-hf": "rmjax.commands.export_hf"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
 
   def run_command(_):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO.
+    # One of several processes (a TPU pod slice, SLURM, an explicit coordinator)?
+    distributed.initialize(config_flag.value.get("distributed"))
     module.run(config_flag.value)  # absl would exit with a returned value as status.
 
   app.run(run_command, argv=argv[:1])  # flags are parsed above; parsing twice repeats tuples

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from rmjax.parallel.distributed import is_primary
 from rmjax.train import rm_trainer
 
 
 def run(config) -> None:
   result = rm_trainer.train(config)
+  if not is_primary():  # every process has the same result; one prints it
+    return
   metrics = result["eval"]
   print("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
   print(f"checkpoints, metrics.jsonl, TensorBoard logs and {result['plot']} are in "

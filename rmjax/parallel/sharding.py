@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rmjax.parallel.rules import LOGICAL_RULES, logical_to_spec
@@ -79,12 +80,39 @@ def check_batch(batch, mesh: Mesh, members: bool = False) -> None:
           f"(data x fsdp of mesh {dict(mesh.shape)}) does not divide")
 
 
-def shard_batch(batch, mesh: Mesh, members: bool = False):
-  """Place a host batch (pytree of arrays, batch-major, or member-major with
-  ``members``) on the mesh."""
+def shard_batch(batch, mesh: Mesh, members: bool = False, process_local: bool = False):
+  """Place a batch (pytree of arrays, batch-major, or member-major with ``members``) on
+  the mesh.
+
+  With several processes (``rmjax.parallel.distributed``) each process transfers only
+  the rows of its own devices. ``process_local=False``: every process holds the same
+  global batch (a deterministic source) and slices its rows out of it;
+  ``process_local=True``: each process holds only its own rows, in process order (a
+  pipeline sharded by process), and the global batch is their concatenation.
+  """
+  if process_local and jax.process_count() > 1:
+    def local(x):
+      return jax.make_array_from_process_local_data(
+          batch_sharding(mesh, np.ndim(x), members), np.asarray(x))
+    out = jax.tree.map(local, batch)
+    check_batch(out, mesh, members)
+    return out
   check_batch(batch, mesh, members)
-  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), members)),
-                      batch)
+  if jax.process_count() == 1:
+    return jax.tree.map(
+        lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), members)), batch)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(
+          np.shape(x), batch_sharding(mesh, np.ndim(x), members), lambda index: x[index]),
+      batch)
+
+
+def to_host(tree):
+  """NumPy copies of ``tree``'s global arrays on every process (gathered across
+  processes when they span several)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def shard_tree(tree, mesh: Mesh, rules=LOGICAL_RULES):

@@ -1,5 +1,7 @@
 """Metrics to JSONL and TensorBoard (tensorboardX: Flax's writer imports TensorFlow),
-and a one-line progress report with steps/s and ETA."""
+and a one-line progress report with steps/s and ETA. With several processes only the
+primary one (``rmjax.parallel.distributed.is_primary``) writes and reports: the metrics
+are the same global values on every process."""
 
 from __future__ import annotations
 
@@ -10,16 +12,22 @@ import time
 
 from tensorboardX import SummaryWriter
 
+from rmjax.parallel.distributed import is_primary
+
 
 class MetricsWriter:
 
   def __init__(self, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.enabled = is_primary()
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self.enabled:
+      return
     values = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self._jsonl.flush()
@@ -27,6 +35,8 @@ class MetricsWriter:
       self._tb.add_scalar(f"{split}/{name}", value, step)
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -44,6 +54,8 @@ class Progress:
     self.t0 = time.perf_counter()
 
   def update(self, step: int, metrics: dict) -> None:
+    if not is_primary():
+      return
     done = step - self.start
     elapsed = time.perf_counter() - self.t0
     rate = done / elapsed if elapsed > 0 else 0.0

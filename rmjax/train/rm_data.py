@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import grain
+import jax
 import numpy as np
 
 from rmjax.data import pipeline, schema, shared_prompt, synthetic, tfds_builder, tokenize
@@ -37,6 +39,8 @@ class RMData:
   vocab_size: int  # of the data's token ids
   data_hash: str
   num_train_pairs: int
+  # True when each process's train batches hold only its own rows (``parallel.shard_batch``)
+  process_local: bool = False
 
 
 def arrays_hash(*splits: dict[str, np.ndarray]) -> str:
@@ -124,8 +128,17 @@ def _files(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   options = dict(seq_len=f.seq_len, max_response_len=f.max_response_len,
                  keep_prompt_start=len(tokenize.special_prefix(tokenizer)))
   num_pairs = len(sources["train"])
+  # Several processes: each reads its own share of the records, batch_size / processes
+  # rows a step; separate members' stacked batches are read whole by every process.
+  processes = jax.process_count()
+  local = processes > 1 and len(seeds) == 1
+  if local and batch_size % processes:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
+                     f"{processes} processes that each read their share of it")
+  shard = None if local else grain.sharding.NoSharding()
   train = [pipeline.PairPipeline(sources["train"], pipeline.PipelineConfig(
-      batch_size=batch_size, seed=seed, **options), records=member_records)
+      batch_size=batch_size // processes if local else batch_size, seed=seed, **options),
+      shard=shard, records=member_records)
       for seed, member_records in zip(seeds, records(num_pairs))]
   parts = [(batch, real) for batch, real in pipeline.eval_batches(sources["eval"], batch_size,
                                                                    **options)]
@@ -133,7 +146,7 @@ def _files(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   return RMData(train=train, eval=evaluation,
                 packed_width=shared_prompt.truncated_width(f.seq_len, f.max_response_len),
                 vocab_size=len(tokenizer), data_hash=builder.fingerprint,
-                num_train_pairs=num_pairs)
+                num_train_pairs=num_pairs, process_local=local)
 
 
 def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Layout(),
@@ -163,8 +176,10 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.Lay
   options = strength_options(cfg.get("strength"), data)
   if options is not None:
     sources = [strength.StrengthBatches(s, options) for s in sources]
-  # Separate members' batches are stacked, so they share one width.
-  sources = [Packed(s, data.packed_width, bucket=not layout.stacked) if pack_prompt else s
+  # Separate members' batches are stacked, so they share one width; so do processes'
+  # batches that form one global batch.
+  bucket = not layout.stacked and not data.process_local
+  sources = [Packed(s, data.packed_width, bucket=bucket) if pack_prompt else s
              for s in sources]
   if layout.stacked:
     train = MemberBatches(sources)

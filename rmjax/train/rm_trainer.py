@@ -112,7 +112,7 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
   """
   parts = []
   for batch, real in eval_batches(arrays, batch_size):
-    out = jax.device_get(eval_fn(params, parallel.shard_batch(batch, mesh)))
+    out = parallel.sharding.to_host(eval_fn(params, parallel.shard_batch(batch, mesh)))
     parts.append({k: v[:real] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   r_c, r_r = out["r_chosen"], out["r_rejected"]
@@ -205,7 +205,8 @@ def train(config) -> dict:
   try:
     with checkpointer.install_sigterm_handler():
       for step in range(start, tc.steps):
-        batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked)
+        batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked,
+                                     process_local=data.process_local)
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         check_finite(float(metrics["loss"]), step + 1)
@@ -228,5 +229,6 @@ def train(config) -> dict:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-  plot = plot_training_curves(writer.jsonl_path, os.path.join(workdir, "training_curves.png"))
+  plot = (plot_training_curves(writer.jsonl_path, os.path.join(workdir, "training_curves.png"))
+          if writer.enabled else None)
   return {"eval": eval_metrics, "workdir": workdir, "plot": plot}
