@@ -35,6 +35,8 @@ if alive logs/latest.pid; then
   exit 1
 fi
 export PATH=\"\$PWD/.venv/bin:\$PATH\"
+# every worker joins jax.distributed (JAX detects the TPU slice's workers itself)
+export RMJAX_DISTRIBUTED=\"\${RMJAX_DISTRIBUTED:-on}\"
 nohup setsid ${command_line}> logs/$RUN_NAME.log 2>&1 < /dev/null &
 echo \$! > logs/$RUN_NAME.pid
 ln -sfn $RUN_NAME.log logs/latest.log && ln -sfn $RUN_NAME.pid logs/latest.pid
