@@ -1,0 +1,22 @@
+"""Default config of ``rmjax export-hf``: a trained reward model (as a Hugging Face
+sequence classifier) or policy (as a causal LM) in a Hugging Face folder."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.workdir = "runs/train_rm"  # A train-rm or ppo run's workdir (or its checkpoints folder).
+  c.out = ""  # The folder to write; it must not exist unless overwrite.
+  c.overwrite = False  # Replace an existing ``out`` (only once the new folder is complete).
+  # "reward": the reward model of a train-rm run; "policy": a ppo run's actor, or the
+  # synthetic task's base policy of a train-rm run; "auto": policy for a ppo run, else reward.
+  c.kind = "auto"
+  c.step = -1  # The checkpoint step; -1 = the latest.
+  # Reward models: -1 = every member (separate members: one folder each, member_<m>/;
+  # K heads on one backbone: num_labels = K); m = member m alone, num_labels = 1.
+  c.member = -1
+  # The id transformers treats as padding when it looks for the last real token:
+  # -1 = the run's tokenizer's pad token, else 0 (what rmjax pads with).
+  c.pad_token_id = -1
+  return c
