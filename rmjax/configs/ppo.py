@@ -38,5 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
       actor=ml_collections.ConfigDict(dict(learning_rate=2e-5, **optim)),
       critic=ml_collections.ConfigDict(dict(learning_rate=1e-4, **optim))))
   c.train = ml_collections.ConfigDict(dict(
-      workdir="runs/ppo", log_every=5, save_every=10, keep_checkpoints=2))
+      workdir="runs/ppo", log_every=5, save_every=10, keep_checkpoints=2,
+      checkpoint_dir=""))  # "" = <workdir>/checkpoints; multi-host: shared storage (gs://...)
   return c

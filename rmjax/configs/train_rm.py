@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=600, batch_size=32, log_every=25, eval_every=100, save_every=200,
       keep_checkpoints=2, workdir="runs/train_rm",
+      # "" = <workdir>/checkpoints; a multi-host run needs storage every host sees (gs://...)
+      checkpoint_dir="",
       shared_prompt=False))  # encode each prompt once per pair (rmjax/data/shared_prompt.py)
   # MetaRM (rmjax/train/metarm.py): before each step, theta' = theta + eta * grad J(theta),
   # J the difference loss on k responses to each of prompts_per_step meta prompts; the BT

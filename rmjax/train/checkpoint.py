@@ -35,6 +35,7 @@ import subprocess
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 _PACKAGES = {"jax": "jax", "flax": "flax", "optax": "optax",
              "orbax": "orbax-checkpoint", "numpy": "numpy"}
@@ -110,7 +111,10 @@ class Checkpointer:
 
   def __init__(self, directory, *, keep: int | None = 3, interval: int = 1,
                provenance: dict | None = None):  # pylint: disable=redefined-outer-name
-    self.directory = pathlib.Path(directory).absolute()
+    # A bucket ("gs://..."): the shared storage every host of a multi-host run writes
+    # its own shards to. Orbax needs local paths absolute.
+    self.directory = (epath.Path(directory) if "://" in str(directory)
+                      else pathlib.Path(directory).absolute())
     self.preempted = False
     self._provenance = _to_json(provenance or {})
     # Orbax's default policy also saves the first step it sees in an empty directory

@@ -255,7 +255,8 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
     critic_model = task.policy
   trainer = PPOTrainer(config, scorers, task, critic_model, mesh)
   tc = config.train
-  checkpointer = Checkpointer(os.path.join(tc.workdir, "checkpoints"), keep=tc.keep_checkpoints,
+  checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
+  checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
                               interval=tc.save_every, provenance=provenance(config))
   restored = checkpointer.restore_latest(abstract_like(trainer.state, trainer.shardings))
   start = 0

@@ -191,7 +191,8 @@ def train(config) -> dict:
   eval_fn = jax.jit(make_eval_step(graphdef, layout, member_devices))
 
   workdir = tc.workdir
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
+  checkpoints = tc.get("checkpoint_dir") or os.path.join(workdir, "checkpoints")
+  checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
                               interval=tc.save_every,
                               provenance=provenance(config, data.data_hash))
   restored = checkpointer.restore_latest(abstract_like(state, shardings))
