@@ -113,3 +113,40 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   assert sorted(losses) == steps
   np.testing.assert_allclose([losses[s] for s in steps], [reference[s] for s in steps],
                              rtol=1e-5)
+
+
+PROCESS_LOCAL_WORKER = """
+import numpy as np
+from jax.experimental import multihost_utils
+from rmjax import parallel
+from rmjax.parallel import distributed
+assert distributed.initialize()
+mesh = parallel.make_mesh((2, 2, 2))
+rank = distributed.jax.process_index()
+rows = np.arange(4 * 3, dtype=np.float32).reshape(4, 3) + 100 * rank  # this process's rows
+local = parallel.shard_batch({"x": rows}, mesh, process_local=True)["x"]
+whole = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)  # the same global batch everywhere
+placed = parallel.shard_batch({"x": whole}, mesh)["x"]
+print("SHAPES", local.shape, placed.shape)
+print("LOCAL", multihost_utils.process_allgather(local, tiled=True).tolist())
+print("GLOBAL", parallel.sharding.to_host(placed).tolist())
+"""
+
+
+@pytest.mark.slow
+def test_process_local_rows_form_the_global_batch(tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", PROCESS_LOCAL_WORKER], stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True,
+      env=_env(4, tmp_path, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank))) for rank in range(2)]
+  outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  for out in outputs:
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()
+             if line.startswith(("SHAPES", "LOCAL", "GLOBAL"))}
+    assert lines["SHAPES"] == "(8, 3) (8, 3)"
+    expected_local = np.concatenate([np.arange(12).reshape(4, 3) + 100 * r for r in range(2)])
+    np.testing.assert_array_equal(json.loads(lines["LOCAL"]), expected_local)
+    np.testing.assert_array_equal(json.loads(lines["GLOBAL"]), np.arange(24).reshape(8, 3))
