@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tokenizers
 from flax import nnx
 
 from rmjax.configs import export_hf as export_config
@@ -31,7 +32,7 @@ def _config(workdir, k=1, shared_backbone=False):
   config.data.synthetic.update(num_train_pairs=32, num_eval_pairs=8)
   config.model.update(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
   config.train.update(steps=STEPS, batch_size=8, log_every=STEPS, eval_every=STEPS,
-                      save_every=1, keep_checkpoints=2, workdir=str(workdir))
+                      save_every=STEPS, workdir=str(workdir))
   return config
 
 
@@ -92,8 +93,8 @@ def _hf(folder, cls, tokens, mask):
   return out.logits.numpy(), model
 
 
-def _scores(workdir, step=None):
-  scorer, _ = load_ensemble(workdir, step=step)
+def _scores(workdir):
+  scorer, _ = load_ensemble(workdir)
   return np.asarray(scorer(*_batch()))  # [4, K]
 
 
@@ -108,16 +109,11 @@ def test_trained_model(runs, tmp_path):
   assert type(model).__name__ == "LlamaForSequenceClassification"
   assert model.config.num_labels == 1 and model.config.pad_token_id == synthetic.PAD
   np.testing.assert_allclose(theirs, _scores(runs["trained"]), atol=1e-4)
-  _export(runs["trained"], tmp_path / "earlier", step=STEPS - 1)  # an earlier step
-  theirs, _ = _hf(tmp_path / "earlier", transformers.LlamaForSequenceClassification, *_batch())
-  earlier = _scores(runs["trained"], STEPS - 1)
-  np.testing.assert_allclose(theirs, earlier, atol=1e-4)
-  assert np.abs(earlier - _scores(runs["trained"])).max() > 1e-6  # training moved it
 
 
 def test_separate_members_one_folder_each(runs, tmp_path):
-  record = _export(runs["members"], tmp_path / "out")
-  assert record["folders"] == ["member_0", "member_1"]
+  record = _export(runs["members"], tmp_path / "out", step=1)
+  assert record["folders"] == ["member_0", "member_1"] and record["step"] == 1
   ours = _scores(runs["members"])  # [4, 2]
   assert np.abs(ours[:, 0] - ours[:, 1]).max() > 1e-3  # members differ: a swap would show
   for m in range(2):
@@ -200,3 +196,25 @@ def _files_config():
   config = train_rm.get_config()
   config.data.source = "files"
   return config
+
+
+def test_tokenizer_folder_copied_and_its_pad_id_used(runs, tmp_path):
+  vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "<pad>", "good", "bad"])}
+  core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>",
+                                       eos_token="</s>").save_pretrained(tmp_path / "tok")
+  config = _config(tmp_path / "run", k=3, shared_backbone=True)
+  config.data.update(source="files")
+  config.data.files.tokenizer = str(tmp_path / "tok")
+  params = load_ensemble(runs["heads"])[0].params
+  record = _export(_save_run(tmp_path / "run", config, params), tmp_path / "out")
+  assert record["pad_token_id"] == 3 and record["tokenizer"] == str(tmp_path / "tok")
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  batch = tokenizer(["good bad good", "bad"], padding=True, return_tensors="np")
+  assert batch["input_ids"][1, -1] == 3  # padded with the pad id the classifier skips
+  theirs, model = _hf(tmp_path / "out", transformers.LlamaForSequenceClassification,
+                      batch["input_ids"], batch["attention_mask"].astype(bool))
+  assert model.config.pad_token_id == 3
+  np.testing.assert_allclose(theirs, np.asarray(load_ensemble(tmp_path / "run")[0](
+      batch["input_ids"], batch["attention_mask"].astype(bool))), atol=1e-4)

@@ -3,6 +3,7 @@ transformers' own torch classes on right-padded batches."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,12 +34,17 @@ PAD = 0
 
 
 def random_model(cfg, seed=0):
-  """``Transformer(cfg)`` with every parameter (norms and biases too) random."""
-  model = Transformer(cfg, rngs=nnx.Rngs(seed))
+  """``Transformer(cfg)`` with every parameter random (norm scales 1 + N(0, 0.1²), the rest
+  N(0, 0.2²)), drawn by NumPy into an abstract model: no initialiser compiles."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(seed)
-  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    var[...] = var[...] + 0.1 * jnp.asarray(rng.standard_normal(var.shape), var.dtype)
-  return model
+
+  def draw(path, x):
+    scale = path[-1].key == "scale"
+    return jnp.asarray(scale + (0.1 if scale else 0.2) * rng.standard_normal(x.shape), x.dtype)
+
+  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state)))
+  return nnx.merge(graphdef, state)
 
 
 def padded_batch(vocab, seed=0):
@@ -68,7 +74,7 @@ def test_classifier_scores_match_transformers(case, tmp_path):
   assert type(hf_model).__name__ == architecture
   assert hf_model.config.num_labels == cfg.num_reward_heads
   assert hf_model.config.problem_type == "regression"
-  ours = np.asarray(sequence_rewards(model, jnp.asarray(tokens), jnp.asarray(mask)))
+  ours = np.asarray(nnx.jit(sequence_rewards)(model, tokens, mask))
   assert theirs.shape == ours.shape == (4, cfg.num_reward_heads)
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
   assert np.std(ours) > 1e-3  # the rows differ, so a wrong read position would show
@@ -82,7 +88,7 @@ def test_classifier_with_chosen_heads_and_strict_loading(tmp_path):
   theirs, hf_model = torch_scores(tmp_path, tokens, mask,
                                   transformers.LlamaForSequenceClassification)
   assert hf_model.config.id2label == {0: "reward"}
-  ours = np.asarray(sequence_rewards(model, jnp.asarray(tokens), jnp.asarray(mask)))
+  ours = np.asarray(nnx.jit(sequence_rewards)(model, tokens, mask))
   np.testing.assert_allclose(theirs, ours[:, 2:], atol=1e-4)
   # Every tensor transformers expects is in the file, and nothing else.
   expected = set(hf_model.state_dict())
@@ -109,6 +115,5 @@ def test_policy_logits_match_transformers(tied, tmp_path):
   with torch.no_grad():
     theirs = hf_model(torch.tensor(tokens),
                       attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
-  hidden, _ = model(jnp.asarray(tokens), jnp.asarray(mask))
-  ours = np.asarray(model.logits(hidden))
+  ours = np.asarray(nnx.jit(lambda model: model.logits(model(tokens, mask)[0]))(model))
   np.testing.assert_allclose(theirs[mask], ours[mask], atol=1e-4)
