@@ -1,5 +1,6 @@
-"""``rmjax export-hf`` end to end: tiny trained reward models (a K-member ensemble, K heads
-on one backbone) and policies exported, loaded by transformers, matched to ours."""
+"""``rmjax export-hf`` end to end: a reward model trained for a few steps, ensemble
+checkpoints (separate members, K heads on one backbone), a PPO actor and the synthetic base
+policy exported, loaded by transformers' torch classes and matched to ours (atol 1e-4)."""
 
 import json
 

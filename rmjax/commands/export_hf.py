@@ -11,7 +11,8 @@ kind "policy" -> a causal LM (``hf_io.save_hf``): a ``ppo`` run's actor, or the 
 it is complete or absent. Each model folder also gets the run's tokenizer (a tokenizer
 folder's files are copied; a .gguf or gpt2-bpe tokenizer is saved by transformers); ``out``
 gets ``rmjax_export.json``: source run, step and the checkpoint's git commit and versions.
-Every exported model passes through ``_save``, where LoRA adapters are merged.
+Every exported model passes through ``_save``: the one place to change a model before
+conversion (merging LoRA adapters, for instance).
 """
 
 from __future__ import annotations
