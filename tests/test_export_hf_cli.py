@@ -173,6 +173,20 @@ def test_ppo_actor(runs, tmp_path):
     _export(tmp_path / "ppo", tmp_path / "x", kind="reward")
 
 
+def test_failed_write_leaves_no_folder(runs, tmp_path, monkeypatch):
+  real = export_hf._save
+
+  def second_fails(model, folder, *args):
+    if folder.name == "member_1":
+      raise OSError("disk full")
+    real(model, folder, *args)
+
+  monkeypatch.setattr(export_hf, "_save", second_fails)
+  with pytest.raises(OSError, match="disk full"):
+    _export(runs["members"], tmp_path / "out")
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_clear_errors(runs, tmp_path):
   with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
     _export(tmp_path / "nowhere", tmp_path / "a")

@@ -171,7 +171,10 @@ def _staged(out: pathlib.Path, overwrite: bool):
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     out.rename(old)
     tmp.rename(out)
-    shutil.rmtree(old)
+    if old.is_dir():
+      shutil.rmtree(old)
+    else:
+      old.unlink()
   else:
     tmp.rename(out)
 
