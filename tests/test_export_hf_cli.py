@@ -197,7 +197,8 @@ def test_clear_errors(runs, tmp_path):
   with pytest.raises(ValueError, match="member=0 applies to reward models"):
     _export(runs["members"], tmp_path / "a", kind="policy", member=0)
   with pytest.raises(ValueError, match="data.source='files'"):
-    _export(_save_run(tmp_path / "files", _files_config(), {"x": np.zeros(1)}), tmp_path / "a", kind="policy")
+    files_run = _save_run(tmp_path / "files", _files_config(), {"x": np.zeros(1)})
+    _export(files_run, tmp_path / "a", kind="policy")
   assert not (tmp_path / "a").exists()
   assert not list(tmp_path.glob(".a.tmp-*"))  # a failed export leaves nothing behind
   (tmp_path / "b").mkdir()

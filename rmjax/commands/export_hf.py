@@ -219,7 +219,7 @@ def run(config) -> dict:
     record = dict(
         kind=kind, source=str(pathlib.Path(config.workdir).absolute()), step=step,
         folders=[s or "." for s, _, _ in models], member=config.member,
-        pad_token_id=pad_token_id if kind == "reward" else None, tokenizer=spec or None,
+        pad_token_id=pad_token_id if kind == "reward" else synthetic.PAD, tokenizer=spec or None,
         **{k: provenance.get(k) for k in ("git_commit", "git_dirty", "versions", "data_hash")})
     (tmp / "rmjax_export.json").write_text(json.dumps(record, indent=2) + "\n")
   what = "reward model" if kind == "reward" else "policy"
