@@ -21,7 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.reward = ml_collections.ConfigDict(dict(
       workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.5, transform="none",
       lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
-  c.critic = ml_collections.ConfigDict(dict(init="reward_model"))  # or "policy"
+  # LoRA (rmjax/models/lora.py) on the actor and on the critic: lora_rank > 0 freezes that
+  # network's backbone (the actor's LM head too) and trains low-rank adapters (scale
+  # lora_alpha / lora_rank) on lora_targets (any of qkv, o, gate_up, down), and the
+  # critic's value head; 0 trains everything. The reference stays the policy it started as.
+  lora = dict(lora_rank=0, lora_alpha=16.0, lora_targets="qkv,o,gate_up,down")
+  c.actor = ml_collections.ConfigDict(lora)
+  c.critic = ml_collections.ConfigDict(dict(init="reward_model", **lora))  # or "policy"
   c.ppo = ml_collections.ConfigDict(dict(
       iterations=40, prompts=8, samples_per_prompt=4,
       max_new_tokens=0,  # 0 = the task's max_response_len

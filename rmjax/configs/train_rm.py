@@ -21,9 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
                                               vectorize="auto", folds=0))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
   # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
+  # LoRA (rmjax/models/lora.py): lora_rank > 0 freezes the backbone and trains low-rank
+  # adapters (scale lora_alpha / lora_rank) on the projections in lora_targets (any of
+  # qkv, o, gate_up, down) plus the reward heads; 0 trains everything.
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny_llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-      max_seq_len=64, init_from=""))
+      max_seq_len=64, init_from="", lora_rank=0, lora_alpha=16.0,
+      lora_targets="qkv,o,gate_up,down"))
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic",  # or "files"
       synthetic=ml_collections.ConfigDict(dict(

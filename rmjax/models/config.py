@@ -9,6 +9,9 @@ Two block styles share one code path:
 Heads are chosen by config: an LM head (tied to the embedding or its own matrix),
 ``num_reward_heads`` scalar reward heads without bias (K > 1 is a K-head ensemble on
 one backbone) and an optional per-token value head.
+
+``lora_rank > 0`` adds low-rank adapters (``rmjax/models/lora.py``) to the projections
+named in ``lora_targets``; training then updates only the adapters and the heads.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import jax.numpy as jnp
 
 FAMILIES = ("llama", "gpt2")
 ROPE_SCALING_TYPES = ("linear", "llama3")
+# Projections LoRA can adapt: the fused query/key/value, the attention output, the fused
+# gate/up of the MLP (gpt2: its up projection, c_fc) and the MLP's down projection.
+LORA_TARGETS = ("qkv", "o", "gate_up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,11 @@ class ModelConfig:
   # auxiliary loss, ``rmjax/train/contrastive_aux.py``); no head reads them.
   num_prototypes: int = 0
   init_std: float = 0.02
+  # LoRA (rmjax/models/lora.py): rank 0 = off; each adapted projection W gains
+  # (lora_alpha / lora_rank) * A B; lora_targets: comma-separated names of LORA_TARGETS.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = "qkv,o,gate_up,down"
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # keep the config hashable (a jit static)
@@ -90,12 +101,25 @@ class ModelConfig:
       problems.append(f"num_reward_heads={self.num_reward_heads} must be >= 0")
     if self.num_prototypes < 0:
       problems.append(f"num_prototypes={self.num_prototypes} must be >= 0")
+    if self.lora_rank < 0:
+      problems.append(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
+    if self.lora_rank and self.lora_alpha <= 0:
+      problems.append(f"lora_alpha={self.lora_alpha} must be > 0")
+    unknown = [t for t in self.lora_target_names if t not in LORA_TARGETS]
+    if unknown or (self.lora_rank and not self.lora_target_names):
+      problems.append(f"lora_targets={self.lora_targets!r} must be comma-separated names "
+                      f"from {LORA_TARGETS}")
     if problems:
       raise ValueError("Invalid ModelConfig: " + "; ".join(problems))
 
   @property
   def kv_heads(self) -> int:
     return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+  @property
+  def lora_target_names(self) -> tuple[str, ...]:
+    """The adapted projections: ``lora_targets`` split at commas."""
+    return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
 
   @property
   def dim_per_head(self) -> int:

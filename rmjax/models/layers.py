@@ -17,8 +17,9 @@ from flax import nnx
 from rmjax.models.config import ModelConfig
 
 
-def param(rngs: nnx.Rngs, shape, axes, dtype, std: float | None) -> nnx.Param:
-  """A parameter of ``shape`` annotated with logical ``axes``.
+def param(rngs: nnx.Rngs, shape, axes, dtype, std: float | None,
+          kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
+  """A parameter (of variable type ``kind``) of ``shape`` annotated with logical ``axes``.
 
   ``std=None`` initialises to ones (norm scales); ``std=0`` to zeros (biases);
   otherwise a truncated normal with that standard deviation.
@@ -31,7 +32,32 @@ def param(rngs: nnx.Rngs, shape, axes, dtype, std: float | None) -> nnx.Param:
     value = jnp.zeros(shape, dtype)
   else:
     value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, dtype)
-  return nnx.Param(value, axes=tuple(axes))
+  return kind(value, axes=tuple(axes))
+
+
+class LoRA(nnx.Module):
+  """Low-rank adapter of a projection W [*inputs, *outputs]: adds (alpha / r) (x A) B.
+
+  A [*inputs, r] starts as a truncated normal of std 1 / sqrt(fan-in), B [r, *outputs]
+  at zero, so the adapted projection equals W at initialisation. Both are
+  ``nnx.LoRAParam`` (a Param subclass) so optimizers can tell them from the base; A's
+  input axes and B's output axes carry W's logical names, the rank "lora_rank".
+  """
+
+  def __init__(self, cfg: ModelConfig, w: nnx.Param, n_inputs: int, rngs: nnx.Rngs):
+    r, axes = cfg.lora_rank, w.get_metadata()["axes"]
+    inputs, outputs = w.shape[:n_inputs], w.shape[n_inputs:]
+    self.n_inputs, self.scale = n_inputs, cfg.lora_alpha / r
+    self.a = param(rngs, (*inputs, r), (*axes[:n_inputs], "lora_rank"), cfg.weight_dtype,
+                   math.prod(inputs) ** -0.5, nnx.LoRAParam)
+    self.b = param(rngs, (r, *outputs), ("lora_rank", *axes[n_inputs:]), cfg.weight_dtype, 0,
+                   nnx.LoRAParam)
+
+  def __call__(self, x: jax.Array, outputs: tuple = ()) -> jax.Array:
+    """x [..., *inputs] -> the update [..., *outputs] in x's dtype. ``outputs``: an
+    index into B's output axes (a slice of the projection, e.g. its query heads)."""
+    down = jnp.tensordot(x, self.a[...].astype(x.dtype), axes=self.n_inputs) * self.scale
+    return jnp.tensordot(down, self.b[...][(slice(None), *outputs)].astype(x.dtype), axes=1)
 
 
 class Norm(nnx.Module):

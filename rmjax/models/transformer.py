@@ -3,7 +3,8 @@
 ``Transformer.__call__`` maps tokens [batch, seq] to final hidden states
 [batch, seq, d_model]; the heads read them: ``logits`` (LM), ``rewards`` (K scalar
 heads at each sequence's last real token) and ``values`` (per token). Randomness is
-explicit: dropout runs only when a ``dropout_key`` is passed.
+explicit: dropout runs only when a ``dropout_key`` is passed. With ``lora_rank > 0`` the
+projections of ``LORA_PROJECTIONS`` carry low-rank adapters (``rmjax/models/lora.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from flax import nnx
 
 from rmjax.models import kv_cache as kvc
 from rmjax.models.config import ModelConfig
-from rmjax.models.layers import Norm, apply_rope, dropout, param, rope_inverse_frequencies
+from rmjax.models.layers import LoRA, Norm, apply_rope, dropout, param, rope_inverse_frequencies
 
 _MASKED = -1e30  # Finite, so a fully masked row (a left pad's query) gives no NaN.
+# ModelConfig.lora_targets name -> (block part, its projection, the projection's number of
+# input axes). Projection "name" keeps its adapter as "name_lora" (None when not adapted).
+LORA_PROJECTIONS = {"qkv": ("attn", "qkv", 1), "o": ("attn", "o", 2),
+                    "gate_up": ("mlp", "up", 1), "down": ("mlp", "down", 1)}
 
 
 def attention_mask(mask: jax.Array, cache: kvc.KVCache | None, seq: int) -> jax.Array:
@@ -72,6 +77,7 @@ class Attention(nnx.Module):
     self.qkv_bias = (param(rngs, (kv, groups + 2, d), ("kv_heads", "qkv", "head_dim"), w, 0)
                      if has_bias else None)
     self.o_bias = (param(rngs, (e,), ("embed",), w, 0) if cfg.family == "gpt2" else None)
+    self.qkv_lora = self.o_lora = None  # set by Transformer when adapted
 
   def __call__(self, x, positions, mask, layer_cache, read_at=None):
     """x [b, s, e]; positions [b, s]; mask [b, s, keys]; layer_cache (k, v, index) or None.
@@ -83,8 +89,12 @@ class Attention(nnx.Module):
     groups = w.shape[2] - 2
     if read_at is not None:
       # Projections of weight slices: queries only for the n read rows.
-      q = jnp.einsum("bse,ekgd->bskgd", _rows(x, read_at), w[:, :, :groups])
+      rows = _rows(x, read_at)
+      q = jnp.einsum("bse,ekgd->bskgd", rows, w[:, :, :groups])
       kv = jnp.einsum("bse,ekgd->bskgd", x, w[:, :, groups:])
+      if self.qkv_lora is not None:
+        q = q + self.qkv_lora(rows, (slice(None), slice(None, groups)))
+        kv = kv + self.qkv_lora(x, (slice(None), slice(groups, None)))
       if self.qkv_bias is not None:
         bias = self.qkv_bias[...].astype(x.dtype)
         q, kv = q + bias[:, :groups], kv + bias[:, groups:]
@@ -92,6 +102,8 @@ class Attention(nnx.Module):
       q_positions, mask = _rows(positions, read_at), _rows(mask, read_at)
     else:
       qkv = jnp.einsum("bse,ekgd->bskgd", x, w)
+      if self.qkv_lora is not None:
+        qkv = qkv + self.qkv_lora(x)
       if self.qkv_bias is not None:
         qkv = qkv + self.qkv_bias[...].astype(x.dtype)
       # One split, not three slices: its gradient is a single concatenate, where the
@@ -114,8 +126,10 @@ class Attention(nnx.Module):
                         preferred_element_type=jnp.float32) * d ** -0.5
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,bktd->bskgd", probs, v).reshape(b, s, -1, d)
-    out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(x.dtype))
+    heads = jnp.einsum("bkgst,bktd->bskgd", probs, v).reshape(b, s, -1, d)
+    out = jnp.einsum("bshd,hde->bse", heads, self.o[...].astype(x.dtype))
+    if self.o_lora is not None:
+      out = out + self.o_lora(heads)
     if self.o_bias is not None:
       out = out + self.o_bias[...].astype(x.dtype)
     return out, layer_cache
@@ -133,40 +147,48 @@ class Mlp(nnx.Module):
     self.down = param(rngs, (f, e), ("mlp", "embed"), w, std / (2 * cfg.n_layers) ** 0.5)
     self.up_bias = None if self.gated else param(rngs, (f,), ("mlp",), w, 0)
     self.down_bias = None if self.gated else param(rngs, (e,), ("embed",), w, 0)
+    self.up_lora = self.down_lora = None  # set by Transformer when adapted
 
   def __call__(self, x):
+    extra = None if self.up_lora is None else self.up_lora(x)
     if self.gated:
-      hidden = _swiglu(x, self.up[...].astype(x.dtype))
+      hidden = _swiglu(x, self.up[...].astype(x.dtype), extra)
     else:
       up = x @ self.up[...].astype(x.dtype) + self.up_bias[...].astype(x.dtype)
-      hidden = jax.nn.gelu(up, approximate=True)
+      hidden = jax.nn.gelu(up if extra is None else up + extra, approximate=True)
     out = hidden @ self.down[...].astype(x.dtype)
+    if self.down_lora is not None:
+      out = out + self.down_lora(hidden)
     return out if self.down_bias is None else out + self.down_bias[...].astype(x.dtype)
 
 
-def _swiglu_fwd(x, w):
+def _swiglu_fwd(x, w, extra):
   both = jnp.einsum("bse,etf->bstf", x, w)
-  return jax.nn.silu(both[:, :, 0]) * both[:, :, 1], (x, w, both)
+  if extra is not None:
+    both = both + extra
+  return jax.nn.silu(both[:, :, 0]) * both[:, :, 1], (x, w, both, extra is None)
 
 
 @jax.custom_vjp
-def _swiglu(x, w):
-  """silu(x @ w[:, 0]) * (x @ w[:, 1]) for the fused gate/up kernel w [e, 2, f].
+def _swiglu(x, w, extra=None):
+  """silu(x @ w[:, 0]) * (x @ w[:, 1]) for the fused gate/up kernel w [e, 2, f], with
+  ``extra`` [b, s, 2, f] (a LoRA update) added to the fused projection, or None.
 
   The hand-written backward builds the gradient of the fused output in one pass
   (a stack of the gate and up gradients); autodiff of the two slices writes a
   zero-padded full-size buffer for each and then adds them.
   """
-  return _swiglu_fwd(x, w)[0]
+  return _swiglu_fwd(x, w, extra)[0]
 
 
 def _swiglu_bwd(res, d_hidden):
-  x, w, both = res
+  x, w, both, no_extra = res
   gate, up = both[:, :, 0], both[:, :, 1]
   sig = jax.nn.sigmoid(gate)
   d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))  # d silu(g) = sig (1 + g (1 - sig))
   d_both = jnp.stack([d_gate, d_hidden * gate * sig], axis=2)
-  return (jnp.einsum("bstf,etf->bse", d_both, w), jnp.einsum("bstf,bse->etf", d_both, x))
+  return (jnp.einsum("bstf,etf->bse", d_both, w), jnp.einsum("bstf,bse->etf", d_both, x),
+          None if no_extra else d_both)
 
 
 _swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
@@ -223,6 +245,13 @@ class Transformer(nnx.Module):
     self.prototypes = (param(rngs, (e, cfg.num_prototypes), ("embed", "prototypes"), w,
                              1.0 / e ** 0.5) if cfg.num_prototypes else None)
     self._block_fn = nnx.remat(_run_block) if cfg.remat else _run_block
+    # Adapters come last, so the base and heads draw the same numbers as without LoRA.
+    for target in cfg.lora_target_names if cfg.lora_rank else ():
+      part, name, n_inputs = LORA_PROJECTIONS[target]
+      for block in self.blocks:
+        module = getattr(block, part)
+        setattr(module, f"{name}_lora",
+                nnx.data(LoRA(cfg, getattr(module, name), n_inputs, rngs)))
 
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,
                positions: jax.Array | None = None, cache: kvc.KVCache | None = None,

@@ -41,6 +41,7 @@ from flax import nnx
 
 from rmjax.data import synthetic
 from rmjax.data.array_source import ArraySource
+from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import sequence_rewards
 from rmjax.objectives.preference_strength import metarm_difference_loss
@@ -100,7 +101,7 @@ def make_meta_update(graphdef, tx: optax.GradientTransformation, loss_fn, eta: f
         lookahead_loss, has_aux=True)(params, pairs, meta, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {**pair_metrics(aux), "grad_norm": optax.tree.norm(grads),
+    return params, opt_state, {**pair_metrics(aux), "grad_norm": lora.grad_norm(grads),
                                "meta_difference": meta_value, "meta_grad_norm": meta_norm}
 
   return update

@@ -3,6 +3,7 @@ gradient clipping, and optional gradient accumulation (``optax.MultiSteps``)."""
 
 from __future__ import annotations
 
+import jax
 import optax
 
 
@@ -15,11 +16,17 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=final_fraction * peak)
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int, trainable=None) -> optax.GradientTransformation:
   """``cfg``: learning_rate, warmup_steps, weight_decay, b1, b2, clip_norm, grad_accum.
 
   ``total_steps`` counts optimizer updates; with ``grad_accum = k`` each update
   averages the gradients of k consecutive micro-batches.
+
+  ``trainable``: None (every parameter trains), or a pytree of bools matching the params
+  (or a function of the params giving one), e.g. ``rmjax.models.lora.trainable_mask``.
+  Then only the True leaves are clipped, accumulated and updated, and only they have
+  optimizer state; the others get zero updates (a frozen LoRA base), so their gradients
+  are never used and XLA need not compute them.
   """
   if cfg.grad_accum < 1:
     raise ValueError(f"optim.grad_accum={cfg.grad_accum} must be >= 1")
@@ -31,4 +38,12 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
   if cfg.grad_accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
-  return tx
+  if trainable is None:
+    return tx
+  labels = ((lambda params: _labels(trainable(params))) if callable(trainable)
+            else _labels(trainable))
+  return optax.partition({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _labels(mask):
+  return jax.tree.map(lambda m: "train" if m else "frozen", mask)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rmjax.models import lora
 from rmjax.rl import ppo
 
 EPISODE_KEYS = ("tokens", "mask", "response_mask", "old_logprobs", "old_values",
@@ -105,7 +106,7 @@ def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransfo
     for name, tx in (("actor", actor_tx), ("critic", critic_tx)):
       updates, new[f"{name}_opt"] = tx.update(grads[name], state[f"{name}_opt"], state[name])
       new[name] = optax.apply_updates(state[name], updates)
-      metrics[f"{name}_grad_norm"] = optax.tree.norm(grads[name])
+      metrics[f"{name}_grad_norm"] = lora.grad_norm(grads[name])
     return new, metrics
 
   return step

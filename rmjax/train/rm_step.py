@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from rmjax.data import schema, shared_prompt
+from rmjax.models import lora
 from rmjax.models.transformer import last_token_index
 from rmjax.objectives import bt
 from rmjax.train import ensemble
@@ -134,7 +135,7 @@ def make_member_update(tx: optax.GradientTransformation, loss_fn):
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {**pair_metrics(aux), "grad_norm": optax.tree.norm(grads)}
+    return params, opt_state, {**pair_metrics(aux), "grad_norm": lora.grad_norm(grads)}
 
   return update
 
