@@ -37,7 +37,9 @@ MODEL = dict(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64, lora_rank
 
 def rm_config(workdir, steps):
   config = train_rm.get_config()
-  config.data.synthetic.update(num_train_pairs=128, num_eval_pairs=32)
+  config.data.synthetic.update(  # a small task: its policy is also the PPO test's
+      num_train_pairs=128, num_eval_pairs=32, max_response_len=12, policy_d_model=32,
+      policy_n_layers=1, policy_d_ff=64, gold_d_model=32, gold_n_layers=1, gold_d_ff=64)
   config.model.update(MODEL)
   config.optim.update(learning_rate=1e-2, warmup_steps=0)
   config.train.update(steps=steps, batch_size=16, log_every=1, eval_every=steps, save_every=2,
