@@ -85,10 +85,11 @@ def check(name: str, cells, workdir: pathlib.Path) -> None:
       assert math.isfinite(number(r"gold gain at the largest n: ([-+][\d.]+)", line)), line
   else:
     assert figures == 1
-    for metric in ("proxy", "gold", "KL"):
-      assert math.isfinite(number(rf"last iteration: .*{metric} (-?[\d.]+)", text))
-    logged = (workdir / "runs/colab/ppo/policy/metrics.jsonl").read_text().splitlines()
-    assert len(logged) == 3  # one line per tiny iteration
+    line = next(line for line in text.splitlines() if line.startswith("beta = 0.01, first"))
+    for metric in ("proxy", "gold", "KL", "response length"):
+      assert math.isfinite(number(rf"{metric} (-?[\d.]+)", line)), line
+    logged = (workdir / "runs/colab/ppo/policy/beta_0.01/metrics.jsonl").read_text()
+    assert len(logged.splitlines()) == 3  # one line per tiny iteration
   assert (workdir / "runs" / "colab" / name).is_dir()  # the workdir, under the cwd
 
 
