@@ -66,7 +66,7 @@ def check(name: str, cells, workdir: pathlib.Path) -> None:
   code = [cell for cell in cells if cell.cell_type == "code"]
   installed = text_of(code[0])
   assert f"rmjax from {ROOT / 'rmjax'}" in installed, installed
-  assert f"Python {sys.version.split()[0]}" in installed, installed  # this venv's kernel
+  assert f"({sys.executable})" in installed, installed  # python3 is this interpreter
   assert "size: tiny" in text_of(code[1])
   figures = sum(out.output_type == "display_data" and "image/png" in out.get("data", {})
                 for cell in code for out in cell.outputs)
