@@ -18,6 +18,9 @@ def section(**fields) -> ml_collections.ConfigDict:
       memory_per_device_gib=0.0,  # fail above this (v5p: 95, v5e: 16); 0 = no check
       # libtpu topology to compile for without a TPU (e.g. "v5p:4x4x2"); "" = fake CPU devices
       topology="",
+      # XLA:CPU's schedule behind the temporaries estimate: "memory" or "concurrency"
+      # (rmjax/dry_run/launch.py says why there are two)
+      cpu_scheduler="memory",
       # Shapes the data would supply: token ids, row width (train-rm: each side, or the
       # packed row with train.shared_prompt; ppo: prompt_len + response_len, response_len
       # 0 = ppo.max_new_tokens) and rows per step (0 = train.batch_size, or the PPO

@@ -17,6 +17,15 @@ from rmjax.parallel.mesh import CONFIG_AXES, resolve_shape
 
 COMMANDS = ("train-rm", "ppo")
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
+# dry_run.cpu_scheduler -> XLA:CPU's scheduler. "memory" (the default) orders ops to keep
+# fewer buffers alive, as an accelerator's scheduler does; "concurrency", XLA:CPU's own
+# default, runs independent ops side by side and keeps their buffers alive, and ignores
+# remat: an 8-layer model's step reported 1.7 GiB of temporaries with or without remat
+# under it, against 0.94 GiB with remat and 1.1 GiB without under "memory". Neither is
+# always lower (benchmarks/README.md, "Dry run"): compare both when a figure is close.
+SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
+SCHEDULERS = {"memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+              "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED"}
 
 
 def check(config) -> None:
@@ -29,6 +38,9 @@ def check(config) -> None:
     raise ValueError(f"dry_run.command={dr.command!r} is not one of {COMMANDS}")
   if dr.devices < 1:
     raise ValueError(f"dry_run.devices={dr.devices} must be >= 1")
+  if dr.get("cpu_scheduler", "memory") not in SCHEDULERS:
+    raise ValueError(f"dry_run.cpu_scheduler={dr.cpu_scheduler!r} is not one of "
+                     f"{tuple(SCHEDULERS)}")
   shape = tuple(config.mesh.get(a, 1) for a in CONFIG_AXES)
   try:
     resolve_shape(shape, dr.devices)
@@ -36,11 +48,13 @@ def check(config) -> None:
     raise ValueError(f"{error} (dry_run.devices={dr.devices})") from None
 
 
-def child_env(devices: int) -> dict[str, str]:
-  """This process's environment with ``devices`` fake CPU devices instead of its own."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_FLAG)]
-  return dict(os.environ, XLA_FLAGS=" ".join([*flags, f"{DEVICE_FLAG}={devices}"]),
-              JAX_PLATFORMS="cpu")
+def child_env(devices: int, scheduler: str = "memory") -> dict[str, str]:
+  """This process's environment with ``devices`` fake CPU devices instead of its own and
+  XLA:CPU's ``scheduler`` (a ``SCHEDULERS`` key)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith((DEVICE_FLAG, SCHEDULER_FLAG))]
+  flags += [f"{DEVICE_FLAG}={devices}", f"{SCHEDULER_FLAG}={SCHEDULERS[scheduler]}"]
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
 
 
 def run(config, timeout_s: float | None = None) -> dict:
@@ -53,7 +67,8 @@ def run(config, timeout_s: float | None = None) -> dict:
       f.write(config.to_json())
     result = subprocess.run(
         [sys.executable, "-m", "rmjax.dry_run.child", config_path, report_path],
-        env=child_env(config.dry_run.devices), capture_output=True, text=True,
+        env=child_env(config.dry_run.devices, config.dry_run.get("cpu_scheduler", "memory")),
+        capture_output=True, text=True,
         timeout=timeout_s)
     if result.returncode or not os.path.exists(report_path):
       raise RuntimeError(f"the dry run's child process failed (exit {result.returncode}):\n"
@@ -62,4 +77,6 @@ def run(config, timeout_s: float | None = None) -> dict:
       report = json.load(f)
   if "error" in report:
     raise ValueError(report["error"])
+  if report["backend"] == "CPU":
+    report["cpu_scheduler"] = config.dry_run.get("cpu_scheduler", "memory")
   return report

@@ -22,6 +22,12 @@ def gib(n: float) -> str:
   return f"{n:.0f} B"
 
 
+def estimate_of(report: dict) -> str:
+  """Whose estimate the temporaries are: the backend, and XLA:CPU's schedule."""
+  scheduler = report.get("cpu_scheduler")
+  return f"{report['backend']} estimate" + (f", {scheduler} schedule" if scheduler else "")
+
+
 def program_total(report: dict, program: dict) -> int:
   return (report["parameter_bytes"] + report["optimizer_bytes"] + program["batch_bytes"]
           + program["temp_bytes"] + max(0, program["output_bytes"] - program["alias_bytes"]))
@@ -37,13 +43,13 @@ def format_table(report: dict) -> str:
   """The report as the lines ``rmjax dry-run`` prints."""
   lines = [f"rmjax dry-run: {report['command']} on mesh {report['mesh']} ({report['target']})",
            f"parameter count {report['parameter_count']:,} (every parameter group)",
-           f"{'':<44}{'per device':>14}{'global':>14}"]
+           f"{'':<48}{'per device':>14}{'global':>14}"]
   for name, group in report["groups"].items():
-    label = f"{name} ({group['kind']}, {group['count']:,} values)"
-    lines.append(f"  {label:<42}{gib(group['bytes']):>14}{gib(group['global_bytes']):>14}")
-  lines.append(f"  {'all parameters (exact)':<42}{gib(report['parameter_bytes']):>14}")
-  lines.append(f"  {'all optimizer state (exact)':<42}{gib(report['optimizer_bytes']):>14}")
-  estimate = f"{report['backend']} estimate"
+    label = f"{name} ({group['kind']}, {group['count']:,})"
+    lines.append(f"  {label:<46}{gib(group['bytes']):>14}{gib(group['global_bytes']):>14}")
+  lines.append(f"  {'all parameters (exact)':<46}{gib(report['parameter_bytes']):>14}")
+  lines.append(f"  {'all optimizer state (exact)':<46}{gib(report['optimizer_bytes']):>14}")
+  estimate = estimate_of(report)
   for name, p in report["programs"].items():
     lines.append(f"program {name}: lower {p['lower_s']:.1f} s, compile {p['compile_s']:.1f} s")
     rows = [("batch (exact)", p["batch_bytes"]),
@@ -52,7 +58,7 @@ def format_table(report: dict) -> str:
             ("outputs (compiled)", p["output_bytes"]),
             ("outputs aliasing donated inputs", p["alias_bytes"]),
             ("total: state + batch + temp + new outputs", program_total(report, p))]
-    lines += [f"  {label:<42}{gib(value):>14}" for label, value in rows]
+    lines += [f"  {label:<46}{gib(value):>14}" for label, value in rows]
   limit = report["memory_per_device_gib"]
   name, total = peak(report)
   verdict = f"limit {limit:g} GiB" if limit else "no limit set (dry_run.memory_per_device_gib=0)"
@@ -70,4 +76,4 @@ def limit_problem(report: dict) -> str | None:
   return (f"per-device memory {gib(total)} ({name}) exceeds dry_run.memory_per_device_gib="
           f"{limit:g} on mesh {report['mesh']}: parameters {gib(report['parameter_bytes'])}, "
           f"optimizer {gib(report['optimizer_bytes'])}, batch {gib(p['batch_bytes'])}, "
-          f"temporaries {gib(p['temp_bytes'])} ({report['backend']} estimate); {HINT}")
+          f"temporaries {gib(p['temp_bytes'])} ({estimate_of(report)}); {HINT}")

@@ -72,7 +72,8 @@ def test_rm_dry_run_bytes_match_a_really_sharded_model(rm_report, eight_devices)
   # per row: two sides of 16 int32 tokens and 16 bool mask, four int32/float32 scalars
   assert step["batch_bytes"] == rows_per_device * (2 * 16 * 4 + 2 * 16 + 4 * 4)
   assert report.limit_problem(rm_report) is None  # no limit set
-  assert "train_step" in report.format_table(rm_report)
+  assert rm_report["cpu_scheduler"] == "memory"
+  assert "temporaries (CPU estimate, memory schedule)" in report.format_table(rm_report)
 
 
 def test_doubling_fsdp_halves_the_sharded_parameter_bytes(eight_devices):
@@ -114,6 +115,13 @@ def test_mesh_not_filling_the_devices_is_a_clear_error():
   config = rm_config(data=3, fsdp=1, tensor=1)
   with pytest.raises(SystemExit, match="needs 3 devices but 8 are available"
                                        r" \(dry_run.devices=8\)"):
+    command.run(config)
+
+
+def test_unknown_cpu_scheduler_is_a_clear_error():
+  config = rm_config()
+  config.dry_run.cpu_scheduler = "fastest"
+  with pytest.raises(SystemExit, match="dry_run.cpu_scheduler='fastest' is not one of"):
     command.run(config)
 
 
