@@ -8,7 +8,8 @@ jitted programs it runs, each with the abstract arguments to lower it with.
   one program, the train step of ``rm_step.make_train_step`` jitted as the trainer
   jits it (``parallel.compile_step``), on a batch [B, seq] (or [K, B, seq] members).
 * ``ppo``: actor, critic, both optimizer states, the frozen reference and one reward
-  model; two programs, the minibatch update (``ppo_step.make_update``, as
+  model (LoRA adapters from the ``actor`` and ``critic`` sections, as ``rmjax ppo``
+  adds them); two programs, the minibatch update (``ppo_step.make_update``, as
   ``PPOTrainer.compile_update`` jits it) on [minibatch, P + N] episodes, and the
   rollout's forward (reference log-probs and critic values) on [episodes, P + N]. The
   sampler's KV-cache generation is not compiled here.
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rmjax import parallel
+from rmjax.models import lora
 from rmjax.models.transformer import Transformer
 from rmjax.train import contrastive_aux, ensemble, ppo_step, rm_step, rm_trainer
 from rmjax.train.checkpoint import abstract_like
@@ -114,7 +116,7 @@ def rm_plan(config, mesh) -> Plan:
   else:
     graphdef, params = _abstract_model(mcfg, config.seed)
   updates = max(1, config.train.steps // config.optim.grad_accum)
-  tx = make_optimizer(config.optim, updates)
+  tx = make_optimizer(config.optim, updates, lora.trainable_mask(params))
   opt_state = jax.eval_shape(jax.vmap(tx.init) if layout.stacked else tx.init, params)
   state = {"params": params, "opt_state": opt_state,
            "step": jax.ShapeDtypeStruct((), jnp.int32)}
@@ -165,15 +167,16 @@ def ppo_plan(config, mesh) -> Plan:
   _check_rows("the PPO minibatch (dry_run.batch_size or episodes / ppo.minibatches)", rows, mesh)
   _check_rows("ppo.prompts x samples_per_prompt", episodes, mesh)
   section = _model_section(config)
-  actor_cfg = rm_trainer.build_model_config(section, dr.vocab_size, 0).replace(lm_head=True)
+  actor_cfg = rm_trainer.build_model_config(section, dr.vocab_size, 0).replace(
+      lm_head=True, **lora.config_fields(config.get("actor")))
   reward_cfg = rm_trainer.build_model_config(section, dr.vocab_size, 1)
-  critic_cfg = reward_cfg.replace(value_head=True)
+  critic_cfg = reward_cfg.replace(value_head=True, **lora.config_fields(config.get("critic")))
   actor_graphdef, actor = _abstract_model(actor_cfg)
   critic_graphdef, critic = _abstract_model(critic_cfg)
   _, reward_model = _abstract_model(reward_cfg)
   updates = max(1, c.iterations * c.epochs * c.minibatches)
-  actor_tx = make_optimizer(config.optim.actor, updates)
-  critic_tx = make_optimizer(config.optim.critic, updates)
+  actor_tx = make_optimizer(config.optim.actor, updates, lora.trainable_mask(actor))
+  critic_tx = make_optimizer(config.optim.critic, updates, lora.trainable_mask(critic))
   state = {"actor": actor, "critic": critic, "actor_opt": jax.eval_shape(actor_tx.init, actor),
            "critic_opt": jax.eval_shape(critic_tx.init, critic),
            "step": jax.ShapeDtypeStruct((), jnp.int32)}

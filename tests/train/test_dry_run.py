@@ -93,6 +93,18 @@ def test_doubling_fsdp_halves_the_sharded_parameter_bytes(eight_devices):
   assert sum(four) < sum(two)
 
 
+def test_lora_gives_optimizer_state_to_adapters_and_heads_only(eight_devices):
+  config = rm_config()
+  config.model.lora_rank = 2
+  plan = programs.build(config, parallel.make_mesh(parallel.MeshConfig(**MESH), eight_devices))
+  params, opt_state = plan.resident["params"][1], plan.resident["opt_state"][1]
+  variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  adapters = sum(v.size for v in variables if isinstance(v, nnx.LoRAParam))
+  trainable = adapters + params["reward_head"].size
+  assert adapters > 0
+  assert sum(x.size for x in jax.tree.leaves(opt_state)) == 2 * trainable + 2  # mu, nu, counts
+
+
 def test_ppo_dry_run_over_the_limit_fails_naming_it(tmp_path):
   config = ppo_config()
   config.dry_run.memory_per_device_gib = 1e-6  # about 1 KiB
