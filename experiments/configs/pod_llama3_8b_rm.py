@@ -6,10 +6,13 @@ parameters and AdamW moments, bfloat16 compute, every block rematerialised; 64 p
 2,048 tokens a step (each side its own row: 128 rows), two steps per update
 (``optim.grad_accum``: 128 pairs an update). Mesh: fsdp 16 x data 2 = 32 devices.
 
-Check that it fits before renting the pod (``benchmarks/README.md``, "Dry run", has the
-figures)::
+Check that it fits before renting the pod::
 
     rmjax dry-run --config=experiments/configs/pod_llama3_8b_rm.py
+
+It does not yet: 691 GiB per device, because under fsdp the activations are not sharded
+over the batch; with the residual stream constrained to batch sharding, 63.6 GiB of 95
+(``benchmarks/README.md``, "Dry run").
 
 Train on the pod (``tpu/README.md``) with ``rmjax train-rm`` and the same file, after
 pointing ``data.files`` at preference files and a Llama-3 tokenizer folder, and
