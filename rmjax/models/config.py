@@ -65,7 +65,7 @@ class ModelConfig:
   # (lora_alpha / lora_rank) * A B; lora_targets: comma-separated names of LORA_TARGETS.
   lora_rank: int = 0
   lora_alpha: float = 16.0
-  lora_targets: str = "qkv,o,gate_up,down"
+  lora_targets: str = ",".join(LORA_TARGETS)
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):  # keep the config hashable (a jit static)

@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rmjax.models.config import LORA_TARGETS
 from rmjax.models.transformer import LORA_PROJECTIONS, Transformer
 
 # Top-level parameters outside the base model: trained even when the base is frozen.
 HEADS = ("reward_head", "value_head", "prototypes")
+ALL_TARGETS = ",".join(LORA_TARGETS)
 
 
 def _is_variable(x) -> bool:
@@ -83,7 +85,7 @@ def merged(model: Transformer) -> Transformer:
 
 
 def adapt(model: Transformer, rank: int, alpha: float = 16.0,
-          targets: str = "qkv,o,gate_up,down", seed: int = 0) -> Transformer:
+          targets: str = ALL_TARGETS, seed: int = 0) -> Transformer:
   """``model`` (adapters already in it are merged first) with fresh rank-``rank``
   adapters on ``targets``, drawn as ``Transformer(cfg, rngs=nnx.Rngs(seed))`` draws
   them; rank 0: the merged model."""
@@ -108,7 +110,7 @@ def adapt_from_config(model: Transformer, section, seed: int = 0) -> Transformer
   """``adapt`` with a config section's ``config_fields`` (no rank: merged, no adapters)."""
   fields = config_fields(section)
   return adapt(model, fields.get("lora_rank", 0), fields.get("lora_alpha", 16.0),
-               fields.get("lora_targets", "qkv,o,gate_up,down"), seed)
+               fields.get("lora_targets", ALL_TARGETS), seed)
 
 
 def _deep_update(tree: dict, extra: dict) -> dict:
