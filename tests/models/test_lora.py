@@ -154,10 +154,11 @@ def test_adapters_shard_like_their_projection(eight_devices):
   assert specs(attn.o_lora.b[...]) == (None, "fsdp")
   assert specs(mlp.up_lora.b[...]) == (None, None, "tensor")
   assert specs(mlp.down_lora.a[...]) == ("tensor", None)
-  # Merging works on the sharded model and gives the same scores.
-  tokens, mask = _tokens(LLAMA)
-  np.testing.assert_allclose(_outputs(lora.merged(model), tokens, mask)[1],
-                             _outputs(model, tokens, mask)[1], atol=1e-5)
+  # Merging works on the sharded model: W + (alpha / r) A B.
+  adapter = attn.o_lora
+  adapter.b[...] = jnp.linspace(-1, 1, adapter.b.size).reshape(adapter.b.shape)
+  want = np.asarray(attn.o[...]) + 4.0 * np.einsum("hdr,re->hde", adapter.a[...], adapter.b[...])
+  np.testing.assert_allclose(lora.merged(model).blocks[0].attn.o[...], want, atol=1e-6)
 
 
 def test_pretrained_backbone_loads_with_fresh_adapters(tmp_path):
@@ -169,9 +170,9 @@ def test_pretrained_backbone_loads_with_fresh_adapters(tmp_path):
   a = adapted.blocks[0].attn.qkv_lora.a[...]
   assert np.std(a) > 0.5 / np.sqrt(a.shape[0])  # drawn, not left at zero
   np.testing.assert_array_equal(adapted.blocks[0].attn.qkv_lora.b[...], 0)
-  tokens, mask = _tokens(LLAMA)
-  for x, y in zip(_outputs(plain, tokens, mask), _outputs(adapted, tokens, mask)):
-    np.testing.assert_allclose(x, y, atol=1e-6)
+  # The base is the checkpoint's, the heads as without adapters (same seed).
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(plain),
+               nnx.state(adapted, nnx.Not(nnx.LoRAParam)))
 
 
 def test_swiglu_gradients_with_a_lora_update_match_autodiff():
