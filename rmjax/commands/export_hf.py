@@ -31,7 +31,7 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.data import synthetic
 from rmjax.data.tokenize import load_tokenizer
-from rmjax.models import hf_io
+from rmjax.models import hf_io, lora
 from rmjax.models.hf_classifier import save_classifier
 from rmjax.models.transformer import Transformer
 from rmjax.train import load_rm
@@ -105,7 +105,8 @@ def _policy_config(rm_workdir):
 def ppo_actor(workdir, step: int | None, run_config) -> Transformer:
   """The actor of a ppo run's checkpoint step (``state["actor"]``; nothing else is read)."""
   workdirs = run_config["reward"]["workdirs"]
-  cfg = _policy_config(workdirs[0]).policy_config()
+  cfg = _policy_config(workdirs[0]).policy_config().replace(
+      **lora.config_fields(run_config.get("actor")))  # a LoRA actor's adapters
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   shardings = parallel.tree_shardings(abstract, load_rm.single_device_mesh())
   target = {"actor": abstract_like(abstract, shardings)}
@@ -145,6 +146,7 @@ def _write_tokenizer(spec: str, folder: pathlib.Path, tokenizer) -> None:
 def _save(model: Transformer, folder: pathlib.Path, kind: str, pad_token_id: int,
           heads) -> None:
   """One model's config.json and model.safetensors (a policy: the synthetic task's ids)."""
+  model = lora.merged(model)  # LoRA adapters folded into their projections
   if kind == "reward":
     save_classifier(model, folder, pad_token_id=pad_token_id, heads=heads)
     return

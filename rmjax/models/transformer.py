@@ -15,7 +15,12 @@ from flax import nnx
 
 from rmjax.models import kv_cache as kvc
 from rmjax.models.config import ModelConfig
-from rmjax.models.layers import LoRA, Norm, apply_rope, dropout, param, rope_inverse_frequencies
+from rmjax.models.layers import (LoRA, Norm, apply_rope, dropout, param, rope_inverse_frequencies,
+                                 shard_activation)
+
+# The residual stream between blocks; the parallel layer shards its rows (FSDP: every
+# device computes its own rows and gathers the weights, not the other way round).
+RESIDUAL_AXES = ("batch", "length", "embed")
 
 _MASKED = -1e30  # Finite, so a fully masked row (a left pad's query) gives no NaN.
 # ModelConfig.lora_targets name -> (block part, its projection, the projection's number of
@@ -306,7 +311,8 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     if self.pos_embed is not None:
       x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cfg.compute_dtype)
-    return x if dropout_key is None else dropout(x, cfg.dropout_rate, dropout_key)
+    x = x if dropout_key is None else dropout(x, cfg.dropout_rate, dropout_key)
+    return shard_activation(x, RESIDUAL_AXES)
 
   def run_blocks(self, x: jax.Array, positions: jax.Array, attn_mask: jax.Array,
                  start: int = 0, stop: int | None = None, *, cache: kvc.KVCache | None = None,
@@ -326,6 +332,7 @@ class Transformer(nnx.Module):
       last = i == len(self.blocks) - 1
       x, layer_cache = self._block_fn(self.blocks[i], x, positions, attn_mask, layer_cache,
                                       block_key, read_at if last else None)
+      x = shard_activation(x, RESIDUAL_AXES)
       if cache is not None:
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])

@@ -32,7 +32,7 @@ import gguf
 from flax import nnx
 
 from rmjax import parallel
-from rmjax.models import gguf_io, hf_io
+from rmjax.models import gguf_io, hf_io, lora
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
 from rmjax.train import contrastive_aux, ensemble, rm_trainer
@@ -80,7 +80,8 @@ def model_config_of(model_cfg, vocab_size: int, heads: int = 1, **overrides) -> 
   init_from = model_cfg.get("init_from", "")
   if not init_from:
     return rm_trainer.build_model_config(model_cfg, vocab_size, heads, **overrides)
-  heads = dict(num_reward_heads=heads, lm_head=False, **overrides)
+  heads = dict(num_reward_heads=heads, lm_head=False, **lora.config_fields(model_cfg),
+               **overrides)
   path = pathlib.Path(init_from)
   if str(init_from).endswith(".gguf"):
     if not path.is_file():

@@ -26,6 +26,7 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.data import synthetic
 from rmjax.data.array_source import ArraySource
+from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
 from rmjax.rl import kl as kl_lib
@@ -100,12 +101,14 @@ class PPOTrainer:
         temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=synthetic.EOS,
         pad_id=synthetic.PAD)
     self.prompt_width = task.cfg.max_prompt_len
-    self.actor_graphdef, reference = nnx.split(task.policy)
+    self.actor_graphdef, reference = nnx.split(
+        lora.adapt_from_config(task.policy, config.get("actor"), config.seed))
     self.reference = parallel.shard_tree(reference, self.mesh)
-    self.critic_graphdef, critic = critic_from(critic_model, self.mesh)
+    self.critic_graphdef, critic = critic_from(
+        lora.adapt_from_config(critic_model, config.get("critic"), config.seed), self.mesh)
     updates = c.iterations * c.epochs * c.minibatches
-    self.actor_tx = make_optimizer(config.optim.actor, updates)
-    self.critic_tx = make_optimizer(config.optim.critic, updates)
+    self.actor_tx = make_optimizer(config.optim.actor, updates, lora.trainable_mask(reference))
+    self.critic_tx = make_optimizer(config.optim.critic, updates, lora.trainable_mask(critic))
     actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
     self.state = {"actor": actor, "critic": critic,
                   "actor_opt": self.actor_tx.init(actor),
@@ -116,7 +119,7 @@ class PPOTrainer:
                   "moments": running_stats.init_moments()}
     self.shardings = parallel.tree_shardings(self.state, self.mesh)
     self.state = jax.device_put(self.state, self.shardings)
-    self._forward = jax.jit(self._rollout_forward)
+    self._forward = jax.jit(parallel.sharding.on_mesh(self._rollout_forward, self.mesh))
     self.ptx = self._ptx_source() if c.ptx_coef else None
 
   def _ptx_source(self):

@@ -20,7 +20,7 @@ from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import eval_batches
 from rmjax.models import config as model_config
-from rmjax.models import gguf_io, hf_io
+from rmjax.models import gguf_io, hf_io, lora
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
 from rmjax.train import contrastive_aux, ensemble, metarm, rm_data
@@ -51,7 +51,8 @@ def build_model_config(cfg, vocab_size: int, heads: int = 1,
 
 def _load_pretrained(cfg, vocab_size: int, seed: int, heads: int, **overrides) -> Transformer:
   """``cfg.init_from``'s backbone (GGUF file or Hugging Face folder) with fresh heads."""
-  options = dict(num_reward_heads=heads, lm_head=False, seed=seed, **overrides)
+  options = dict(num_reward_heads=heads, lm_head=False, seed=seed, **lora.config_fields(cfg),
+                 **overrides)
   if str(cfg.init_from).endswith(".gguf"):
     model, _ = gguf_io.load_gguf(cfg.init_from, **options)
   else:
@@ -167,10 +168,9 @@ def train(config) -> dict:
   if updates < 1:
     raise ValueError(f"train.steps={tc.steps} gives no update with "
                      f"optim.grad_accum={config.optim.grad_accum}")
-  tx = make_optimizer(config.optim, updates)
-
   graphdef, params = build_members(config.model, data.vocab_size, config.seed, mesh, layout,
                                    **contrastive_aux.run_model_fields(config))
+  tx = make_optimizer(config.optim, updates, lora.trainable_mask(params))  # None: all train
   opt_init = jax.vmap(tx.init) if layout.stacked else tx.init  # one state per member
   opt_shardings = parallel.tree_shardings(jax.eval_shape(opt_init, params), mesh)
   state = {"params": params, "opt_state": jax.jit(opt_init, out_shardings=opt_shardings)(params),
@@ -188,7 +188,8 @@ def train(config) -> dict:
   train_step = parallel.compile_step(
       make_train_step(graphdef, tx, config.loss, layout, member_devices, config.seed, update),
       mesh, shardings, batch_ndims, members=layout.stacked)
-  eval_fn = jax.jit(make_eval_step(graphdef, layout, member_devices))
+  eval_fn = jax.jit(parallel.sharding.on_mesh(make_eval_step(graphdef, layout, member_devices),
+                                              mesh))
 
   workdir = tc.workdir
   checkpoints = tc.get("checkpoint_dir") or os.path.join(workdir, "checkpoints")
