@@ -63,6 +63,17 @@ def grad_norm(grads) -> jax.Array:
   return optax.tree.norm(kept)
 
 
+def frozen_zeroed(grads):
+  """``grads`` with the frozen base's leaves zeroed when it holds adapters (a step that
+  moves parameters outside the optimizer, as MetaRM's lookahead, must not move the
+  base either); unchanged otherwise."""
+  mask = trainable_mask(grads)
+  if mask is None:
+    return grads
+  return jax.tree.map(lambda m, g: g if m else jax.tree.map(jnp.zeros_like, g), mask, grads,
+                      is_leaf=_is_variable)
+
+
 def merged(model: Transformer) -> Transformer:
   """``model`` with every adapter folded into its projection, W + (alpha / r) A B, as a
   ``lora_rank = 0`` Transformer (the same function on any mesh); ``model`` itself if it

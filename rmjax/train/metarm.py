@@ -88,6 +88,7 @@ def make_meta_update(graphdef, tx: optax.GradientTransformation, loss_fn, eta: f
 
   def lookahead_loss(params, pairs, meta, key):
     meta_value, meta_grads = jax.value_and_grad(objective)(params, *meta)
+    meta_grads = lora.frozen_zeroed(meta_grads)  # with LoRA the base stays frozen here too
     if first_order:
       meta_grads = jax.lax.stop_gradient(meta_grads)
     shifted = jax.tree.map(lambda p, g: p + eta * g, params, meta_grads)

@@ -140,6 +140,11 @@ def test_trainable_mask_and_grad_norm_see_adapters_and_heads_only():
   want = np.sqrt(sum(x.size for x in adapters) + adapted.reward_head.size)
   np.testing.assert_allclose(lora.grad_norm(grads), want, rtol=1e-6)
   np.testing.assert_allclose(lora.grad_norm(nnx.state(base)), optax.tree.norm(nnx.state(base)))
+  zeroed = lora.frozen_zeroed(grads)  # MetaRM's lookahead moves adapters and heads only
+  np.testing.assert_allclose(optax.tree.norm(zeroed), want, rtol=1e-6)
+  np.testing.assert_allclose(optax.tree.norm(lora.frozen_zeroed(nnx.state(base))),
+                             optax.tree.norm(nnx.state(base)))  # no adapters: all of it moves
+  np.testing.assert_array_equal(lora.frozen_zeroed(grads)["reward_head"][...], 1.0)
 
 
 def test_adapters_shard_like_their_projection(eight_devices):
