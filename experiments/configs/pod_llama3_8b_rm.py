@@ -10,9 +10,9 @@ Check that it fits before renting the pod::
 
     rmjax dry-run --config=experiments/configs/pod_llama3_8b_rm.py
 
-It does not yet: 691 GiB per device, because under fsdp the activations are not sharded
-over the batch; with the residual stream constrained to batch sharding, 63.6 GiB of 95
-(``benchmarks/README.md``, "Dry run").
+It does: 63.6 GiB per device of 95 (``benchmarks/README.md``, "Dry run"). Before the
+model constrained its residual stream to batch sharding, GSPMD had every fsdp device
+compute the whole batch and the same step needed 691 GiB.
 
 Train on the pod (``tpu/README.md``) with ``rmjax train-rm`` and the same file, after
 pointing ``data.files`` at preference files and a Llama-3 tokenizer folder, and

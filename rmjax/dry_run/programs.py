@@ -200,8 +200,9 @@ def ppo_plan(config, mesh) -> Plan:
                     "mask": ((episodes, width), bool)}, mesh)
   forward = _rollout_forward(actor_graphdef, critic_graphdef, dr.prompt_len, c.temperature)
   out = parallel.sharding.batch_sharding(mesh, 2)
-  forward_jit = jax.jit(forward, in_shardings=(shardings["actor"], shardings["critic"],
-                                               out, out), out_shardings=(out, out))
+  forward_jit = jax.jit(parallel.sharding.on_mesh(forward, mesh),
+                        in_shardings=(shardings["actor"], shardings["critic"], out, out),
+                        out_shardings=(out, out))
   args = (reference, state["critic"], rollout["tokens"], rollout["mask"])
   resident = {"actor": (PARAMETERS, state["actor"]), "critic": (PARAMETERS, state["critic"]),
               "reference": (PARAMETERS, reference), "reward_model": (PARAMETERS, reward_model),
