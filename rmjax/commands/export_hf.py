@@ -44,26 +44,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 
-@contextlib.contextmanager
-def _opened(workdir, step: int | None):
-  """(read-only manager, step) of a run's checkpoint step (the latest if None)."""
-  directory = load_rm.checkpoint_dir(workdir)
-  manager = load_rm._manager(directory)  # pylint: disable=protected-access
-  try:
-    steps = manager.all_steps()
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
-      raise FileNotFoundError(f"no checkpoint step {step} in {directory} (steps: {steps})")
-    with load_rm._quiet_orbax():  # pylint: disable=protected-access
-      yield manager, step
-  finally:
-    manager.close()
-
-
 def read_provenance(workdir, step: int | None = None) -> tuple[int, dict]:
   """(step, provenance dict) of a run's checkpoint step (the latest if None)."""
-  with _opened(workdir, step) as (manager, step):
+  with load_rm.opened_step(workdir, step) as (manager, step):
     args = ocp.args.Composite(provenance=ocp.args.JsonRestore())
     return step, manager.restore(step, args=args).provenance or {}
 
@@ -110,7 +93,7 @@ def ppo_actor(workdir, step: int | None, run_config) -> Transformer:
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   shardings = parallel.tree_shardings(abstract, load_rm.single_device_mesh())
   target = {"actor": abstract_like(abstract, shardings)}
-  with _opened(workdir, step) as (manager, step):
+  with load_rm.opened_step(workdir, step) as (manager, step):
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)))

@@ -121,14 +121,10 @@ def load_trained_rm(workdir: str | os.PathLike, mesh=None, *, step: int | None =
   return nnx.merge(scorer.graphdef, scorer.params), config
 
 
-def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = None
-                  ) -> tuple[ensemble.RewardEnsemble, ml_collections.ConfigDict]:
-  """(scorer, run config) of a run's checkpoint, as ``load_trained_rm`` reads it.
-
-  ``scorer(tokens, mask)`` gives float32 [B, K] member rewards (K = 1 for a single
-  model); ``scorer.cfg`` is one member's ModelConfig. Separate members' stacked
-  parameters are sharded over ``mesh``'s ensemble axis when it divides K.
-  """
+@contextlib.contextmanager
+def opened_step(workdir, step: int | None = None):
+  """(read-only checkpoint manager, step) of a run's checkpoint step (the latest if
+  None), with Orbax's narration silenced; the manager closes on exit."""
   directory = checkpoint_dir(workdir)
   manager = _manager(directory)
   try:
@@ -138,29 +134,42 @@ def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = N
     elif step not in steps:
       raise FileNotFoundError(f"no checkpoint step {step} in {directory} (steps: {steps})")
     with _quiet_orbax():
-      run = manager.restore(step, args=ocp.args.Composite(
-          provenance=ocp.args.JsonRestore())).provenance.get("config")
-      if not run or "model" not in run:
-        raise ValueError(f"{directory}/{step}: the provenance holds no run config with a "
-                         "'model' section; not a reward-model run?")
-      config = ml_collections.ConfigDict(run)
-      stored = manager.item_metadata(step).state
-      layout = ensemble.Layout.from_config(config.get("ensemble"))
-      vocab_size = int(stored["params"]["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
-      cfg = model_config_of(config.model, vocab_size, layout.heads,
-                            **contrastive_aux.run_model_fields(config))
-      mesh = single_device_mesh() if mesh is None else mesh
-      make = lambda rngs: Transformer(cfg, rngs=rngs)
-      if layout.stacked:
-        graphdef, abstract = ensemble.abstract_stacked(make, layout.k)
-      else:
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
-      target = {"params": abstract_like(abstract, parallel.tree_shardings(abstract, mesh))}
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True)))
+      yield manager, step
   finally:
     manager.close()
+
+
+def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = None
+                  ) -> tuple[ensemble.RewardEnsemble, ml_collections.ConfigDict]:
+  """(scorer, run config) of a run's checkpoint, as ``load_trained_rm`` reads it.
+
+  ``scorer(tokens, mask)`` gives float32 [B, K] member rewards (K = 1 for a single
+  model); ``scorer.cfg`` is one member's ModelConfig. Separate members' stacked
+  parameters are sharded over ``mesh``'s ensemble axis when it divides K.
+  """
+  directory = checkpoint_dir(workdir)
+  with opened_step(workdir, step) as (manager, step):
+    run = manager.restore(step, args=ocp.args.Composite(
+        provenance=ocp.args.JsonRestore())).provenance.get("config")
+    if not run or "model" not in run:
+      raise ValueError(f"{directory}/{step}: the provenance holds no run config with a "
+                       "'model' section; not a reward-model run?")
+    config = ml_collections.ConfigDict(run)
+    stored = manager.item_metadata(step).state
+    layout = ensemble.Layout.from_config(config.get("ensemble"))
+    vocab_size = int(stored["params"]["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
+    cfg = model_config_of(config.model, vocab_size, layout.heads,
+                          **contrastive_aux.run_model_fields(config))
+    mesh = single_device_mesh() if mesh is None else mesh
+    make = lambda rngs: Transformer(cfg, rngs=rngs)
+    if layout.stacked:
+      graphdef, abstract = ensemble.abstract_stacked(make, layout.k)
+    else:
+      graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    target = {"params": abstract_like(abstract, parallel.tree_shardings(abstract, mesh))}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
   config.checkpoint = ml_collections.ConfigDict(dict(directory=str(directory), step=step))
   return ensemble.RewardEnsemble(graphdef, restored.state["params"], layout, cfg), config
 
