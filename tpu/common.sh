@@ -46,6 +46,20 @@ setting_flag() {
   printf -v "$name" '%s' "${1#*=}"
 }
 
+# parse_settings USAGE ARG...: the arguments of a script that takes only --setting=value
+# and --help.
+parse_settings() {
+  local usage="$1"
+  shift
+  while (($#)); do
+    case "$1" in
+      -h | --help) echo "$usage"; exit 0 ;;
+      *) setting_flag "$1" || die "unknown argument '$1'; $usage" ;;
+    esac
+    shift
+  done
+}
+
 # check_settings NAME...: validate and print the named settings.
 check_settings() {
   local name

@@ -5,13 +5,7 @@ set -euo pipefail
 usage="usage: tpu/install.sh [--setting=value ...]"
 source "$(dirname "$0")/common.sh"
 
-while (($#)); do
-  case "$1" in
-    -h | --help) echo "$usage"; exit 0 ;;
-    *) setting_flag "$1" || die "unknown argument '$1'; $usage" ;;
-  esac
-  shift
-done
+parse_settings "$usage" "$@"
 check_settings PROJECT ZONE TPU_NAME REPO_URL REPO_REF REMOTE_DIR PYTHON JAX_VERSION DRY_RUN
 
 if [[ -n $REPO_URL ]]; then

@@ -6,13 +6,7 @@ set -euo pipefail
 usage="usage: tpu/mount_bucket.sh --bucket=gs://NAME[/PREFIX] [--setting=value ...]"
 source "$(dirname "$0")/common.sh"
 
-while (($#)); do
-  case "$1" in
-    -h | --help) echo "$usage"; exit 0 ;;
-    *) setting_flag "$1" || die "unknown argument '$1'; $usage" ;;
-  esac
-  shift
-done
+parse_settings "$usage" "$@"
 check_settings PROJECT ZONE TPU_NAME REMOTE_DIR BUCKET DRY_RUN
 path="${BUCKET#gs://}"
 path="${path%/}"
