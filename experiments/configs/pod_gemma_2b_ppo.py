@@ -15,8 +15,10 @@ shapes; this config is for ``rmjax dry-run``, which builds the networks from
 
     rmjax dry-run --config=experiments/configs/pod_gemma_2b_ppo.py
 
-Peak 71.9 GiB per device of 95 (the rollout forward); 34.6 GiB once activations are
-sharded over the batch under fsdp (``benchmarks/README.md``, "Dry run").
+Peak 34.6 GiB per device of 95 (the PPO update; the rollout forward 16.1 GiB), with the
+activations sharded over the batch under fsdp (``benchmarks/README.md``, "Dry run").
+A v5p-16 has two hosts, and ``rmjax ppo`` runs in one process for now (multi-host is
+the reward-model trainer's so far), so this mesh is a memory plan, not yet a launch.
 """
 
 import ml_collections
