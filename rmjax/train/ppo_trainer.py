@@ -245,6 +245,10 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   critic's starting model (tests use a known reward function).
   """
   c = config.ppo
+  if jax.process_count() > 1:  # its rollout reads sampled arrays on the host
+    raise NotImplementedError(
+        f"rmjax ppo runs in one process; this is process {jax.process_index()} of "
+        f"{jax.process_count()} (RMJAX_DISTRIBUTED=off keeps a host to itself)")
   if config.critic.init not in CRITIC_INITS:
     raise ValueError(f"critic.init={config.critic.init!r} is not one of {CRITIC_INITS}")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
