@@ -208,7 +208,8 @@ def run(config) -> dict:
         **{k: provenance.get(k) for k in ("git_commit", "git_dirty", "versions", "data_hash")})
     (tmp / "rmjax_export.json").write_text(json.dumps(record, indent=2) + "\n")
   what = "reward model" if kind == "reward" else "policy"
-  print(f"exported the {what} of step {step} of {config.workdir} to {out} "
-        f"({', '.join(record['folders'])})")
+  folders = [f for f in record["folders"] if f != "."]  # "." : out itself
+  print(f"exported the {what} of step {step} of {config.workdir} to {out}"
+        + (f" ({', '.join(folders)})" if folders else ""))
   return dict(record, out=str(out))
 
