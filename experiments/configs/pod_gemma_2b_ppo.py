@@ -17,8 +17,7 @@ shapes; this config is for ``rmjax dry-run``, which builds the networks from
 
 Peak 34.6 GiB per device of 95 (the PPO update; the rollout forward 16.1 GiB), with the
 activations sharded over the batch under fsdp (``benchmarks/README.md``, "Dry run").
-A v5p-16 has two hosts, and ``rmjax ppo`` runs in one process for now (multi-host is
-the reward-model trainer's so far), so this mesh is a memory plan, not yet a launch.
+A v5p-16 has two hosts; ``rmjax ppo`` runs on several (``tests/parallel/test_multihost.py``).
 """
 
 import ml_collections

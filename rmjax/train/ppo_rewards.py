@@ -19,6 +19,7 @@ import numpy as np
 
 from rmjax.objectives import ensemble as objectives
 from rmjax.objectives import transforms
+from rmjax.parallel.sharding import to_host
 from rmjax.rl import running_stats
 
 TRANSFORMS = ("none", "lsc")
@@ -50,7 +51,7 @@ class ScoreConfig:
 
 def member_scores(scorers, tokens, mask) -> list[np.ndarray]:
   """Every reward model's member rewards [B, K_j] (numpy) of right-padded sequences."""
-  return [np.asarray(scorer(tokens, mask)) for scorer in scorers]
+  return [to_host(scorer(tokens, mask)) for scorer in scorers]
 
 
 def objective_scores(members: list[np.ndarray], cfg: ScoreConfig) -> np.ndarray:

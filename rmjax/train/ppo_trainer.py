@@ -29,6 +29,7 @@ from rmjax.data.array_source import ArraySource
 from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
+from rmjax.parallel.sharding import to_host
 from rmjax.rl import kl as kl_lib
 from rmjax.rl import ppo, running_stats
 from rmjax.rl.bon_sampling import right_padded
@@ -50,7 +51,7 @@ def critic_from(model: Transformer, mesh):
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   pure = nnx.to_pure_dict(nnx.state(model))
   head = pure.get("reward_head")
-  pure["value_head"] = (np.asarray(head)[:, 0] if head is not None
+  pure["value_head"] = (to_host(head)[:, 0] if head is not None
                         else np.zeros(cfg.d_model, np.float32))
   nnx.replace_by_pure_dict(abstract, pure)
   # Own buffers: the update donates the critic, and the reward model must live on.
@@ -131,7 +132,7 @@ class PPOTrainer:
                                                    self.c.ptx_sequences)
     seq, seq_mask, *_ = self._sample(self.reference, jax.random.fold_in(key, 1), prompts,
                                      prompt_len, 1)
-    arrays = {"ptx_tokens": np.asarray(seq), "ptx_mask": np.asarray(seq_mask)}
+    arrays = to_host({"ptx_tokens": seq, "ptx_mask": seq_mask})
     return ArraySource(arrays, self.episodes // self.c.minibatches, seed=self.config.seed)
 
   def _rollout_forward(self, reference, critic, tokens, mask):
@@ -158,7 +159,7 @@ class PPOTrainer:
   def _scores(self, seq, seq_mask, lengths):
     """(objective scores [B, J], member rewards per model, gold terms {total, helpful,
     harmless, length} each [B]) of episodes."""
-    tokens, mask = right_padded(seq, seq_mask)
+    tokens, mask = to_host(right_padded(seq, seq_mask))  # every process: all rows
     members = ppo_rewards.member_scores(self.scorers, tokens, mask)
     gold = {k: np.asarray(v) for k, v in
             self.task.gold_reward(tokens, mask, jnp.asarray(lengths)).items()}
@@ -210,7 +211,7 @@ class PPOTrainer:
   def minibatches(self, episodes, iteration: int):
     """The shuffled minibatches of every epoch, in order (a function of the iteration)."""
     size = self.episodes // self.c.minibatches
-    host = {k: np.asarray(episodes[k]) for k in EPISODE_KEYS}
+    host = to_host({k: episodes[k] for k in EPISODE_KEYS})
     for epoch in range(self.c.epochs):
       order = np.random.default_rng([self.config.seed, iteration, epoch]).permutation(
           self.episodes)
@@ -245,10 +246,6 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   critic's starting model (tests use a known reward function).
   """
   c = config.ppo
-  if jax.process_count() > 1:  # its rollout reads sampled arrays on the host
-    raise NotImplementedError(
-        f"rmjax ppo runs in one process; this is process {jax.process_index()} of "
-        f"{jax.process_count()} (RMJAX_DISTRIBUTED=off keeps a host to itself)")
   if config.critic.init not in CRITIC_INITS:
     raise ValueError(f"critic.init={config.critic.init!r} is not one of {CRITIC_INITS}")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))

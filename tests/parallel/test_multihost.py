@@ -1,5 +1,6 @@
 """Two processes on localhost (4 CPU devices each, gloo collectives) train the same reward
-model as one process with 8 devices: the same losses, and a resume after killing both.
+model as one process with 8 devices: the same losses, and a resume after killing both;
+then the same for two PPO iterations against that reward model.
 
 Each run is ``rmjax train-rm`` in fresh processes, started by ``rmjax.parallel.distributed``
 from ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``.
@@ -25,13 +26,23 @@ MODEL = dict(d_model=32, d_ff=64)
 DATA = dict(num_train_pairs=200, num_eval_pairs=32)
 
 
+PPO = dict(iterations=2, prompts=8, samples_per_prompt=2, max_new_tokens=8, minibatches=2)
+MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+
+
 def _command(workdir) -> list[str]:
-  args = [f"--config.train.workdir={workdir}", "--config.mesh.data=2", "--config.mesh.fsdp=2",
-          "--config.mesh.tensor=2"]
+  args = [f"--config.train.workdir={workdir}", *MESH]
   args += [f"--config.train.{k}={v}" for k, v in OVERRIDES.items()]
   args += [f"--config.model.{k}={v}" for k, v in MODEL.items()]
   args += [f"--config.data.synthetic.{k}={v}" for k, v in DATA.items()]
   return [sys.executable, "-m", "rmjax.cli", "train-rm", *args]
+
+
+def _ppo_command(workdir, reward_run) -> list[str]:
+  args = [f"--config.train.workdir={workdir}", "--config.train.log_every=1",
+          f"--config.reward.workdirs=('{reward_run}',)", *MESH]
+  args += [f"--config.ppo.{k}={v}" for k, v in PPO.items()]
+  return [sys.executable, "-m", "rmjax.cli", "ppo", *args]
 
 
 def _env(devices: int, cache, **extra) -> dict:
@@ -48,24 +59,27 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_pair(workdir, cache, logs) -> list[subprocess.Popen]:
+def _start_pair(workdir, cache, logs, command=_command) -> list[subprocess.Popen]:
   port = _free_port()
   procs = []
   for rank in range(2):
     env = _env(4, cache, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank))
     log = open(logs / f"process{rank}.log", "a", encoding="utf-8")
-    procs.append(subprocess.Popen(_command(workdir), env=env, stdout=log,
+    procs.append(subprocess.Popen(command(workdir), env=env, stdout=log,
                                   stderr=subprocess.STDOUT))
   return procs
+
+
+def _rows(workdir) -> list[dict]:
+  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _losses(workdir) -> dict[int, float]:
   """step -> train loss; a step logged twice (before a kill and after the resume) keeps
   its last value."""
-  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+  return {r["step"]: r["loss"] for r in _rows(workdir) if r["split"] == "train"}
 
 
 def _committed_steps(workdir) -> set[int]:
@@ -83,7 +97,7 @@ def _wait(procs, logs, timeout=400) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume_after_kill(tmp_path):
+def test_two_processes_match_one_and_resume_after_kill_rm_then_ppo(tmp_path):
   cache, logs = tmp_path / "cache", tmp_path / "logs"
   logs.mkdir()
   single = tmp_path / "single"
@@ -113,6 +127,21 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   assert sorted(losses) == steps
   np.testing.assert_allclose([losses[s] for s in steps], [reference[s] for s in steps],
                              rtol=1e-5)
+
+  # PPO against the reward model: the same sampled episodes and metrics in two processes.
+  ppo_single = tmp_path / "ppo_single"
+  subprocess.run(_ppo_command(ppo_single, single), env=_env(8, cache), check=True,
+                 capture_output=True, timeout=400)
+  _wait(_start_pair(tmp_path / "ppo_multi", cache, logs,
+                    command=lambda w: _ppo_command(w, single)), logs)
+  want, got = _rows(ppo_single), _rows(tmp_path / "ppo_multi")
+  assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
+  for w, g in zip(want, got):
+    assert w["response_length"] == g["response_length"]  # the same samples
+    names = sorted(k for k in w if k not in ("step", "split"))
+    # rtol 1e-4: summed over devices in another order, gradients differ in the 6th digit
+    np.testing.assert_allclose([g[k] for k in names], [w[k] for k in names], rtol=1e-4,
+                               atol=1e-6, err_msg=str(names))
 
 
 PROCESS_LOCAL_WORKER = """
