@@ -295,10 +295,7 @@ def run(config) -> dict:
     per_seed.append(curves)
   summary = summarise(c, per_seed, base)
   seconds = time.time() - start
-  for path in write_outputs(c, summary, base, evals, seconds):
-    print("wrote", path)
-  print("\n".join(verdicts(c, summary)))
-  print(f"total {seconds:.0f}s")
+  report.announce(write_outputs(c, summary, base, evals, seconds), verdicts(c, summary), seconds)
   return summary
 
 

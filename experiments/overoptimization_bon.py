@@ -270,10 +270,7 @@ def run(config) -> dict:
     per_seed.append(curves)
   summary = summarise(c, per_seed, ns)
   seconds = time.time() - start
-  for path in write_outputs(c, summary, evals, seconds):
-    print("wrote", path)
-  print("\n".join(verdicts(c, summary)))
-  print(f"total {seconds:.0f}s")
+  report.announce(write_outputs(c, summary, evals, seconds), verdicts(c, summary), seconds)
   return summary
 
 

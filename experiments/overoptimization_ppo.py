@@ -238,10 +238,7 @@ def run(c) -> dict:
     per_seed.append(curves)
   summary = summarise(c, per_seed)
   seconds = time.time() - start
-  for path in write_outputs(c, summary, proxies, seconds):
-    print("wrote", path)
-  print("\n".join(verdicts(c, summary)))
-  print(f"total {seconds:.0f}s")
+  report.announce(write_outputs(c, summary, proxies, seconds), verdicts(c, summary), seconds)
   return summary
 
 

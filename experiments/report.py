@@ -68,6 +68,14 @@ def write_json(path: str, obj) -> str:
   return path
 
 
+def announce(paths: list[str], verdicts: list[str], seconds: float) -> None:
+  """An experiment's last words: the files it wrote, its verdicts, its wall time."""
+  for path in paths:
+    print("wrote", path)
+  print("\n".join(verdicts))
+  print(f"total {seconds:.0f}s")
+
+
 @dataclasses.dataclass
 class Series:
   """One line of a panel: mean over seeds and its interval (low, high), all [points]."""
