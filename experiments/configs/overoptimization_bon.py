@@ -38,18 +38,26 @@ def get_config() -> ml_collections.ConfigDict:
       max_n=4096,  # the n grid is 1, 2, 4, ..., max_n (a power of 2, <= N)
       prompt_key=1000,  # folded into the task seed's key: a stream no split uses
       chunk_size=512))  # rows per generate/score call
-  # The synthetic task: every SyntheticConfig field (rmjax/data/synthetic.py), at its
-  # default unless set here; label_noise comes from noise_levels. Fewer training pairs
-  # than train-rm's 4000 keep the six trainings within the CPU budget.
+  c.task, c.proxy = task_section(), proxy_section()
+  return c
+
+
+def task_section() -> ml_collections.ConfigDict:
+  """The synthetic task: every SyntheticConfig field (rmjax/data/synthetic.py), at its
+  default unless set here; label_noise comes from the experiment. Fewer training pairs
+  than train-rm's 4000 keep the trainings within the CPU budget."""
   task = {f.name: f.default for f in dataclasses.fields(synthetic.SyntheticConfig)
           if f.name != "label_noise"}
   task.update(num_train_pairs=2000, num_eval_pairs=250,
               length_threshold=config_dict.placeholder(int))  # None: a base-length quantile
-  c.task = ml_collections.ConfigDict(task)
-  c.proxy = ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(task)
+
+
+def proxy_section() -> ml_collections.ConfigDict:
+  """The proxy ensemble: five separate members, trained as ``rmjax train-rm`` would."""
+  return ml_collections.ConfigDict(dict(
       ensemble=ml_collections.ConfigDict(dict(k=5, shared_backbone=False)),
       model=ml_collections.ConfigDict(dict(
           d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)),
       optim=ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=25)),
       train=ml_collections.ConfigDict(dict(steps=250, batch_size=16))))
-  return c

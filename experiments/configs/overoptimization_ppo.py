@@ -5,18 +5,15 @@ Run: ``python experiments/overoptimization_ppo.py
 budget (under 20 minutes). For each seed one K-member proxy ensemble is trained on the
 synthetic task with 25% label noise, then PPO runs once per (objective, KL coefficient).
 
-``task`` and ``proxy`` have the shape of ``experiments/configs/overoptimization_bon.py``
-(the proxies are trained by the same helpers); ``ppo`` holds overrides of
+``task`` and ``proxy`` are those of ``experiments/configs/overoptimization_bon.py`` (the
+proxies are trained by the same helpers); ``ppo`` holds overrides of
 ``rmjax/configs/ppo.py`` by section (ppo, optim.actor, optim.critic, reward, ...: nested), the
 rest keep that file's defaults.
 """
 
-import dataclasses
-
 import ml_collections
-from ml_collections import config_dict
 
-from rmjax.data import synthetic
+from experiments.configs import overoptimization_bon as bon
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,17 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.kl_coefs = (0.0, 0.01, 0.2)  # fixed beta of the per-token KL penalty
   # Base-policy samples for the per-member normalisation: prompts x samples each.
   c.norm = ml_collections.ConfigDict(dict(prompts=64, samples=8, prompt_key=2000))
-  task = {f.name: f.default for f in dataclasses.fields(synthetic.SyntheticConfig)
-          if f.name != "label_noise"}
-  task.update(num_train_pairs=2000, num_eval_pairs=250,
-              length_threshold=config_dict.placeholder(int))  # None: a base-length quantile
-  c.task = ml_collections.ConfigDict(task)
-  c.proxy = ml_collections.ConfigDict(dict(
-      ensemble=ml_collections.ConfigDict(dict(k=5, shared_backbone=False)),
-      model=ml_collections.ConfigDict(dict(
-          d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)),
-      optim=ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=25)),
-      train=ml_collections.ConfigDict(dict(steps=250, batch_size=16))))
+  c.task, c.proxy = bon.task_section(), bon.proxy_section()  # the best-of-n study's
   c.ppo = ml_collections.ConfigDict(dict(
       ppo=ml_collections.ConfigDict(dict(iterations=50, prompts=8, samples_per_prompt=4)),
       optim=ml_collections.ConfigDict(dict(
