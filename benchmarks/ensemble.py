@@ -25,9 +25,8 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("single", "separate", "shared")
@@ -44,9 +43,9 @@ def run_variant(args) -> dict:
   from rmjax.data import schema
   from rmjax.models import config
   from rmjax.models.transformer import Transformer
-  from rmjax.train import ensemble
-  from rmjax.train.optim import make_optimizer
-  from rmjax.train.rm_step import make_train_step
+  from rmjax.rm import members as ensemble
+  from rmjax.rm.step import make_train_step
+  from rmjax.runtime.optim import make_optimizer
 
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)

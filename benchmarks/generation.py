@@ -16,9 +16,8 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +42,7 @@ def run_ours(args) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
+
   from rmjax.models import config, sampler, transformer
 
   if args.cache_dir:  # shared by the ours-children: only the first one compiles

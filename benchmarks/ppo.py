@@ -27,9 +27,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+import numpy as np
 from rm_train import build_tokenizer, cpu_busy_pct, peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,8 +91,8 @@ def build_ours(args):
   from rmjax import parallel
   from rmjax.models import config
   from rmjax.models.transformer import Transformer
-  from rmjax.train.ensemble import Layout, RewardEnsemble
-  from rmjax.train.ppo_trainer import PPOTrainer
+  from rmjax.rl.trainer import PPOTrainer
+  from rmjax.rm.members import Layout, RewardEnsemble
 
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)

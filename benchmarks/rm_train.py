@@ -22,9 +22,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, B2, CLIP = 1e-5, 0.999, 1.0  # the peer's Trainer defaults for b2 and max_grad_norm
@@ -79,8 +78,8 @@ def run_ours(args) -> dict:
   from rmjax.data.array_source import ArraySource
   from rmjax.models import config
   from rmjax.models.transformer import Transformer
-  from rmjax.train.optim import make_optimizer
-  from rmjax.train.rm_step import make_train_step
+  from rmjax.rm.step import make_train_step
+  from rmjax.runtime.optim import make_optimizer
 
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
@@ -96,7 +95,7 @@ def run_ours(args) -> dict:
   tx = make_optimizer(optim, steps)
   loss_cfg = ml_collections.ConfigDict(dict(
       label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
-  # As rmjax.train.rm_trainer.train sets the step up.
+  # As rmjax.rm.trainer.train sets the step up.
   opt_shardings = parallel.tree_shardings(jax.eval_shape(tx.init, params), mesh)
   state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
            "step": jnp.zeros((), jnp.int32)}
@@ -387,7 +386,7 @@ def main():
                f"last step (data loading, collation, forward, backward, clipping, AdamW, "
                f"scheduler, TRL's per-step metrics)"),
       counted_flops=counted_flops,
-      ours="rmjax.train.rm_step.make_train_step + parallel.compile_step (jit, donated "
+      ours="rmjax.rm.step.make_train_step + parallel.compile_step (jit, donated "
            "state), make_optimizer (AdamW lr 1e-5, wd 0, b2 0.999, clip 1.0, cosine decay)",
       peer=(f"trl.RewardTrainer on transformers LlamaForSequenceClassification(num_labels=1) "
             f"(attn={peer['attn_implementation']}, optim={peer['optim']}, lr 1e-5, wd 0, "

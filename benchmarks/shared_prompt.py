@@ -28,9 +28,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDES = ("joined", "shared")
@@ -67,8 +66,8 @@ def run_side(args) -> dict:
   from rmjax.data.array_source import ArraySource
   from rmjax.models import config
   from rmjax.models.transformer import Transformer
-  from rmjax.train.optim import make_optimizer
-  from rmjax.train.rm_step import make_train_step
+  from rmjax.rm.step import make_train_step
+  from rmjax.runtime.optim import make_optimizer
 
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)

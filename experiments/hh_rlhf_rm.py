@@ -21,10 +21,9 @@ import sys
 import time
 
 import jax
+import matplotlib
 import ml_collections
 from absl import logging as absl_logging
-
-import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,10 +36,13 @@ from rmjax.commands import eval_rm  # noqa: E402
 from rmjax.configs import eval_rm as eval_rm_config  # noqa: E402
 from rmjax.data import readers, tfds_builder, tokenize  # noqa: E402
 from rmjax.models import gguf_io  # noqa: E402
-from rmjax.train import feature_cache, feature_train, rm_data  # noqa: E402
-from rmjax.train.load_rm import single_device_mesh  # noqa: E402
-from rmjax.train.metrics_writer import read_metrics  # noqa: E402
-from rmjax.train.rm_trainer import build_model, evaluate  # noqa: E402
+from rmjax.rm import batches as rm_data
+from rmjax.rm import feature_cache
+from rmjax.rm import feature_trainer as feature_train
+from rmjax.rm.build import build_model
+from rmjax.rm.evaluate import evaluate  # noqa: E402
+from rmjax.rm.load import single_device_mesh  # noqa: E402
+from rmjax.runtime.metrics import read_metrics  # noqa: E402
 
 HELD_OUT = "hh-heldout"
 HELD_OUT_METRICS = ("accuracy", "ece", "length_correlation", "margin")

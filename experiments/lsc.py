@@ -2,7 +2,7 @@
 
   python experiments/lsc.py --config=experiments/configs/lsc.py
 
-On the synthetic gold task (rmjax/data/synthetic.py), for every seed:
+On the synthetic gold task (rmjax/tasks/preference.py), for every seed:
 
 1. Reward models are trained with ``rm_trainer.train`` on pairs labelled by the gold total
    (for (a)) and by each property of ``config.properties`` (for (b)); every labelling uses
@@ -35,9 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import ppo as ppo_defaults  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
-from rmjax.data import synthetic  # noqa: E402
-from rmjax.train import ppo_trainer, rm_trainer  # noqa: E402
-from rmjax.train.metrics_writer import read_metrics  # noqa: E402
+from rmjax.rl import trainer as ppo_trainer
+from rmjax.rm import trainer as rm_trainer
+from rmjax.runtime.metrics import read_metrics  # noqa: E402
+from rmjax.tasks import preference as synthetic
 
 # arm -> (comparison, labellings of its reward models, reward.transform)
 ARMS = {"raw": ("a", "total", "none"), "lsc": ("a", "total", "lsc"),

@@ -3,7 +3,7 @@
   python experiments/overoptimization_bon.py --config=experiments/configs/overoptimization_bon.py
 
 The Gao et al. (2022) / Coste et al. (2023) protocol (algorithms.md §3) on the synthetic
-gold task (rmjax/data/synthetic.py), whose gold reward is known exactly:
+gold task (rmjax/tasks/preference.py), whose gold reward is known exactly:
 
 1. For every seed and label-noise level, a K-member proxy ensemble is trained on the
    task's train split in one program (``rm_trainer.train`` with ``ensemble.k``) and
@@ -35,9 +35,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
-from rmjax.data import synthetic  # noqa: E402
-from rmjax.rl import bon, bon_sampling  # noqa: E402
-from rmjax.train import load_rm, rm_trainer  # noqa: E402
+from rmjax.objectives import bon
+from rmjax.rl import best_of_n as bon_sampling
+from rmjax.rm import load as load_rm
+from rmjax.rm import trainer as rm_trainer
+from rmjax.tasks import preference as synthetic
 
 # Coste et al. 2023, best-of-n: relative gain of conservative objectives in final gold
 # improvement over a single reward model (abstract: "up to 70%"; read off their figure).

@@ -34,10 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report  # noqa: E402
 from experiments.overoptimization_bon import interval, train_proxies  # noqa: E402
 from rmjax.configs import ppo as ppo_configs  # noqa: E402
-from rmjax.data import synthetic  # noqa: E402
 from rmjax.objectives import ensemble as objectives  # noqa: E402
-from rmjax.rl import bon_sampling  # noqa: E402
-from rmjax.train import ppo_trainer  # noqa: E402
+from rmjax.rl import best_of_n as bon_sampling
+from rmjax.rl import build as rl_build  # noqa: E402
+from rmjax.rl import trainer as ppo_trainer  # noqa: E402
+from rmjax.tasks import preference as synthetic
 
 LABELS = {"single": "single RM (member 0)", "wco": "WCO", "uwo": "UWO", "mean": "mean"}
 LOGGED = ("gold", "score", "kl_half_squared", "kl", "response_length")  # kept per iteration
@@ -98,7 +99,7 @@ def run_seed(c, seed: int) -> tuple[dict, dict]:
   task = synthetic.build_task(synthetic.SyntheticConfig(
       **c.task.to_dict(), label_noise=c.label_noise))
   scorer, (mu, sigma) = normalized(raw, task, c, seed)
-  critic = ppo_trainer.first_member(raw)
+  critic = rl_build.first_member(raw)
   print(f"seed {seed}: proxies trained and normalised in {time.time() - start:.0f}s, eval "
         f"accuracy {evals['accuracy']:.3f}, gold agreement {evals['gold_agreement']:.3f}",
         flush=True)

@@ -26,11 +26,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 from absl import logging as absl_logging
 from flax import nnx
-
-import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,9 +40,10 @@ from rmjax import parallel  # noqa: E402
 from rmjax.data import schema, tokenize  # noqa: E402
 from rmjax.data.array_source import eval_batches  # noqa: E402
 from rmjax.objectives import bt, preference_strength  # noqa: E402
-from rmjax.train import feature_cache, feature_train, strength  # noqa: E402
-from rmjax.train.load_rm import single_device_mesh  # noqa: E402
-from rmjax.train.rm_trainer import build_model  # noqa: E402
+from rmjax.rm import feature_cache, strength
+from rmjax.rm import feature_trainer as feature_train
+from rmjax.rm.build import build_model  # noqa: E402
+from rmjax.rm.load import single_device_mesh  # noqa: E402
 
 OUT_OF_FOLD, IN_SAMPLE = "out-of-fold", "in-sample"
 VARIANTS = (OUT_OF_FOLD, IN_SAMPLE)
@@ -53,7 +53,7 @@ FRACTION_NEGATIVE = "fraction μ<0"
 def fold_plan(pairs: int, folds: int, members: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(pair_fold [pairs], member_fold [members]) of the out-of-fold variant.
 
-  The folds of ``train-rm --config.ensemble.folds`` (``rmjax.train.strength``): a seeded
+  The folds of ``train-rm --config.ensemble.folds`` (``rmjax.rm.strength``): a seeded
   partition into near-equal folds, member m trained without fold m % folds, so every
   pair is scored by exactly members / folds members.
   """

@@ -33,10 +33,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import ml_collections
 import numpy as np
-
-import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,9 +45,12 @@ from experiments import cli, report, stats  # noqa: E402
 from rmjax.commands import score_pairs  # noqa: E402
 from rmjax.configs import score_pairs as score_pairs_config  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
-from rmjax.data import schema, synthetic  # noqa: E402
-from rmjax.rl import bon_sampling  # noqa: E402
-from rmjax.train import load_rm, rm_trainer, strength  # noqa: E402
+from rmjax.data import schema
+from rmjax.rl import best_of_n as bon_sampling
+from rmjax.rm import load as load_rm
+from rmjax.rm import strength
+from rmjax.rm import trainer as rm_trainer
+from rmjax.tasks import preference as synthetic
 
 # Each method's train-rm flags; "{strength}" is the seed's strength file.
 METHODS = {

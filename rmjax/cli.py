@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
   try:  # parse once up front so a bad override is one clear line, not a traceback
     config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
     flags.FLAGS(argv)
-    config_flag.value  # overrides are applied on first access
+    _ = config_flag.value  # overrides are applied on first access
   except (flags.Error, AttributeError, KeyError, ValueError) as error:
     detail = str(error.args[0] if error.args else error)
     for escaped, plain in (("\\n", " "), ("\n", " "), ("\\'", "'")):  # KeyError quoting

@@ -11,14 +11,16 @@ import pytest
 import tokenizers
 from flax import nnx
 
+from rmjax.commands import export_hf
 from rmjax.configs import export_hf as export_config
 from rmjax.configs import train_rm
-from rmjax.commands import export_hf
-from rmjax.data import synthetic
 from rmjax.models.transformer import Transformer
-from rmjax.train import ensemble, load_rm, rm_trainer
-from rmjax.train.checkpoint import Checkpointer, provenance
-from rmjax.train.load_rm import load_ensemble
+from rmjax.rm import load as load_rm
+from rmjax.rm import members as ensemble
+from rmjax.rm import trainer as rm_trainer
+from rmjax.rm.load import load_ensemble
+from rmjax.runtime.checkpoint import Checkpointer, provenance
+from rmjax.tasks import preference as synthetic
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -48,7 +50,7 @@ def _random(cfg, seed):
 
 
 def _save_run(workdir, config, params, step=1):
-  """A checkpoint laid out as rmjax.train.checkpoint writes it: {"params": ...} in the
+  """A checkpoint laid out as rmjax.runtime.checkpoint writes it: {"params": ...} in the
   state, the run config in the provenance."""
   checkpointer = Checkpointer(workdir / "checkpoints", provenance=provenance(config))
   checkpointer.save(step, {"params": params}, force=True)

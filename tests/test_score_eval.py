@@ -15,13 +15,15 @@ from rmjax.commands import eval_rm, score
 from rmjax.configs import eval_rm as eval_rm_config
 from rmjax.configs import score as score_config
 from rmjax.configs import train_rm
-from rmjax.data import readers, schema, synthetic
-from rmjax.models.transformer import Transformer
-from rmjax.train import rm_trainer
-from rmjax.train.checkpoint import Checkpointer, provenance
+from rmjax.data import readers, schema
 from rmjax.models import hf_io
-from rmjax.train.load_rm import Encoding, encoding_for, load_trained_rm, model_config_of
-from rmjax.train.rm_step import pair_rewards
+from rmjax.models.transformer import Transformer
+from rmjax.rm import build as rm_build
+from rmjax.rm import trainer as rm_trainer
+from rmjax.rm.load import Encoding, encoding_for, load_trained_rm, model_config_of
+from rmjax.rm.step import pair_rewards
+from rmjax.runtime.checkpoint import Checkpointer, provenance
+from rmjax.tasks import preference as synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +127,7 @@ def test_eval_rm_llmbar_text_with_gpt2_bpe(tmp_path, capsys):
   except FileNotFoundError as e:
     pytest.skip(f"LLMBar data not available: {e}")
   run_config = train_rm.get_config()
-  model = Transformer(rm_trainer.build_model_config(run_config.model, 50257),
+  model = Transformer(rm_build.build_model_config(run_config.model, 50257),
                       rngs=nnx.Rngs(0))
   with Checkpointer(tmp_path / "checkpoints", provenance=provenance(run_config)) as ckpt:
     ckpt.save(1, {"params": nnx.state(model)}, force=True)
@@ -176,7 +178,7 @@ def test_encoding_defaults_come_from_the_run():
 
 def test_model_config_of_an_init_from_run(tmp_path):
   """A run whose backbone came from a Hugging Face folder: the folder's config.json."""
-  hf = rm_trainer.build_model_config(train_rm.get_config().model, 96)
+  hf = rm_build.build_model_config(train_rm.get_config().model, 96)
   (tmp_path / "config.json").write_text(json.dumps(hf_io.config_to_hf(hf)))
   model_cfg = train_rm.get_config().model
   model_cfg.update(init_from=str(tmp_path), n_layers=7)  # the file wins over the preset

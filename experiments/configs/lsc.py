@@ -19,7 +19,7 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from rmjax.data import synthetic
+from rmjax.tasks import preference as synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -17,14 +17,14 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from rmjax.data import synthetic
+from rmjax.tasks import preference as synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.workdir = "runs/overoptimization_bon"
   # A seed sets the proxies' training seed (each member's head initialisation and data
-  # order, rmjax.train.ensemble.member_seeds) and the best-of-n sampling key.
+  # order, rmjax.rm.members.member_seeds) and the best-of-n sampling key.
   c.seeds = (0, 1, 2)
   # Multiplies bon.num_prompts, bon.num_samples, bon.max_n, task.num_train_pairs and the
   # proxy's d_model, d_ff and heads. 1 = the CPU default.
@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def task_section() -> ml_collections.ConfigDict:
-  """The synthetic task: every SyntheticConfig field (rmjax/data/synthetic.py), at its
+  """The synthetic task: every SyntheticConfig field (rmjax/tasks/preference.py), at its
   default unless set here; label_noise comes from the experiment. Fewer training pairs
   than train-rm's 4000 keep the trainings within the CPU budget."""
   task = {f.name: f.default for f in dataclasses.fields(synthetic.SyntheticConfig)

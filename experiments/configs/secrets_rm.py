@@ -12,7 +12,7 @@ import dataclasses
 
 import ml_collections
 
-from rmjax.data import synthetic
+from rmjax.tasks import preference as synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """``rmjax eval-rm``: a trained reward model's pairwise accuracy on preference sets.
 
 For each set (``config.sets``): pairs, accuracy (a tie counts 1/2), mean margin
-r_chosen - r_rejected, and the other held-out metrics of ``rm_trainer.evaluate``; then
+r_chosen - r_rejected, and the other held-out metrics of ``rm_evaluate.evaluate``; then
 the pair-weighted overall accuracy and margin. The table is printed and written beside
 the run as ``<workdir>/eval_<name>.md`` and ``.json``. For an ensemble, accuracy and
 margin are those of the members' mean reward, and the table adds each member's accuracy
@@ -19,12 +19,16 @@ import jax
 from rmjax import parallel
 from rmjax.data import readers
 from rmjax.data.schema import DataError
-from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
-                                  tokenize_pairs)
+from rmjax.data.tokenize import (
+  check_token_ids,
+  check_tokenizer_fits,
+  load_tokenizer,
+  tokenize_pairs,
+)
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.train import rm_trainer
-from rmjax.train.load_rm import encoding_for, load_ensemble
-from rmjax.train.rm_step import make_eval_step
+from rmjax.rm import evaluate as rm_evaluate
+from rmjax.rm.load import encoding_for, load_ensemble
+from rmjax.rm.step import make_eval_step
 
 LLMBAR = "llmbar"
 
@@ -118,7 +122,7 @@ def run(config) -> dict:
         check_token_ids(content, model.cfg.vocab_size, pair.source)
     arrays = tokenize_pairs(pairs, tokenizer, enc.max_len, enc.max_response_len,
                             pad_to_longest=True)
-    metrics = rm_trainer.evaluate(eval_fn, params, arrays, batch_size, mesh)
+    metrics = rm_evaluate.evaluate(eval_fn, params, arrays, batch_size, mesh)
     rows.append({"subset": name, "pairs": len(pairs), **metrics, "path": path})
   summary = overall(rows)
   table = markdown_table(rows, summary)

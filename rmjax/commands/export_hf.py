@@ -29,13 +29,13 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rmjax import parallel
-from rmjax.data import synthetic
 from rmjax.data.tokenize import load_tokenizer
 from rmjax.models import hf_io, lora
 from rmjax.models.hf_classifier import save_classifier
 from rmjax.models.transformer import Transformer
-from rmjax.train import load_rm
-from rmjax.train.checkpoint import abstract_like
+from rmjax.rm import load as load_rm
+from rmjax.runtime.checkpoint import abstract_like
+from rmjax.tasks import preference as synthetic
 
 KINDS = ("auto", "reward", "policy")
 PAD = 0  # the id rmjax's pipelines pad with (synthetic.PAD too)

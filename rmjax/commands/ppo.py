@@ -1,8 +1,8 @@
-"""``rmjax ppo``: PPO against a trained reward model (``rmjax.train.ppo_trainer``)."""
+"""``rmjax ppo``: PPO against a trained reward model (``rmjax.rl.trainer``)."""
 
 from __future__ import annotations
 
-from rmjax.train import ppo_trainer
+from rmjax.rl import trainer as ppo_trainer
 
 
 def run(config) -> None:

@@ -19,13 +19,18 @@ import jax
 import numpy as np
 
 from rmjax import parallel
-from rmjax.data.array_source import eval_batches
 from rmjax.data import schema
+from rmjax.data.array_source import eval_batches
 from rmjax.data.schema import DataError, PreferencePair
-from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, load_tokenizer,
-                                  tokenize_pairs, tokenize_sequences)
+from rmjax.data.tokenize import (
+  check_token_ids,
+  check_tokenizer_fits,
+  load_tokenizer,
+  tokenize_pairs,
+  tokenize_sequences,
+)
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.train.load_rm import encoding_for, load_ensemble
+from rmjax.rm.load import encoding_for, load_ensemble
 
 
 def read_jsonl(path: str) -> list[tuple[str, dict]]:

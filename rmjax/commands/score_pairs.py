@@ -5,7 +5,7 @@ order) with every member: Δ_m = r_m(chosen) − r_m(rejected). A run trained wi
 ``ensemble.folds`` gives each pair the mean μ and spread σ of the members that never saw it
 (out of fold; ``rmjax.objectives.preference_strength.out_of_fold_strength``); otherwise, or
 with ``in_sample``, of all members, as the paper does. Writes the strength file
-(``rmjax.train.strength``) that ``train-rm --config.data.strength.path=...`` reads, and
+(``rmjax.rm.strength``) that ``train-rm --config.data.strength.path=...`` reads, and
 prints how many pairs look mislabelled (μ < 0) and, for data with known injected noise,
 how well low strength finds the flipped labels.
 """
@@ -21,8 +21,9 @@ from rmjax.commands.score import sequence_rewards
 from rmjax.data import schema
 from rmjax.objectives import preference_strength as ps
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.train import rm_data, strength
-from rmjax.train.load_rm import load_ensemble
+from rmjax.rm import batches as rm_data
+from rmjax.rm import strength
+from rmjax.rm.load import load_ensemble
 
 
 def member_deltas(scorer, arrays: dict, batch_size: int, mesh) -> np.ndarray:

@@ -1,9 +1,9 @@
-"""``rmjax train-rm``: train a Bradley–Terry reward model (``rmjax.train.rm_trainer``)."""
+"""``rmjax train-rm``: train a Bradley–Terry reward model (``rmjax.rm.trainer``)."""
 
 from __future__ import annotations
 
 from rmjax.parallel.distributed import is_primary
-from rmjax.train import rm_trainer
+from rmjax.rm import trainer as rm_trainer
 
 
 def run(config) -> None:

@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ensemble: devices over which an ensemble's members are spread (it must divide
   # ensemble.k); the rest of each member's work is split over data x fsdp x tensor.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, ensemble=1))
-  # k reward models trained as one program (rmjax/train/ensemble.py): k = 1 is a single
+  # k reward models trained as one program (rmjax/rm/members.py): k = 1 is a single
   # model. Member m has its own initialisation and data order (seed of member m).
   # shared_backbone: one backbone with k reward heads instead of k full models;
   # bootstrap: there, each head weighs the shared batch's pairs by its own Poisson(1)
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
           path="", flip_fraction=0.0, smoothing=0.0, adaptive_margin=False))))
   c.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.0, center_coef=0.0, score_reg_coef=0.0, use_margin=False))
-  # A contrastive term beta * L_cl added to the BT loss (rmjax/train/contrastive_aux.py):
+  # A contrastive term beta * L_cl added to the BT loss (rmjax/rm/contrastive_terms.py):
   # kind "none", "simcse", "swav" or "goal"; view "difference" or "pair" (simcse, swav).
   # -1 = the paper's value for the kind and view: beta simcse 1, swav 0.5 (difference) /
   # 0.1 (pair), goal 0.5; temperature simcse 0.05, swav 0.1; prototypes 20 (difference) /
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
       # "" = <workdir>/checkpoints; a multi-host run needs storage every host sees (gs://...)
       checkpoint_dir="",
       shared_prompt=False))  # encode each prompt once per pair (rmjax/data/shared_prompt.py)
-  # MetaRM (rmjax/train/metarm.py): before each step, theta' = theta + eta * grad J(theta),
+  # MetaRM (rmjax/rm/metarm.py): before each step, theta' = theta + eta * grad J(theta),
   # J the difference loss on k responses to each of prompts_per_step meta prompts; the BT
   # gradient is taken through theta' (first_order: at theta', applied to theta). The meta
   # set: responses (an .npz of tokens/mask [P, k, T]) or, when empty, k samples of policy

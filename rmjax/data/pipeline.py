@@ -31,7 +31,8 @@ WEIGHT float32 [batch]; GOLD_CHOSEN, GOLD_REJECTED, FLIPPED where the records ha
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -190,12 +191,12 @@ class PairPipeline:
             "shuffle": c.shuffle, "shard": [self.shard.shard_index, self.shard.shard_count],
             "num_records": self.num_records}
 
-  def __iter__(self) -> "PairIterator":
+  def __iter__(self) -> PairIterator:
     opts = grain.ReadOptions(num_threads=self.cfg.read_threads,
                              prefetch_buffer_size=self.cfg.prefetch)
     return PairIterator(iter(self.dataset.to_iter_dataset(opts)), self._state_meta())
 
-  def iterator(self, state: dict | None = None) -> "PairIterator":
+  def iterator(self, state: dict | None = None) -> PairIterator:
     """A fresh iterator, set to ``state`` (from ``get_state``) when given."""
     it = iter(self)
     if state is not None:

@@ -27,8 +27,9 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rmjax.data.hh_rlhf import split_transcripts
 from rmjax.data.schema import DataError, PreferencePair
@@ -235,7 +236,7 @@ def _text(row: dict, field: str, *, empty_ok: bool = False) -> str:
   except UnicodeEncodeError as e:
     char = ord(value[e.start])
     what = f"byte 0x{char - 0xdc00:02x}" if 0xdc80 <= char <= 0xdcff else "a lone surrogate"
-    raise _RowError(f"field {field!r} is not valid UTF-8 ({what} at character {e.start})")
+    raise _RowError(f"field {field!r} is not valid UTF-8 ({what} at character {e.start})") from None
   if not empty_ok and not value.strip():
     raise _RowError(f"field {field!r} is empty")
   return value

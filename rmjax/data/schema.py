@@ -12,9 +12,9 @@ prompt and response joined into one right-padded sequence per side.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-Content = Union[str, Sequence[int]]
+Content = str | Sequence[int]
 
 
 class DataError(ValueError):

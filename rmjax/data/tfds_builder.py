@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -27,12 +27,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from rmjax.data import pipeline, schema
+from rmjax.data import gguf_tokenizer, pipeline, schema
 from rmjax.data.schema import PreferencePair
 
 GPT2_BPE = "gpt2-bpe"
@@ -53,8 +53,7 @@ def load_tokenizer(spec: str | os.PathLike):
   if path.suffix == ".gguf":
     if not path.is_file():
       raise FileNotFoundError(f"tokenizer: no GGUF file {path}")
-    from rmjax.models import gguf_io  # pylint: disable=import-outside-toplevel
-    return gguf_io.tokenizer_from_gguf(path)
+    return gguf_tokenizer.tokenizer_from_gguf(path)
   if path.is_dir():
     import transformers  # pylint: disable=import-outside-toplevel  (slow import)
     return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -24,7 +24,8 @@ reward model's ModelConfig fields on a preset, as ``train-rm``'s ``model`` secti
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,13 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.models import lora
 from rmjax.models.transformer import Transformer
-from rmjax.train import contrastive_aux, ensemble, ppo_step, rm_step, rm_trainer
-from rmjax.train.checkpoint import abstract_like
-from rmjax.train.optim import make_optimizer
+from rmjax.rl import ppo_step
+from rmjax.rm import build as rm_build
+from rmjax.rm import contrastive_terms as contrastive_aux
+from rmjax.rm import members as ensemble
+from rmjax.rm import step as rm_step
+from rmjax.runtime.checkpoint import abstract_like
+from rmjax.runtime.optim import make_optimizer
 
 PARAMETERS, OPTIMIZER = "parameters", "optimizer"
 
@@ -104,11 +109,11 @@ def rm_plan(config, mesh) -> Plan:
   if config.get("metarm") is not None and config.metarm.enabled:
     raise ValueError("metarm.enabled: the dry run does not build MetaRM's meta batches yet")
   layout = ensemble.Layout.from_config(config.get("ensemble"))
-  rm_trainer.check_layout(layout, mesh)
+  rm_build.check_layout(layout, mesh)
   rows = dr.batch_size or config.train.batch_size
   _check_rows("dry_run.batch_size (or train.batch_size)", rows, mesh)
   fields = contrastive_aux.run_model_fields(config)
-  mcfg = rm_trainer.build_model_config(_model_section(config), dr.vocab_size, layout.heads,
+  mcfg = rm_build.build_model_config(_model_section(config), dr.vocab_size, layout.heads,
                                        **fields)
   if layout.stacked:
     graphdef, params = ensemble.abstract_stacked(lambda rngs: Transformer(mcfg, rngs=rngs),
@@ -167,9 +172,9 @@ def ppo_plan(config, mesh) -> Plan:
   _check_rows("the PPO minibatch (dry_run.batch_size or episodes / ppo.minibatches)", rows, mesh)
   _check_rows("ppo.prompts x samples_per_prompt", episodes, mesh)
   section = _model_section(config)
-  actor_cfg = rm_trainer.build_model_config(section, dr.vocab_size, 0).replace(
+  actor_cfg = rm_build.build_model_config(section, dr.vocab_size, 0).replace(
       lm_head=True, **lora.config_fields(config.get("actor")))
-  reward_cfg = rm_trainer.build_model_config(section, dr.vocab_size, 1)
+  reward_cfg = rm_build.build_model_config(section, dr.vocab_size, 1)
   critic_cfg = reward_cfg.replace(value_head=True, **lora.config_fields(config.get("critic")))
   actor_graphdef, actor = _abstract_model(actor_cfg)
   critic_graphdef, critic = _abstract_model(critic_cfg)

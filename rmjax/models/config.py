@@ -58,7 +58,7 @@ class ModelConfig:
   num_reward_heads: int = 0
   value_head: bool = False
   # K > 0: learned prototypes [d_model, K] (SwAV's codebook for the contrastive
-  # auxiliary loss, ``rmjax/train/contrastive_aux.py``); no head reads them.
+  # auxiliary loss, ``rmjax/rm/contrastive_terms.py``); no head reads them.
   num_prototypes: int = 0
   init_std: float = 0.02
   # LoRA (rmjax/models/lora.py): rank 0 = off; each adapted projection W gains
@@ -133,7 +133,7 @@ class ModelConfig:
   def weight_dtype(self):
     return jnp.dtype(self.param_dtype)
 
-  def replace(self, **changes) -> "ModelConfig":
+  def replace(self, **changes) -> ModelConfig:
     return dataclasses.replace(self, **changes)
 
 

@@ -1,4 +1,5 @@
-"""llama.cpp GGUF checkpoints (architecture "llama") and their tokenizers.
+"""llama.cpp GGUF checkpoints (architecture "llama"); their tokenizers are read by
+``rmjax.data.gguf_tokenizer``.
 
 Tensors are dequantised to float32 with ``gguf.quants.dequantize`` and renamed to the
 Hugging Face names, so ``hf_io`` does the layout conversion. GGUF lists a tensor's
@@ -120,21 +121,3 @@ def load_gguf(path, *, seed: int = 0, **overrides) -> tuple[Transformer, ModelCo
       w = unpermute_rope(w, cfg.kv_heads)
     return w
   return from_hf_tensors(cfg, shapes, read, seed), cfg
-
-
-def tokenizer_from_gguf(path):
-  """The GGUF's tokenizer as a ``transformers`` fast tokenizer, built offline.
-
-  Vocabulary, merges, special tokens (bos/eos/pad) and ``tokenizer.chat_template``
-  come from the file's metadata through transformers' GGUF support; no hub access.
-  """
-  import transformers  # deferred: slow to import, only needed here
-
-  path = pathlib.Path(path)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(
-      str(path.parent), gguf_file=path.name, local_files_only=True)
-  if tokenizer.chat_template is None:
-    template = _metadata(gguf.GGUFReader(str(path)), "tokenizer.chat_template")
-    if template is not None:
-      tokenizer.chat_template = template
-  return tokenizer

@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

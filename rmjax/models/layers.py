@@ -4,13 +4,11 @@ Every parameter is an ``nnx.Param`` carrying ``axes``: one logical name per dime
 ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", ...). Only
 ``rmjax/parallel/rules.py`` turns these names into mesh axes; nothing here knows a mesh.
 Activations are named the same way (``shard_activation``), and the parallel layer
-decides, per traced program, what the names mean (``rmjax.parallel.sharding.on_mesh``).
+decides, per traced program, what the names mean (``rmjax.parallel.activations``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import jax
@@ -19,27 +17,6 @@ import numpy as np
 from flax import nnx
 
 from rmjax.models.config import ModelConfig
-
-
-_activation_rule = contextvars.ContextVar("activation_rule", default=None)
-
-
-@contextlib.contextmanager
-def activation_rule(constrain):
-  """While active (around a trace), ``shard_activation(x, axes)`` returns
-  ``constrain(x, axes)``."""
-  token = _activation_rule.set(constrain)
-  try:
-    yield
-  finally:
-    _activation_rule.reset(token)
-
-
-def shard_activation(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
-  """``x``, whose dimensions are named ``axes`` (e.g. ("batch", "length", "embed")),
-  pinned to the sharding the active rule gives those names; unchanged without one."""
-  constrain = _activation_rule.get()
-  return x if constrain is None else constrain(x, axes)
 
 
 def param(rngs: nnx.Rngs, shape, axes, dtype, std: float | None,

@@ -4,7 +4,7 @@ With ``ModelConfig.lora_rank = r > 0`` every projection W named in ``lora_target
 computes x W + (alpha / r) (x A) B (``rmjax.models.layers.LoRA``; B starts at zero, so the
 adapted model equals its base at initialisation). Training updates only the adapters and
 the heads (``HEADS``): ``trainable_mask`` gives the optimizer
-(``rmjax.train.optim.make_optimizer``) that split, so optimizer state exists for them
+(``rmjax.runtime.optim.make_optimizer``) that split, so optimizer state exists for them
 alone, and ``grad_norm`` measures the gradient that is applied. ``merged`` folds the
 adapters into W for export; ``adapt`` puts fresh adapters on any model (a PPO policy or
 critic, a pretrained backbone).

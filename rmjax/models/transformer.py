@@ -15,8 +15,8 @@ from flax import nnx
 
 from rmjax.models import kv_cache as kvc
 from rmjax.models.config import ModelConfig
-from rmjax.models.layers import (LoRA, Norm, apply_rope, dropout, param, rope_inverse_frequencies,
-                                 shard_activation)
+from rmjax.models.layers import LoRA, Norm, apply_rope, dropout, param, rope_inverse_frequencies
+from rmjax.parallel.activations import shard_activation
 
 # The residual stream between blocks; the parallel layer shards its rows (FSDP: every
 # device computes its own rows and gathers the weights, not the other way round).
@@ -320,7 +320,7 @@ class Transformer(nnx.Module):
     """x [batch, seq, d_model] through ``blocks[start:stop]`` (no final norm).
 
     positions [batch, seq]; attn_mask [batch, seq, keys]. Split points let a frozen
-    prefix be computed once and cached (``rmjax.train.feature_cache``). Returns (x,
+    prefix be computed once and cached (``rmjax.rm.feature_cache``). Returns (x,
     (keys, values) of those blocks' updated cache layers, or None without a cache).
     Block i's dropout key is ``fold_in(dropout_key, i)`` whatever ``start`` is.
     ``read_at`` [batch, n]: the model's last block (if run) outputs only these rows.

@@ -15,7 +15,7 @@ is what blunts reward hacking. Summing u over J reward models (``and_combine``) 
 logical AND: one badly failed property costs log σ(very negative) ≈ the whole deficit,
 whereas a weighted sum lets a large reward on one property buy off a failure on another.
 
-Using LSC with best-of-n (``rmjax.rl.bon``): the proxy there is a [P, N] array of scores
+Using LSC with best-of-n (``rmjax.objectives.bon``): the proxy there is a [P, N] array of scores
 (P prompts, N samples per prompt, e.g. ``ensemble.combine(members, "mean")``). Compute
 r_ref per prompt from reference-policy samples of the SAME prompt, then transform row by
 row::

@@ -9,7 +9,7 @@ batches). With Auto axes XLA propagates everything in between from those, so the
 model code never names a mesh axis and one device is just a 1x1x1x1 mesh.
 
 ``ensemble`` (size 1 unless asked for) spreads the members of a reward-model
-ensemble (``rmjax/train/ensemble.py``) over devices. It is its own axis rather than
+ensemble (``rmjax/rm/members.py``) over devices. It is its own axis rather than
 a reuse of ``data`` so that each member can still be data-parallel inside its group
 (ensemble=4, data=2 on eight devices), and it is the *outermost* axis because members
 never talk to each other during a step (own parameters, optimizer and batch; only

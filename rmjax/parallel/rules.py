@@ -2,7 +2,7 @@
 
 Parameters name their dimensions logically (``rmjax/models/layers.py``); batches use
 "batch" and "length". The stacked members of a reward-model ensemble
-(``rmjax/train/ensemble.py``) add a leading "ensemble" dimension to every parameter and
+(``rmjax/rm/members.py``) add a leading "ensemble" dimension to every parameter and
 to their batches; it goes to the mesh's own ``ensemble`` axis (``mesh.py`` says why that
 axis exists instead of reusing ``data``), so members keep their usual sharding inside it.
 

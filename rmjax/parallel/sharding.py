@@ -21,12 +21,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rmjax.models import layers
+from rmjax.parallel import activations
 from rmjax.parallel.rules import LOGICAL_RULES, logical_to_spec
 
 BATCH_AXES = ("data", "fsdp")  # as rules.py maps "batch"
 ENSEMBLE_AXIS = "ensemble"  # as rules.py maps "ensemble"
-# Activations the model names (``layers.shard_activation``): rows over the data-parallel
+# Activations the model names (``activations.shard_activation``): rows over the data-parallel
 # axes, every other dimension whole. Without this, GSPMD meets an fsdp-sharded weight by
 # gathering the activations' rows instead of the weight, and every fsdp device computes
 # the whole batch (found by ``rmjax dry-run``: 691 GiB a device for an 8B step).
@@ -159,7 +159,7 @@ def on_mesh(fn, mesh: Mesh):
 
   @functools.wraps(fn)
   def traced(*args, **kwargs):
-    with layers.activation_rule(constrain):
+    with activations.activation_rule(constrain):
       return fn(*args, **kwargs)
   return traced
 

@@ -1,2 +1,2 @@
-"""RL math as pure functions of arrays (best-of-n, PPO, KL control, running reward
-statistics), plus the best-of-n sampling harness."""
+"""Policy optimisation against reward sources: rollout, reward scoring, the PPO step and
+trainer, best-of-n sampling."""

@@ -105,7 +105,7 @@ def test_pandalm_majority_vote_and_ties():
 # ---- malformed files ----
 
 def _jsonl(path, lines):
-  path.write_bytes(b"\n".join(l if isinstance(l, bytes) else l.encode() for l in lines) + b"\n")
+  path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
   return path
 
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmjax.data import pipeline, schema, shared_prompt, synthetic
+from rmjax.data import pipeline, schema, shared_prompt
 from rmjax.models import config as C
 from rmjax.models.transformer import Transformer
-from rmjax.train import rm_data, rm_step
+from rmjax.rm import batches as rm_data
+from rmjax.rm import step as rm_step
+from rmjax.tasks import preference as synthetic
 
 
 @pytest.fixture(scope="module")

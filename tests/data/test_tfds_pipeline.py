@@ -17,7 +17,7 @@ from rmjax.data import schema
 from rmjax.data import tfds_builder as TB
 from rmjax.data.pipeline import PairPipeline, PipelineConfig, eval_batches, truncate_pair
 from rmjax.data.schema import DataError, PreferencePair
-from rmjax.data.synthetic import SyntheticConfig, make_split
+from rmjax.tasks.preference import SyntheticConfig, make_split
 
 FIELDS = ("prompt", "chosen", "rejected")
 NO_SHARD = grain.sharding.NoSharding()

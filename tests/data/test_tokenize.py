@@ -8,9 +8,15 @@ import pytest
 
 from rmjax.data import pipeline, schema
 from rmjax.data.schema import DataError, PreferencePair
-from rmjax.data.tokenize import (check_token_ids, check_tokenizer_fits, encode_parts,
-                                 load_tokenizer, special_prefix, tokenize_pairs,
-                                 tokenize_sequences)
+from rmjax.data.tokenize import (
+  check_token_ids,
+  check_tokenizer_fits,
+  encode_parts,
+  load_tokenizer,
+  special_prefix,
+  tokenize_pairs,
+  tokenize_sequences,
+)
 from rmjax.models import gguf_io
 
 EOT = 50256  # GPT-2 <|endoftext|>

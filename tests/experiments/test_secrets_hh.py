@@ -15,7 +15,7 @@ from rmjax.models import config as C
 from rmjax.models import gguf_io
 from rmjax.models.hf_io import save_hf
 from rmjax.models.transformer import Transformer
-from rmjax.train.load_rm import single_device_mesh
+from rmjax.rm.load import single_device_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 D_MODEL = 16

@@ -19,7 +19,7 @@ def test_tiny_run_writes_every_table(tmp_path, run_experiment, all_finite):
            "strength.members": 2, "metarm.num_samples": 4, "metarm.k": 2,
            "metarm.train_prompts": 8, "metarm.test_prompts": 16, "metarm.prompts_per_step": 4,
            "metarm.chunk_size": 64, "hh": False}
-  proc = run_experiment("secrets_rm", flags, timeout=900)
+  run_experiment("secrets_rm", flags, timeout=900)
 
   with open(workdir / "methods.csv") as f:
     rows = list(csv.DictReader(f))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rmjax.data.gguf_tokenizer import tokenizer_from_gguf
 from rmjax.models.config import tiny_llama
-from rmjax.models.gguf_io import load_gguf, smollm2_gguf_path, tokenizer_from_gguf
+from rmjax.models.gguf_io import load_gguf, smollm2_gguf_path
 from rmjax.models.hf_io import from_hf_tensors
 from rmjax.models.sampler import SamplingConfig, generate
 

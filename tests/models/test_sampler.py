@@ -13,8 +13,7 @@ import pytest
 from flax import nnx
 
 from rmjax.models import config as C
-from rmjax.models.sampler import (SamplingConfig, allowed_logits, generate, pack_left,
-                                  sample_token)
+from rmjax.models.sampler import SamplingConfig, allowed_logits, generate, pack_left, sample_token
 from rmjax.models.transformer import Transformer
 
 BATCH, PROMPT, NEW = 4, 8, 8

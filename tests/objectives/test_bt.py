@@ -7,9 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmjax.objectives.bt import (bradley_terry_loss, expected_calibration_error,
-                                 gold_agreement, mean_margin, pairwise_accuracy,
-                                 pearson_correlation)
+from rmjax.objectives.bt import (
+  bradley_terry_loss,
+  expected_calibration_error,
+  gold_agreement,
+  mean_margin,
+  pairwise_accuracy,
+  pearson_correlation,
+)
 
 
 def sig(x):

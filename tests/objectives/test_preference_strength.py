@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from rmjax.objectives.bt import bradley_terry_loss
-from rmjax.objectives.preference_strength import (adaptive_margin, auroc, flip_lowest,
-                                                  metarm_difference_loss,
-                                                  out_of_fold_strength, preference_strength,
-                                                  smoothing_where_negative)
+from rmjax.objectives.preference_strength import (
+  adaptive_margin,
+  auroc,
+  flip_lowest,
+  metarm_difference_loss,
+  out_of_fold_strength,
+  preference_strength,
+  smoothing_where_negative,
+)
 
 
 def sig(x):

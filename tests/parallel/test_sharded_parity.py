@@ -18,8 +18,14 @@ from flax import nnx
 from rmjax.models.config import ModelConfig
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
-from rmjax.parallel import (compile_step, init_sharded, make_mesh, shard_batch, shard_model,
-                            tree_shardings)
+from rmjax.parallel import (
+  compile_step,
+  init_sharded,
+  make_mesh,
+  shard_batch,
+  shard_model,
+  tree_shardings,
+)
 
 CFG = ModelConfig(family="llama", vocab_size=128, d_model=64, n_layers=2, n_heads=4,
                   n_kv_heads=2, d_ff=128, max_seq_len=64, num_reward_heads=1)

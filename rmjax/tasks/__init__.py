@@ -1,0 +1,1 @@
+"""Synthetic tasks with a known gold reward (policy, gold, label noise)."""

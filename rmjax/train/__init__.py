@@ -1,1 +1,0 @@
-"""Training loops, checkpointing and resume."""

@@ -1,0 +1,142 @@
+"""``rmjax dry-run``: tiny reward-model and PPO configs compiled in a child process with 8
+fake devices (data 2 x fsdp 2 x tensor 2); exact bytes against really sharded arrays."""
+
+import collections
+import json
+
+import jax
+import ml_collections
+import pytest
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.commands import dry_run as command
+from rmjax.configs import dry_run, ppo, train_rm
+from rmjax.dry_run import child, launch, programs, report
+from rmjax.models.transformer import Transformer
+from rmjax.rm import build as rm_build
+from rmjax.runtime.optim import make_optimizer
+
+MESH = dict(data=2, fsdp=2, tensor=2, ensemble=1)
+MODEL = dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
+
+
+def rm_config(**mesh):
+  c = train_rm.get_config()
+  c.mesh = ml_collections.ConfigDict({**MESH, **mesh})
+  c.model.update(MODEL)
+  c.train.batch_size = 8
+  c.dry_run = dry_run.section(vocab_size=64, seq_len=16)
+  return c
+
+
+def ppo_config():
+  c = ppo.get_config()
+  c.mesh = ml_collections.ConfigDict(MESH)
+  c.ppo.update(dict(prompts=4, samples_per_prompt=2, minibatches=1, max_new_tokens=4))
+  c.dry_run = dry_run.section(command="ppo", vocab_size=64, prompt_len=4,
+                              model=ml_collections.ConfigDict(dict(preset="tiny_llama", **MODEL)))
+  return c
+
+
+@pytest.fixture(scope="module")
+def rm_report():
+  return launch.run(rm_config(), timeout_s=300)
+
+
+def device_bytes(tree) -> int:
+  """Largest per-device bytes of real sharded arrays, from their addressable shards."""
+  totals = collections.Counter()
+  for x in jax.tree.leaves(tree):
+    for shard in x.addressable_shards:
+      totals[shard.device.id] += shard.data.nbytes
+  return max(totals.values())
+
+
+def test_rm_dry_run_bytes_match_a_really_sharded_model(rm_report, eight_devices):
+  config = rm_config()
+  mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh), eight_devices)
+  cfg = rm_build.build_model_config(config.model, 64)
+  params = nnx.state(parallel.init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh))
+  tx = make_optimizer(config.optim, config.train.steps)
+  opt_state = jax.jit(tx.init, out_shardings=parallel.tree_shardings(
+      jax.eval_shape(tx.init, params), mesh))(params)
+
+  assert rm_report["mesh"] == dict(mesh.shape)
+  assert rm_report["parameter_bytes"] == device_bytes(params)
+  assert rm_report["optimizer_bytes"] == device_bytes(opt_state)
+  assert rm_report["parameter_count"] == sum(x.size for x in jax.tree.leaves(params))
+  step = rm_report["programs"]["train_step"]
+  assert step["temp_bytes"] > 0 and step["compile_s"] > 0
+  rows_per_device = 8 // 4  # batch 8 over data x fsdp = 4
+  # per row: two sides of 16 int32 tokens and 16 bool mask, four int32/float32 scalars
+  assert step["batch_bytes"] == rows_per_device * (2 * 16 * 4 + 2 * 16 + 4 * 4)
+  assert report.limit_problem(rm_report) is None  # no limit set
+  assert rm_report["cpu_scheduler"] == "memory"
+  assert "temporaries (CPU estimate, memory schedule)" in report.format_table(rm_report)
+
+
+def test_doubling_fsdp_halves_the_sharded_parameter_bytes(eight_devices):
+  def leaf_bytes(**mesh):
+    config = rm_config(**mesh)
+    plan = programs.build(config, parallel.make_mesh(parallel.MeshConfig(**config.mesh),
+                                                     eight_devices))
+    params = plan.resident["params"][1]
+    return ([child.per_device_bytes(x) for x in jax.tree.leaves(params)],
+            ["fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(params)])
+
+  two, on_fsdp = leaf_bytes(data=2, fsdp=2)
+  four, _ = leaf_bytes(data=1, fsdp=4)
+  assert sum(on_fsdp) >= 3  # embedding, attention and MLP kernels at least
+  for b2, b4, sharded in zip(two, four, on_fsdp):
+    assert b4 == (b2 // 2 if sharded else b2)
+  assert sum(four) < sum(two)
+
+
+def test_lora_gives_optimizer_state_to_adapters_and_heads_only(eight_devices):
+  config = rm_config()
+  config.model.lora_rank = 2
+  plan = programs.build(config, parallel.make_mesh(parallel.MeshConfig(**MESH), eight_devices))
+  params, opt_state = plan.resident["params"][1], plan.resident["opt_state"][1]
+  variables = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  adapters = sum(v.size for v in variables if isinstance(v, nnx.LoRAParam))
+  trainable = adapters + params["reward_head"].size
+  assert adapters > 0
+  assert sum(x.size for x in jax.tree.leaves(opt_state)) == 2 * trainable + 2  # mu, nu, counts
+
+
+def test_ppo_dry_run_over_the_limit_fails_naming_it(tmp_path):
+  config = ppo_config()
+  config.dry_run.memory_per_device_gib = 1e-6  # about 1 KiB
+  config.dry_run.report = str(tmp_path / "report.json")
+  with pytest.raises(SystemExit) as exit_info:
+    command.run(config)
+  message = str(exit_info.value.code)
+  assert "exceeds dry_run.memory_per_device_gib=1e-06" in message
+  assert "parameters" in message and "temporaries" in message and "fsdp" in message
+  written = json.loads((tmp_path / "report.json").read_text())  # written before failing
+  assert set(written["programs"]) == {"ppo_update", "rollout_forward"}
+  assert set(written["groups"]) == {"actor", "critic", "reference", "reward_model",
+                                    "actor_opt", "critic_opt"}
+  groups = written["groups"]
+  assert groups["actor"]["bytes"] == groups["reference"]["bytes"]
+  assert groups["actor_opt"]["count"] == 2 * groups["actor"]["count"] + 2  # mu, nu, counts
+
+
+def test_mesh_not_filling_the_devices_is_a_clear_error():
+  config = rm_config(data=3, fsdp=1, tensor=1)
+  with pytest.raises(SystemExit, match="needs 3 devices but 8 are available"
+                                       r" \(dry_run.devices=8\)"):
+    command.run(config)
+
+
+def test_unknown_cpu_scheduler_is_a_clear_error():
+  config = rm_config()
+  config.dry_run.cpu_scheduler = "fastest"
+  with pytest.raises(SystemExit, match="dry_run.cpu_scheduler='fastest' is not one of"):
+    command.run(config)
+
+
+def test_topology_without_libtpu_is_a_clear_error():
+  with pytest.raises(ValueError, match="needs libtpu"):
+    child.target_devices("v5p:2x2x1")
