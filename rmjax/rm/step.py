@@ -19,6 +19,7 @@ from rmjax.models import lora
 from rmjax.models.transformer import last_token_index
 from rmjax.objectives import bt
 from rmjax.rm import members as ensemble
+from rmjax.runtime import loop
 
 HEAD_WEIGHT = "head_weight"  # [B, K] per-head pair weights of a shared-backbone ensemble
 # Per-pair loss settings a batch may carry (``rmjax.rm.strength``), overriding loss_cfg:
@@ -153,6 +154,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg,
   Metrics are scalars: for an ensemble, "loss", "accuracy", "margin" and "grad_norm"
   are means over members (the NaN check and progress line read them), and each member
   m adds "loss/m", "accuracy/m" and "margin/m" (and "grad_norm/m" when stacked).
+  ``loop.FINITE`` says whether every updated parameter is finite (the loop stops on
+  False before saving).
   """
   if update is None:
     update = make_member_update(tx, make_loss_fn(graphdef, loss_cfg))
@@ -164,8 +167,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_cfg,
     keys = jnp.stack([jax.random.fold_in(jax.random.key(s), state["step"]) for s in seeds])
     key = keys if layout.stacked else keys[0]
     params, opt_state, metrics = update(state["params"], state["opt_state"], batch, key)
-    return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-            flatten_member_metrics(metrics, layout.k))
+    metrics = {**flatten_member_metrics(metrics, layout.k), loop.FINITE: loop.all_finite(params)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return step
 

@@ -12,7 +12,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rmjax import parallel
 from rmjax.models import lora
@@ -23,8 +22,8 @@ from rmjax.rm import metarm
 from rmjax.rm.build import build_members, check_layout
 from rmjax.rm.evaluate import evaluate
 from rmjax.rm.step import make_eval_step, make_loss_fn, make_member_update, make_train_step
+from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
-from rmjax.runtime.loop import check_finite
 from rmjax.runtime.metrics import MetricsWriter, Progress
 from rmjax.runtime.optim import make_optimizer
 from rmjax.runtime.plots import plot_training_curves
@@ -80,41 +79,16 @@ def train(config) -> dict:
   checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
                               interval=tc.save_every,
                               provenance=provenance(config, data.data_hash))
-  restored = checkpointer.restore_latest(abstract_like(state, shardings))
-  start = 0
-  if restored is not None:
-    start, state, _ = restored
-    print(f"resumed from step {start} in {workdir}")
   writer = MetricsWriter(workdir)
-  progress = Progress(start, tc.steps)
-  eval_metrics, window = {}, []
-  try:
-    with checkpointer.install_sigterm_handler():
-      for step in range(start, tc.steps):
-        batch = parallel.shard_batch(next_batch(step), mesh, members=layout.stacked,
-                                     process_local=data.process_local)
-        state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
-        check_finite(float(metrics["loss"]), step + 1)
-        window.append(metrics)
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:  # means over the logging window
-          means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-          window = []
-          writer.write(done, "train", means)
-          progress.update(done, {k: means[k] for k in ("loss", "accuracy")})
-        if done % tc.eval_every == 0 or done == tc.steps:
-          eval_metrics = evaluate(eval_fn, state["params"], data.eval, tc.batch_size, mesh)
-          writer.write(done, "eval", eval_metrics)
-        checkpointer.save(done, state, {"data_step": done},
-                          force=done == tc.steps or checkpointer.preempted)
-        if checkpointer.preempted:
-          print(f"SIGTERM: saved step {done}, exiting")
-          break
-  finally:  # a failing run (a NaN loss) still commits the checkpoints it started
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+  result = loop.run(
+      state=state, step_fn=train_step, steps=tc.steps,
+      batches=lambda step: parallel.shard_batch(next_batch(step), mesh, members=layout.stacked,
+                                                process_local=data.process_local),
+      checkpointer=checkpointer, writer=writer, progress=Progress(0, tc.steps),
+      log_every=tc.log_every, eval_every=tc.eval_every,
+      evaluate=lambda s: evaluate(eval_fn, s["params"], data.eval, tc.batch_size, mesh),
+      restore_target=abstract_like(state, shardings), progress_keys=("loss", "accuracy"),
+      on_resume=lambda step: print(f"resumed from step {step} in {workdir}"))
   plot = (plot_training_curves(writer.jsonl_path, os.path.join(workdir, "training_curves.png"))
           if writer.enabled else None)
-  return {"eval": eval_metrics, "workdir": workdir, "plot": plot}
+  return {"eval": result.eval, "workdir": workdir, "plot": plot}
