@@ -12,11 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 rewards are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rmjax.objectives.precision import at_least_f32
 
 
 def _weighted_mean(values, weight):
@@ -52,13 +48,13 @@ def bradley_terry_loss(r_chosen, r_rejected, margin=None, weight=None, label_smo
     (loss scalar, aux) with aux = {"bt": smoothed BT term (no penalties), "center": c·…,
     "score_reg": β·…}; loss = bt + center + score_reg.
   """
-  r_c, r_r = _float(r_chosen), _float(r_rejected)
+  r_c, r_r = at_least_f32(r_chosen), at_least_f32(r_rejected)
   if r_c.shape != r_r.shape or r_c.ndim != 1:
     raise ValueError(f"r_chosen and r_rejected must both be [batch]; got {r_c.shape} and "
                      f"{r_r.shape}")
-  z = r_c - r_r if margin is None else r_c - r_r - _float(margin)
-  w = jnp.ones_like(r_c) if weight is None else jnp.broadcast_to(_float(weight), r_c.shape)
-  alpha = jnp.broadcast_to(_float(label_smoothing), r_c.shape)
+  z = r_c - r_r if margin is None else r_c - r_r - at_least_f32(margin)
+  w = jnp.ones_like(r_c) if weight is None else jnp.broadcast_to(at_least_f32(weight), r_c.shape)
+  alpha = jnp.broadcast_to(at_least_f32(label_smoothing), r_c.shape)
   if smoothing_mask is not None:
     alpha = jnp.where(jnp.asarray(smoothing_mask, bool), alpha, 0.0)
   per_pair = -((1.0 - alpha) * jax.nn.log_sigmoid(z) + alpha * jax.nn.log_sigmoid(-z))
@@ -70,13 +66,13 @@ def bradley_terry_loss(r_chosen, r_rejected, margin=None, weight=None, label_smo
 
 def pairwise_accuracy(r_chosen, r_rejected):
   """Fraction of pairs with Δ > 0; a tie (Δ = 0) counts ½ (§1). [batch] → scalar."""
-  delta = _float(r_chosen) - _float(r_rejected)
+  delta = at_least_f32(r_chosen) - at_least_f32(r_rejected)
   return jnp.mean(jnp.where(delta > 0, 1.0, jnp.where(delta == 0, 0.5, 0.0)))
 
 
 def mean_margin(r_chosen, r_rejected):
   """mean(Δ) = mean(r_c − r_r) (§1). [batch] → scalar."""
-  return jnp.mean(_float(r_chosen) - _float(r_rejected))
+  return jnp.mean(at_least_f32(r_chosen) - at_least_f32(r_rejected))
 
 
 def expected_calibration_error(delta, labels=None, num_bins=10):
@@ -99,10 +95,10 @@ def expected_calibration_error(delta, labels=None, num_bins=10):
   Returns:
     scalar ECE in [0, 1].
   """
-  delta = _float(delta)
+  delta = at_least_f32(delta)
   p = jax.nn.sigmoid(delta)
   conf = jnp.maximum(p, 1.0 - p)
-  y = jnp.ones_like(delta) if labels is None else _float(labels)
+  y = jnp.ones_like(delta) if labels is None else at_least_f32(labels)
   correct = jnp.where(delta > 0, y, jnp.where(delta < 0, 1.0 - y, 0.5))
   bins = jnp.clip(jnp.floor((conf - 0.5) * 2.0 * num_bins), 0, num_bins - 1).astype(jnp.int32)
   gap = jax.ops.segment_sum(correct - conf, bins, num_segments=num_bins)
@@ -115,7 +111,7 @@ def pearson_correlation(x, y):
   Used as a length-bias diagnostic (reward vs response length, §1 reward statistics).
     r = Σ (x − x̄)(y − ȳ) / √(Σ (x − x̄)² · Σ (y − ȳ)²)
   """
-  x, y = _float(x), _float(y)
+  x, y = at_least_f32(x), at_least_f32(y)
   dx, dy = x - jnp.mean(x), y - jnp.mean(y)
   constant = (jnp.max(x) == jnp.min(x)) | (jnp.max(y) == jnp.min(y))
   denom = jnp.sqrt(jnp.sum(dx * dx) * jnp.sum(dy * dy))
@@ -129,6 +125,6 @@ def gold_agreement(r_chosen, r_rejected, gold_chosen, gold_rejected):
   Δ_gold = gold_c − gold_r (e.g. the synthetic task's gold reward, §3 protocol). A tie
   agrees only with a tie.
   """
-  model = jnp.sign(_float(r_chosen) - _float(r_rejected))
-  gold = jnp.sign(_float(gold_chosen) - _float(gold_rejected))
+  model = jnp.sign(at_least_f32(r_chosen) - at_least_f32(r_rejected))
+  gold = jnp.sign(at_least_f32(gold_chosen) - at_least_f32(gold_rejected))
   return jnp.mean((model == gold).astype(jnp.float32))

@@ -16,15 +16,11 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from rmjax.objectives.precision import at_least_f32
+
 # Norm floor for cosine similarity: an all-zero row (h_c = h_r in the difference view) gets
 # cosine 0 with everything and a finite gradient instead of 0/0.
 _NORM_EPS = 1e-8
-
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 hidden states are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _check_positive(name, value):
@@ -35,7 +31,7 @@ def _check_positive(name, value):
 
 def _matrix(name, x):
   """``x`` as float [N, D] with N, D >= 1, or a ValueError naming ``name`` and the shape."""
-  x = _float(x)
+  x = at_least_f32(x)
   if x.ndim != 2 or 0 in x.shape:
     raise ValueError(f"{name} must be a non-empty [N, D] matrix; got shape {x.shape}")
   return x

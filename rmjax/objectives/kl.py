@@ -19,13 +19,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rmjax.objectives.precision import at_least_f32
+
 ESTIMATORS = ("k1", "k2", "k3")
-
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 log-probs are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def kl_per_token(logprobs, ref_logprobs, estimator="k1"):
@@ -42,7 +38,7 @@ def kl_per_token(logprobs, ref_logprobs, estimator="k1"):
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
-  delta = _float(logprobs) - _float(ref_logprobs)
+  delta = at_least_f32(logprobs) - at_least_f32(ref_logprobs)
   if estimator == "k1":
     return delta
   if estimator == "k2":
@@ -104,7 +100,7 @@ def update_kl_controller(state, kl, n_steps):
   Returns:
     the new KLController.
   """
-  error = jnp.clip(_float(kl) / state.target - 1.0, -0.2, 0.2)
-  new_beta = state.beta * (1.0 + error * _float(n_steps) / state.horizon)
+  error = jnp.clip(at_least_f32(kl) / state.target - 1.0, -0.2, 0.2)
+  new_beta = state.beta * (1.0 + error * at_least_f32(n_steps) / state.horizon)
   return state._replace(beta=jnp.where(state.adaptive, new_beta, state.beta)
                         .astype(state.beta.dtype))

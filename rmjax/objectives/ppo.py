@@ -13,19 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from rmjax.objectives import kl as kl_lib
-
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 inputs are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rmjax.objectives.precision import at_least_f32
 
 
 def masked_mean(x, mask):
   """Σ mask·x / Σ mask over all axes; 0 when no token is valid. [B, T] each → scalar."""
   m = jnp.asarray(mask, bool)
   count = jnp.sum(m)
-  total = jnp.sum(jnp.where(m, _float(x), 0.0))
+  total = jnp.sum(jnp.where(m, at_least_f32(x), 0.0))
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
 
@@ -48,10 +43,10 @@ def per_token_rewards(score, logprobs, ref_logprobs, mask, kl_coef, estimator="k
   """
   m = jnp.asarray(mask, bool)
   t = m.shape[-1]
-  penalty = -_float(kl_coef) * kl_lib.kl_per_token(logprobs, ref_logprobs, estimator)
+  penalty = -at_least_f32(kl_coef) * kl_lib.kl_per_token(logprobs, ref_logprobs, estimator)
   last = t - 1 - jnp.argmax(m[:, ::-1], axis=-1)
   at_last = (jnp.arange(t)[None, :] == last[:, None]) & m
-  return jnp.where(m, penalty, 0.0) + jnp.where(at_last, _float(score)[:, None], 0.0)
+  return jnp.where(m, penalty, 0.0) + jnp.where(at_last, at_least_f32(score)[:, None], 0.0)
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95):
@@ -71,8 +66,8 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     (advantages [B, T], returns [B, T]), both zero where mask is False.
   """
   m = jnp.asarray(mask, bool)
-  r = jnp.where(m, _float(rewards), 0.0)
-  v = jnp.where(m, _float(values), 0.0)
+  r = jnp.where(m, at_least_f32(rewards), 0.0)
+  v = jnp.where(m, at_least_f32(values), 0.0)
   next_v = jnp.concatenate([v[:, 1:], jnp.zeros_like(v[:, :1])], axis=1)
   delta = r + gamma * next_v - v
 
@@ -103,7 +98,7 @@ def whiten(x, mask, eps=1e-6, shift_mean=True, clip=None):
     float [B, T], zero where mask is False.
   """
   m = jnp.asarray(mask, bool)
-  x = _float(x)
+  x = at_least_f32(x)
   mean = masked_mean(x, m)
   var = masked_mean((x - mean) ** 2, m)
   out = (x - mean) * jax.lax.rsqrt(var + eps)
@@ -133,8 +128,8 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
       "approx_kl": k3 estimate of KL(π_old ‖ π_θ), mean of (ρ − 1) − log ρ (≥ 0);
       "ratio_mean": mean ρ.
   """
-  log_ratio = _float(logprobs) - jax.lax.stop_gradient(_float(old_logprobs))
-  adv = jax.lax.stop_gradient(_float(advantages))
+  log_ratio = at_least_f32(logprobs) - jax.lax.stop_gradient(at_least_f32(old_logprobs))
+  adv = jax.lax.stop_gradient(at_least_f32(advantages))
   ratio = jnp.exp(log_ratio)
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
@@ -159,11 +154,11 @@ def value_loss(values, old_values, returns, mask, clip=0.2):
   Returns:
     scalar loss.
   """
-  v = _float(values)
-  ret = jax.lax.stop_gradient(_float(returns))
+  v = at_least_f32(values)
+  ret = jax.lax.stop_gradient(at_least_f32(returns))
   loss = (v - ret) ** 2
   if clip is not None:
-    old = jax.lax.stop_gradient(_float(old_values))
+    old = jax.lax.stop_gradient(at_least_f32(old_values))
     loss = jnp.maximum(loss, (jnp.clip(v, old - clip, old + clip) - ret) ** 2)
   return 0.5 * masked_mean(loss, mask)
 
@@ -181,7 +176,7 @@ def entropy_from_logits(logits, mask):
   Returns:
     scalar.
   """
-  logp = jax.nn.log_softmax(_float(logits), axis=-1)
+  logp = jax.nn.log_softmax(at_least_f32(logits), axis=-1)
   p = jnp.exp(logp)
   ent = -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
   return masked_mean(ent, mask)

@@ -19,16 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 rewards are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rmjax.objectives.precision import at_least_f32
 
 
 def _deltas(member_deltas):
   """``member_deltas`` as float [N, M] with M >= 1, or a ValueError naming the shape."""
-  d = _float(member_deltas)
+  d = at_least_f32(member_deltas)
   if d.ndim != 2 or d.shape[1] < 1:
     raise ValueError(f"member_deltas must be [N, M] (pairs, members); got shape {d.shape}")
   return d
@@ -36,7 +32,7 @@ def _deltas(member_deltas):
 
 def _strength(mu_name, mu):
   """A [N] strength vector, or a ValueError naming it."""
-  m = _float(mu)
+  m = at_least_f32(mu)
   if m.ndim != 1:
     raise ValueError(f"{mu_name} must be [N]; got shape {m.shape}")
   return m
@@ -144,7 +140,7 @@ def smoothing_where_negative(mu, alpha):
   """
   m = _strength("mu", mu)
   _check_unit("alpha", alpha)
-  return jnp.where(m < 0, _float(alpha), 0.0).astype(m.dtype)
+  return jnp.where(m < 0, at_least_f32(alpha), 0.0).astype(m.dtype)
 
 
 def adaptive_margin(mu):
@@ -174,7 +170,7 @@ def metarm_difference_loss(rewards):
   Returns:
     scalar J.
   """
-  r = _float(rewards)
+  r = at_least_f32(rewards)
   if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] < 2:
     raise ValueError(f"rewards must be [P, k] with P >= 1 prompts and k >= 2 responses; got "
                      f"shape {r.shape}")
