@@ -192,7 +192,7 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.SIN
   return dataclasses.replace(data, train=train)
 
 
-def strength_options(cfg, data: RMData) -> strength.Options | None:
+def strength_options(cfg, data: RMData) -> strength.StrengthOptions | None:
   """The ``data.strength`` options for ``data``'s training pairs, or None when off."""
   if cfg is None or not cfg.path:
     if cfg is not None and (cfg.flip_fraction or cfg.smoothing or cfg.adaptive_margin):
@@ -200,7 +200,7 @@ def strength_options(cfg, data: RMData) -> strength.Options | None:
                        "write a strength file with rmjax score-pairs")
     return None
   scored = strength.load(cfg.path, data.data_hash, data.num_train_pairs)
-  return strength.Options.from_config(cfg, scored.mu)
+  return strength.StrengthOptions.from_config(cfg, scored.mu)
 
 
 def train_pairs(cfg, batch_size: int = 256) -> dict[str, np.ndarray]:

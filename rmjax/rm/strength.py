@@ -112,7 +112,7 @@ def load(path: str | os.PathLike, data_hash: str | None = None,
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
+class StrengthOptions:
   """What ``data.strength`` does with the strength μ of each training pair (§2)."""
 
   flip: np.ndarray  # [N] bool: swap chosen and rejected
@@ -120,7 +120,7 @@ class Options:
   smoothing: np.ndarray | None  # [N] float32 per-pair α
 
   @classmethod
-  def from_config(cls, cfg, mu: np.ndarray) -> Options:
+  def from_config(cls, cfg, mu: np.ndarray) -> StrengthOptions:
     """``cfg``: flip_fraction, smoothing (α on the pairs with μ < 0; smoothing every pair
     is ``loss.label_smoothing``), adaptive_margin.
 
@@ -136,9 +136,9 @@ class Options:
 
 
 class StrengthBatches:
-  """A training source's batches with ``Options`` applied row by row (by "index")."""
+  """A training source's batches with ``StrengthOptions`` applied row by row (by "index")."""
 
-  def __init__(self, source, options: Options):
+  def __init__(self, source, options: StrengthOptions):
     self.source, self.options = source, options
 
   def batch(self, step: int) -> dict[str, np.ndarray]:

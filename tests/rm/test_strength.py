@@ -101,12 +101,12 @@ def options(**values):
 
 def test_options_flip_first_then_margin_and_smoothing_read_the_new_labels():
   mu = np.array([0.5, -2.0, -0.1, 3.0, 1.0], np.float32)
-  opts = strength.Options.from_config(
+  opts = strength.StrengthOptions.from_config(
       options(flip_fraction=0.2, smoothing=0.3, adaptive_margin=True), mu)
   np.testing.assert_array_equal(opts.flip, [False, True, False, False, False])
   np.testing.assert_allclose(opts.margin, [0.5, 2.0, -0.1, 3.0, 1.0])
   np.testing.assert_allclose(opts.smoothing, [0, 0, 0.3, 0, 0])
-  none = strength.Options.from_config(options(), mu)
+  none = strength.StrengthOptions.from_config(options(), mu)
   assert not none.flip.any() and none.margin is None and none.smoothing is None
 
 
@@ -125,7 +125,7 @@ def test_strength_batches_swap_flipped_rows_and_add_per_pair_settings():
             schema.REJECTED_MASK: np.array([[1, 0], [1, 1], [1, 1]], bool),
             schema.FLIPPED: np.array([False, True, False]),
             schema.MARGIN: np.zeros(3, np.float32), strength.INDEX: np.arange(3)}
-  opts = strength.Options(flip=np.array([False, True, False]),
+  opts = strength.StrengthOptions(flip=np.array([False, True, False]),
                           margin=np.array([1.0, 2.0, 3.0], np.float32),
                           smoothing=np.array([0.0, 0.1, 0.0], np.float32))
   out = strength.StrengthBatches(Rows(arrays), opts).batch(0)  # rows 2, 0, 1
