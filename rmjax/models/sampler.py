@@ -7,7 +7,7 @@ rows write the same cache slot at each step.
 
 The returned log-probabilities are those of the sampled tokens under the policy's
 own temperature-scaled softmax, *before* top-k/top-p truncation: PPO's old
-log-probs (``shared/papers/algorithms.md`` §5).
+log-probs (``docs/algorithms.md`` §5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Best-of-n: its KL, the unbiased estimator of its score for every n ≤ N, and Gao's fit.
 
-Equations: ``shared/papers/algorithms.md`` §3 (Gao et al. 2022; Coste et al. 2023). Best-of-n
+Equations: ``docs/algorithms.md`` §3 (Gao et al. 2022; Coste et al. 2023). Best-of-n
 draws n responses from the reference policy and keeps the one the proxy objective ranks
 highest. From N ≥ n samples per prompt, sorted ascending by the proxy (S_1 ≤ … ≤ S_N),
 

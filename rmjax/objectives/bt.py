@@ -2,7 +2,7 @@
 
 Pure functions of arrays: rewards of the chosen and rejected responses, ``r_chosen`` and
 ``r_rejected``, each ``[batch]`` float; Δ = r_chosen − r_rejected. Everything here is
-jit-able and computed in (at least) float32. Equations: ``shared/papers/algorithms.md``
+jit-able and computed in (at least) float32. Equations: ``docs/algorithms.md``
 §1 (Bradley–Terry, centering, score regularisation, metrics) and §2 (label smoothing,
 adaptive margin, smoothing only where the ensemble strength μ < 0).
 """

@@ -3,7 +3,7 @@
 Pure functions of arrays: hidden states ``[N, D]`` float (e.g. the final hidden state a
 reward head reads), prototype scores ``[B, K]``; every loss returns a float32 scalar and is
 jit-able. Making the two dropout views (two forward passes with dropout p = 0.05), the
-prototypes and the weight β belong to the caller. Equations: ``shared/papers/algorithms.md``
+prototypes and the weight β belong to the caller. Equations: ``docs/algorithms.md``
 §2 ("Contrastive auxiliary loss": SimCSE and SwAV, pair and difference views) and §6
 ("Goal-conditioned contrastive RM", Nath et al. 2024).
 """

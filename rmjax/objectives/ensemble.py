@@ -3,7 +3,7 @@
 Pure functions of arrays. ``rewards`` holds the K member rewards on the LAST axis,
 ``[..., K]`` float (e.g. ``[batch, K]`` from ``Transformer.rewards`` or ``[prompts, N, K]``
 from best-of-n scoring); every objective reduces that axis and returns ``[...]`` in (at
-least) float32. Equations: ``shared/papers/algorithms.md`` §3 (Coste et al. 2023 for mean,
+least) float32. Equations: ``docs/algorithms.md`` §3 (Coste et al. 2023 for mean,
 WCO, UWO and the normalisation; Yan et al. 2024 for BRME).
 
 Configs name an objective by string; ``combine(rewards, "uwo", lam=0.1)`` dispatches.

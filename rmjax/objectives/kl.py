@@ -2,7 +2,7 @@
 
 Pure functions of arrays. Token-level inputs are ``[B, T]`` log-probabilities of the sampled
 tokens, log π_θ(y_t | x, y_<t) and log π_ref(y_t | x, y_<t), with a bool ``mask`` [B, T]
-of valid response tokens. Equations: ``shared/papers/algorithms.md`` §5 (per-token KL
+of valid response tokens. Equations: ``docs/algorithms.md`` §5 (per-token KL
 penalty, adaptive KL controller of Ziegler et al. with the trlx defaults).
 
 Estimators (Schulman, "Approximating KL divergence"), tokens sampled from π_θ, with

@@ -2,7 +2,7 @@
 
 Pure, jit-able functions of arrays. Token-level tensors are ``[B, T]`` (batch, response
 time) with a bool ``mask`` [B, T] that is True on valid response tokens; responses are
-right-padded. Outputs are in (at least) float32. Equations: ``shared/papers/algorithms.md``
+right-padded. Outputs are in (at least) float32. Equations: ``docs/algorithms.md``
 §5 (Secrets of RLHF, Part I, "PPO-max"). KL estimators and the β controller live in
 ``rmjax.objectives.kl``; running reward normalisation in ``rmjax.objectives.running_stats``.
 """

@@ -3,7 +3,7 @@
 Pure functions of arrays. ``member_deltas`` holds Δ_m(i) = r_m(chosen_i) − r_m(rejected_i)
 for N pairs and M members with the members on the LAST axis, ``[N, M]`` float, as
 ``ensemble.py`` keeps them (``[batch, K]``). Outputs are in (at least) float32. Equations:
-``shared/papers/algorithms.md`` §2 (Wang, Zheng et al. 2024): preference strength, label
+``docs/algorithms.md`` §2 (Wang, Zheng et al. 2024): preference strength, label
 flipping, label smoothing only where μ < 0, the adaptive margin and MetaRM's difference loss.
 
 The losses themselves live in ``bt.py``: ``bradley_terry_loss`` already takes a per-pair

@@ -1,7 +1,7 @@
 """Running reward normalisation: Welford moments merged batch by batch, then clip (§5).
 
 Pure functions of arrays; the state is a ``RunningMoments`` pytree of float32 scalars, so it
-lives in a checkpoint and passes through ``jit``. Equations: ``shared/papers/algorithms.md``
+lives in a checkpoint and passes through ``jit``. Equations: ``docs/algorithms.md``
 §5, r̃ = clip((r − μ)/σ, −δ, δ) with δ = 0.8 from running moments. Batches are merged with
 the parallel form of Welford's update (Chan, Golub and LeVeque), which is exact (up to
 rounding) however the stream is split into batches:

@@ -1,6 +1,6 @@
 """Reward transforms: LSC, AND-combination of several reward models, calibrated reward.
 
-Pure functions of arrays, jit-able. Equations: ``shared/papers/algorithms.md`` §4
+Pure functions of arrays, jit-able. Equations: ``docs/algorithms.md`` §4
 (Wang et al. 2024, "Transforming and Combining Rewards", for LSC and the AND-combination;
 Leng et al. 2024, PPO-C, for the calibrated reward). Where a transform sits in the PPO
 score pipeline is §5: ensemble objective → transform (this file) → running normalisation

@@ -5,7 +5,7 @@
 ``aux(model, batch, key, h_chosen, h_rejected) -> (β·L_cl, {"contrastive_loss": L_cl})``,
 where h_chosen, h_rejected [B, D] are the final hidden states the reward head read in
 the BT pass and ``key`` is independent of that pass's dropout key. The math is in
-``rmjax.objectives.contrastive``; equations in ``shared/papers/algorithms.md`` §2
+``rmjax.objectives.contrastive``; equations in ``docs/algorithms.md`` §2
 ("Contrastive auxiliary loss") and §6 ("Goal-conditioned contrastive RM").
 
 Kinds:

@@ -1,7 +1,7 @@
 """The synthetic gold-reward task: the project's embedded default preference dataset.
 
 A SYNTHETIC stand-in for the gold-reward-model protocol of Gao et al. (2022) and Coste et
-al. (2023) (``shared/papers/algorithms.md`` §3): a hidden gold reward labels pairs of
+al. (2023) (``docs/algorithms.md`` §3): a hidden gold reward labels pairs of
 base-policy responses; proxies are trained on the labels and optimised against, and the
 gold reward shows what that bought. Nothing here is language: tokens are ids in a small
 vocabulary, and the policy and the gold model are random transformers.
