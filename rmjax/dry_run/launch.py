@@ -20,8 +20,8 @@ DEVICE_FLAG = "--xla_force_host_platform_device_count"
 # dry_run.cpu_scheduler -> XLA:CPU's scheduler. "memory" (the default) orders ops to keep
 # fewer buffers alive, as an accelerator's scheduler does; "concurrency", XLA:CPU's own
 # default, runs independent ops side by side and keeps their buffers alive, and ignores
-# remat: an 8-layer model's step reported 1.7 GiB of temporaries with or without remat
-# under it, against 0.94 GiB with remat and 1.1 GiB without under "memory". Neither is
+# remat: an 8-layer model's step reported the same temporaries with or without remat
+# under it, and fewer with remat than without under "memory". Neither is
 # always lower (benchmarks/README.md, "Dry run"): compare both when a figure is close.
 SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
 SCHEDULERS = {"memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",

@@ -29,7 +29,7 @@ ENSEMBLE_AXIS = "ensemble"  # as rules.py maps "ensemble"
 # Activations the model names (``activations.shard_activation``): rows over the data-parallel
 # axes, every other dimension whole. Without this, GSPMD meets an fsdp-sharded weight by
 # gathering the activations' rows instead of the weight, and every fsdp device computes
-# the whole batch (found by ``rmjax dry-run``: 691 GiB a device for an 8B step).
+# the whole batch (found by ``rmjax dry-run``; benchmarks/README.md, "Dry run").
 ACTIVATION_RULES = (("batch", BATCH_AXES),)
 
 

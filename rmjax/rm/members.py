@@ -158,8 +158,8 @@ def over_members(fn, layout: Layout, member_devices: int = 1):
   program (``lax.map``). "auto" picks "map" on a CPU backend when the members are not
   spread over devices (``member_devices`` = the mesh's ensemble axis), else "vmap". Why:
   XLA:CPU runs the batched matmuls of a vmapped member axis slower than the same
-  matmuls one member at a time (a K = 5 step cost 5.6 single steps under vmap,
-  ``benchmarks/ensemble.py``), while an accelerator is better filled by the batch, and
+  matmuls one member at a time (``benchmarks/ensemble.py``; figures in
+  ``benchmarks/README.md``), while an accelerator is better filled by the batch, and
   members sharded over devices must be vmapped so that each device runs its own.
   """
   mode = layout.vectorize
