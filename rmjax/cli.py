@@ -1,12 +1,21 @@
-"""Command line: ``rmjax <command> [--config=FILE] [--config.field=value ...]``.
+"""Command line: ``rmjax <command> [--config=FILE] [--config.field=value ...] [--debug]``.
 
 Each command has an embedded default config (``rmjax/configs``); ``--config`` points
 at another config file (``experiments/configs/*.py``) and ``--config.x=y`` overrides
-single fields.
+single fields. ``rmjax help`` lists the commands, ``rmjax <command> --help`` the fields of
+its config with their defaults and meanings (``rmjax.configs.describe``).
+
+Before a command runs, every numeric field is checked against ``rmjax.configs.ranges``,
+so an out-of-range value stops it before anything is written. Exit status: 0 done; 2 a
+user error (a bad override or value, a missing or malformed file, a stale run folder, a
+non-finite stop), printed as one line ``rmjax <command>: <what is wrong>`` without a
+traceback (``--debug`` or ``RMJAX_DEBUG=1`` shows it); 143 stopped by SIGTERM after a
+save (rerun to resume). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import linecache
 import logging
 import os
 import sys
@@ -15,42 +24,147 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+import rmjax
 from rmjax import configs
-from rmjax.parallel import distributed
+from rmjax.configs import describe, ranges
 
-COMMANDS = {"demo": "rmjax.commands.demo", "train-rm": "rmjax.commands.train_rm",
-            "score": "rmjax.commands.score", "eval-rm": "rmjax.commands.eval_rm",
-            "score-pairs": "rmjax.commands.score_pairs", "ppo": "rmjax.commands.ppo",
-            "dry-run": "rmjax.commands.dry_run", "export-hf": "rmjax.commands.export_hf"}
+# name -> (module, what it does in one line)
+COMMANDS = {
+    "demo": ("rmjax.commands.demo",
+             "build a model sharded over the local devices, sample from it and score it"),
+    "train-rm": ("rmjax.commands.train_rm",
+                 "train a Bradley-Terry reward model (or ensemble); resumes an existing run"),
+    "score": ("rmjax.commands.score",
+              "add a trained reward model's reward to every row of a JSONL file"),
+    "eval-rm": ("rmjax.commands.eval_rm",
+                "pairwise accuracy of a trained reward model on preference sets"),
+    "score-pairs": ("rmjax.commands.score_pairs",
+                    "preference strength of every training pair from an ensemble run"),
+    "ppo": ("rmjax.commands.ppo", "PPO against a trained reward model; resumes an existing run"),
+    "dry-run": ("rmjax.commands.dry_run",
+                "compile a train-rm or ppo step for a target mesh and report its memory"),
+    "export-hf": ("rmjax.commands.export_hf",
+                  "write a trained reward model or policy as a Hugging Face folder"),
+}
+USAGE = "usage: rmjax <command> [--config=FILE] [--config.field=value ...] [--debug]"
+HELP_WORDS = ("help", "--help", "-h", "-help", "--helpfull")
+USER_ERROR, PREEMPTED = 2, 143  # exit statuses; 143 = 128 + SIGTERM, as a shell reports it
+# Raised by an rmjax check on what the user gave: a one-line message, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, FloatingPointError)
+_PACKAGE = os.path.dirname(os.path.abspath(rmjax.__file__)) + os.sep
+
+
+def usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = [USAGE, "", "commands:"]
+  lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+  lines += ["", "rmjax <command> --help lists the command's config fields, defaults and "
+                "meanings.", "commands: " + ", ".join(COMMANDS)]
+  return "\n".join(lines)
+
+
+def command_help(command: str, config) -> str:
+  return "\n".join([f"rmjax {command}: {COMMANDS[command][1]}",
+                    USAGE.replace("<command>", command), "",
+                    "config fields (default, then meaning):",
+                    describe.format_help(config, describe.meanings(command))])
+
+
+def is_user_error(error: BaseException) -> bool:
+  """A user error: one of ``USER_ERRORS`` raised by rmjax's own code (its innermost frame is
+  in the rmjax package and, but for the OS errors of a file operation, a ``raise``), not
+  from inside jax, flax or numpy (traced code, whose frames JAX filters, included)."""
+  if not isinstance(error, USER_ERRORS) or isinstance(error, KeyError):
+    return False
+  if any("JAX has removed its internal frames" in note
+         for note in getattr(error, "__notes__", ())):
+    return False
+  if type(error.__cause__).__name__ == "UnfilteredStackTrace":
+    return False
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+  if not filename.startswith(_PACKAGE):
+    return False
+  if isinstance(error, OSError):
+    return True
+  return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def message(error: BaseException) -> str:
+  """The error in one line (an OS error: its reason and file)."""
+  if isinstance(error, OSError) and error.strerror and error.filename:
+    return f"{error.strerror}: {error.filename}"
+  return " ".join(str(error).split("\n")).strip() or type(error).__name__
+
+
+def debug_wanted(argv: list[str]) -> bool:
+  return "--debug" in argv or os.environ.get("RMJAX_DEBUG", "") not in ("", "0", "false")
 
 
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    names = ", ".join(COMMANDS)
-    sys.exit(f"usage: rmjax <command> [--config=FILE] [--config.field=value]\n"
-             f"commands: {names}")
+  debug = debug_wanted(argv)
+  argv = [a for a in argv if a != "--debug"]
+  if len(argv) < 2 or argv[1] in HELP_WORDS:
+    if len(argv) > 2 and argv[2] in COMMANDS:  # rmjax help <command>
+      argv = [argv[0], argv[2], "--help"]
+    else:
+      print(usage())
+      sys.exit(0)
+  if argv[1] not in COMMANDS:
+    print(f"rmjax: unknown command {argv[1]!r}\n{usage()}", file=sys.stderr)
+    sys.exit(USER_ERROR)
   command = argv.pop(1)
+  want_help = any(a in HELP_WORDS for a in argv[1:])
+  argv = [a for a in argv if a not in HELP_WORDS[1:]]
   # JAX logs at INFO that it found no TPU; on a CPU or GPU host that is only noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   default = os.path.join(os.path.dirname(configs.__file__),
                          f"{command.replace('-', '_')}.py")
-  module = __import__(COMMANDS[command], fromlist=["run"])
   try:  # parse once up front so a bad override is one clear line, not a traceback
     config_flag = config_flags.DEFINE_config_file("config", default, "Experiment config.")
     flags.FLAGS(argv)
-    _ = config_flag.value  # overrides are applied on first access
+    config = config_flag.value  # overrides are applied on first access
   except (flags.Error, AttributeError, KeyError, ValueError) as error:
+    if debug:
+      raise
     detail = str(error.args[0] if error.args else error)
     for escaped, plain in (("\\n", " "), ("\n", " "), ("\\'", "'")):  # KeyError quoting
       detail = detail.replace(escaped, plain)
-    sys.exit(f"rmjax {command}: bad config override: {detail.replace(chr(39), '')}")
+    print(f"rmjax {command}: bad config override: {detail.replace(chr(39), '')}",
+          file=sys.stderr)
+    sys.exit(USER_ERROR)
+  if want_help:
+    print(command_help(command, config))
+    sys.exit(0)
+  problems = ranges.check(config)
+  if problems:  # before the command creates or loads anything
+    print(f"rmjax {command}: " + "; ".join(problems), file=sys.stderr)
+    sys.exit(USER_ERROR)
+  module = __import__(COMMANDS[command][0], fromlist=["run"])
 
   def run_command(_):
+    from rmjax.parallel import distributed  # pylint: disable=import-outside-toplevel
+    from rmjax.runtime import loop  # pylint: disable=import-outside-toplevel
+
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO.
-    # One of several processes (a TPU pod slice, SLURM, an explicit coordinator)?
-    distributed.initialize(config_flag.value.get("distributed"))
-    module.run(config_flag.value)  # absl would exit with a returned value as status.
+    try:
+      # One of several processes (a TPU pod slice, SLURM, an explicit coordinator)?
+      distributed.initialize(config.get("distributed"))
+      module.run(config)  # absl would exit with a returned value as status.
+    except loop.Preempted as error:
+      print(f"rmjax {command}: {error}", file=sys.stderr)
+      sys.exit(PREEMPTED)
+    except USER_ERRORS as error:
+      if debug or not is_user_error(error):
+        raise
+      print(f"rmjax {command}: {message(error)}", file=sys.stderr)
+      sys.exit(USER_ERROR)
 
   app.run(run_command, argv=argv[:1])  # flags are parsed above; parsing twice repeats tuples
 

@@ -49,7 +49,7 @@ def test_unknown_config_field_is_named():
 
 def test_ensemble_flags_reach_the_trainer():
   result = _run("train-rm", "--config.ensemble.k=0")
-  assert result.returncode != 0 and "ensemble.k=0 must be an integer >= 1" in result.stderr
+  assert result.returncode == 2 and "ensemble.k=0 must be >= 1" in result.stderr
   result = _run("train-rm", "--config.ensemble.k=3", "--config.mesh.data=4",
                 "--config.mesh.ensemble=2")
   assert result.returncode != 0

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from rmjax.configs import describe
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -15,3 +17,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.top_k = 0
   config.top_p = 1.0
   return config
+
+
+FIELDS = {
+    "model": "preset name from rmjax.models.config.PRESETS",
+    **describe.section("mesh", describe.MESH),
+    "seed": "seed of the weights, the random prompts and sampling",
+    "batch": "sequences sampled at once (divisible by the data-parallel size)",
+    "prompt_len": "tokens of each random prompt",
+    "new_tokens": "tokens sampled after each prompt",
+    "temperature": "sampling temperature",
+    "top_k": "sample among the k most likely tokens; 0 = no limit",
+    "top_p": "nucleus sampling: the smallest set of tokens with this much probability",
+}

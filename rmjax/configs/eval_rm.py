@@ -3,6 +3,8 @@ preference sets, per subset and pair-weighted overall."""
 
 import ml_collections
 
+from rmjax.configs import describe
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -22,3 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 32  # Pairs per forward pass (rounded up to the data-parallel size).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
+
+
+FIELDS = {
+    "workdir": "a train-rm run folder; its latest checkpoint is loaded",
+    "sets": "\"synthetic\" (the run's held-out pairs) and/or name=path[:format] entries, "
+            "comma-separated",
+    "name": "results go to <workdir>/eval_<name>.md/.json; \"\" = named after the sets",
+    "tokenizer": "a tokenizer folder, a .gguf file or \"gpt2-bpe\"; \"\" = the run's own",
+    "max_len": "tokens per sequence after truncation; 0 = the run's own (or the model's)",
+    "max_response_len": "tokens a response keeps (its end); 0 = the run's own (or no limit)",
+    "batch_size": "pairs per forward pass (rounded up to the data-parallel size)",
+    **describe.section("mesh", describe.MESH),
+}

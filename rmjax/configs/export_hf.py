@@ -20,3 +20,14 @@ def get_config() -> ml_collections.ConfigDict:
   # -1 = the run's tokenizer's pad token, else 0 (what rmjax pads with).
   c.pad_token_id = -1
   return c
+
+
+FIELDS = {
+    "workdir": "a train-rm or ppo run folder (or its checkpoints folder)",
+    "out": "folder to write; it must not exist unless overwrite",
+    "overwrite": "replace an existing out, once the new folder is complete",
+    "kind": "\"reward\", \"policy\" or \"auto\" (policy for a ppo run, else reward)",
+    "step": "checkpoint step to export; -1 = the latest",
+    "member": "reward models: -1 = every member; m = member m alone",
+    "pad_token_id": "padding id written for transformers; -1 = the run's tokenizer's (else 0)",
+}

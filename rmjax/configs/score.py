@@ -3,6 +3,8 @@ reward model trained by ``rmjax train-rm``."""
 
 import ml_collections
 
+from rmjax.configs import describe
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -19,3 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 32  # Sequences per forward pass (rounded up to the data-parallel size).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
+
+
+FIELDS = {
+    "workdir": "a train-rm run folder; its latest checkpoint is loaded",
+    "input": "JSONL rows {prompt, response} or {prompt, chosen, rejected}: text or token ids",
+    "output": "JSONL to write; \"\" = <input>.scored.jsonl beside the input",
+    "tokenizer": "a tokenizer folder, a .gguf file or \"gpt2-bpe\"; \"\" = the run's own",
+    "max_len": "tokens per sequence after truncation; 0 = the run's own (or the model's)",
+    "max_response_len": "tokens a response keeps (its end); 0 = the run's own (or no limit)",
+    "batch_size": "sequences per forward pass (rounded up to the data-parallel size)",
+    **describe.section("mesh", describe.MESH),
+}

@@ -3,6 +3,8 @@ gold-reward task, small enough to train on a laptop CPU in a few minutes."""
 
 import ml_collections
 
+from rmjax.configs import describe
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -66,10 +68,94 @@ def get_config() -> ml_collections.ConfigDict:
   # MetaRM (rmjax/rm/metarm.py): before each step, theta' = theta + eta * grad J(theta),
   # J the difference loss on k responses to each of prompts_per_step meta prompts; the BT
   # gradient is taken through theta' (first_order: at theta', applied to theta). The meta
-  # set: responses (an .npz of tokens/mask [P, k, T]) or, when empty, k samples of policy
-  # "synthetic" (the synthetic task's base policy at temperature/top_k) for the first
-  # num_prompts training prompts. eta is open in the paper; metarm.py says why 0.1.
+  # set must hold responses of the policy the RM will be used against (shifted off the
+  # preference data): responses (an .npz of tokens/mask [P, k, T]) or, when empty, k
+  # samples for each of the first num_prompts training prompts of policy
+  # "synthetic_best_of_n" (each the gold-best of best_of base-policy samples: a stand-in
+  # for an optimised policy) or "synthetic" (the base policy itself at temperature/top_k,
+  # no shift). eta is open in the paper; metarm.py says why 0.1.
   c.metarm = ml_collections.ConfigDict(dict(
       enabled=False, eta=0.1, first_order=False, k=4, prompts_per_step=8, num_prompts=256,
-      policy="synthetic", responses="", temperature=1.0, top_k=0))
+      policy="synthetic_best_of_n", best_of=8, responses="", temperature=1.0, top_k=0))
   return c
+
+
+FIELDS = {
+    "seed": "seed of initialisation and data order (member m of an ensemble derives its own)",
+    **describe.section("mesh", describe.MESH_ENSEMBLE),
+    "ensemble.k": "reward models trained as one program; 1 = a single model",
+    "ensemble.shared_backbone": "one backbone with k reward heads instead of k full models",
+    "ensemble.bootstrap": "shared backbone: each head weighs the batch's pairs by its own "
+                          "Poisson(1) draws",
+    "ensemble.vectorize": "separate members run batched (vmap), one after another (map), or "
+                          "auto",
+    "ensemble.folds": "F >= 2: member m never trains on fold m % F (out-of-fold strength); "
+                      "0 = off",
+    "model.preset": "model preset (rmjax.models.config.PRESETS) the fields below modify",
+    "model.d_model": "width of the residual stream",
+    "model.n_layers": "transformer blocks",
+    "model.n_heads": "attention (query) heads",
+    "model.n_kv_heads": "key/value heads (grouped-query attention; divides n_heads)",
+    "model.d_ff": "hidden width of the MLP",
+    "model.max_seq_len": "longest sequence the model takes (positions)",
+    "model.init_from": "a GGUF file or Hugging Face folder whose backbone replaces the preset; "
+                       "\"\" = random init",
+    **describe.section("model", describe.LORA),
+    "data.source": "\"synthetic\" (the gold-reward task) or \"files\" (data.files)",
+    "data.synthetic.num_train_pairs": "training pairs of the synthetic task",
+    "data.synthetic.num_eval_pairs": "held-out pairs of the synthetic task",
+    "data.synthetic.label_noise": "fraction of training pairs whose label is swapped",
+    "data.synthetic.seed": "seed of the synthetic task (base policy, gold reward, pairs)",
+    "data.synthetic.label_by": "gold terms that label pairs: \"total\" or terms joined by "
+                               "\"+\" (helpful, harmless, length)",
+    "data.files.paths": "preference files (any format rmjax.data.readers reads), in order",
+    "data.files.format": "hh-rlhf, pairs, llmbar or pandalm; \"\" = detected from the first row",
+    "data.files.tokenizer": "a .gguf file, a tokenizer folder or \"gpt2-bpe\"",
+    "data.files.train_lines": "source lines [start, stop) of the training split",
+    "data.files.eval_lines": "source lines [start, stop) of the held-out split",
+    "data.files.skip_bad_rows": "drop malformed rows (reported) instead of stopping at the "
+                                "first",
+    "data.files.seq_len": "tokens per side of a pair (prompt + response), after truncation",
+    "data.files.max_response_len": "tokens a response keeps (its end) before the prompt is cut",
+    "data.files.data_dir": "folder of the prepared (tokenised) datasets",
+    "data.files.name": "name of the prepared dataset under data_dir (a new name prepares "
+                       "afresh)",
+    "data.strength.path": "strength file of these pairs (rmjax score-pairs); \"\" = none",
+    "data.strength.flip_fraction": "flip the labels of this lowest-strength fraction of pairs",
+    "data.strength.smoothing": "label smoothing alpha on pairs whose strength mu < 0",
+    "data.strength.adaptive_margin": "add the adaptive margin -log sigmoid(delta - mu)",
+    "loss.label_smoothing": "Bradley-Terry label smoothing alpha on every pair",
+    "loss.center_coef": "weight of the penalty (r_chosen + r_rejected)^2 that centres rewards",
+    "loss.score_reg_coef": "weight of the penalty (r_chosen^2 + r_rejected^2) / 2",
+    "loss.use_margin": "subtract each pair's margin field inside the sigmoid",
+    "loss.contrastive.kind": "contrastive auxiliary loss: none, simcse, swav or goal",
+    "loss.contrastive.view": "what simcse/swav contrast: \"difference\" or \"pair\"",
+    "loss.contrastive.beta": "weight of the contrastive term; -1 = the paper's value",
+    "loss.contrastive.temperature": "softmax temperature (simcse, swav); -1 = the paper's",
+    "loss.contrastive.dropout": "dropout rate that makes the two views (simcse, swav)",
+    "loss.contrastive.prototypes": "SwAV prototypes; -1 = the paper's value",
+    "loss.contrastive.sinkhorn_epsilon": "SwAV Sinkhorn entropy epsilon",
+    "loss.contrastive.sinkhorn_iterations": "SwAV Sinkhorn iterations",
+    **describe.section("optim", describe.OPTIM),
+    "train.steps": "training steps (micro-batches; updates = steps / optim.grad_accum)",
+    "train.batch_size": "pairs per step (divisible by the data-parallel size)",
+    "train.log_every": "steps per logging window (metrics.jsonl, progress line)",
+    "train.eval_every": "steps between held-out evaluations (and one at the end)",
+    "train.save_every": "steps between checkpoints (and one at the end)",
+    "train.keep_checkpoints": "checkpoints kept (the newest)",
+    "train.workdir": "run folder: checkpoints, metrics, plots; an existing run resumes",
+    "train.checkpoint_dir": "\"\" = <workdir>/checkpoints; several hosts need shared storage",
+    "train.shared_prompt": "encode each prompt once per pair (packed rows)",
+    "metarm.enabled": "MetaRM: take the BT gradient at theta' = theta + eta * grad J(theta)",
+    "metarm.eta": "MetaRM inner step size",
+    "metarm.first_order": "take the BT gradient at theta' but apply it to theta (no "
+                          "second order)",
+    "metarm.k": "responses per meta prompt",
+    "metarm.prompts_per_step": "meta prompts per training step",
+    "metarm.num_prompts": "training prompts the synthetic meta set samples for",
+    "metarm.policy": "policy of the meta responses when metarm.responses is empty: "
+                     "\"synthetic\"",
+    "metarm.responses": "an .npz meta set (tokens/mask [P, k, T]); \"\" = sample from policy",
+    "metarm.temperature": "sampling temperature of the meta responses",
+    "metarm.top_k": "top-k of the meta responses; 0 = no limit",
+}
