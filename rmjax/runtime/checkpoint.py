@@ -19,7 +19,20 @@ Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames 
 ``commit_success.txt`` file plays that role). Step discovery ignores ``*.orbax-checkpoint-
 tmp`` directories, so a save killed at any point before the rename is invisible to
 :meth:`Checkpointer.restore_latest`, which resumes from the previous committed step.
-``tests/train/test_checkpoint.py`` kills a process inside that window to check it.
+``tests/runtime/test_checkpoint.py`` kills a process inside that window to check it.
+
+What :meth:`Checkpointer.restore_latest` checks before it resumes, newest step first:
+
+- the format (``FORMAT_VERSION`` in the provenance item): another one is a one-line error;
+- the run: the stored config and data hash against the current ones (``provenance``);
+  fields in ``HARMLESS_FIELDS`` may differ, any other difference is a ``ValueError``
+  naming the fields (``model.d_model: 64 -> 128``);
+- the shapes: the stored array metadata against ``abstract_state``, so that another
+  model or parameter tree is named leaf by leaf instead of failing inside Orbax;
+- readability: a step whose files cannot be read (truncated or deleted arrays, a bad
+  provenance) is skipped with a warning naming it and the previous step is tried; when no
+  step can be read the error says so. A resumed run that saves a skipped step again
+  replaces it.
 """
 
 from __future__ import annotations
@@ -31,11 +44,123 @@ import json
 import pathlib
 import signal
 import subprocess
+import warnings
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+# The checkpoint layout this module writes, stored as ``provenance["format"]``.
+# 1: before the format was recorded; the same three items and state tree, so it is read
+#    as is (nothing to convert). 2: the format recorded; the run is compared on resume.
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)
+
+# Config fields that may differ between a checkpoint and the run that resumes from it,
+# because they do not change what the run computes; a name covers the whole section
+# under it. Every other field must be equal (see ``Checkpointer.restore_latest``).
+HARMLESS_FIELDS = {
+    # Where the run stops: raising it continues the same run. (The learning-rate
+    # schedule of runtime/optim.py spans the run's length, so the steps after the resume
+    # follow the schedule of the new length.)
+    "train.steps": "where the run stops",
+    "ppo.iterations": "where a PPO run stops (train.steps of PPO)",
+    # When things are written, not what is computed.
+    "train.log_every": "how often means are logged",
+    "train.eval_every": "how often the model is evaluated (evaluation does not train)",
+    "train.save_every": "how often checkpoints are saved",
+    "train.keep_checkpoints": "how many checkpoints are kept",
+    # Where the run's files are: the workdir may be moved or renamed.
+    "train.workdir": "where metrics and checkpoints are written",
+    "train.checkpoint_dir": "where checkpoints are written",
+    # Where arrays live: restore_latest reshards onto the current mesh, and the step
+    # computes the same values on any mesh (up to the order of floating-point sums).
+    "mesh": "how devices are arranged",
+    # The ahead-of-time dry run and how processes find each other: no effect on a step.
+    "dry_run": "settings of rmjax dry-run only",
+    "distributed": "how the processes of a multi-host run connect",
+}
+
+
+def harmless(name: str) -> bool:
+  """True if the dotted config field ``name`` may change on resume (``HARMLESS_FIELDS``)."""
+  return any(name == field or name.startswith(field + ".") for field in HARMLESS_FIELDS)
+
+
+_ABSENT = object()
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  """Nested dicts as ``{dotted name: leaf}`` (lists are leaves)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+  return out
+
+
+def _shown(value) -> str:
+  text = "<absent>" if value is _ABSENT else repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def run_differences(stored: dict, now: dict) -> list[str]:
+  """``name: stored -> now`` for each field of two provenances that changes the run.
+
+  Compares the configs (fields in ``HARMLESS_FIELDS`` excepted; a field present on one
+  side only differs) and the data hashes. A side without a config or data hash (None:
+  unknown) is not compared.
+  """
+  out = []
+  if stored.get("config") is not None and now.get("config") is not None:
+    a, b = _flatten(stored["config"]), _flatten(now["config"])
+    for name in sorted(set(a) | set(b)):
+      old, new = a.get(name, _ABSENT), b.get(name, _ABSENT)
+      if old != new and not harmless(name):
+        out.append(f"{name}: {_shown(old)} -> {_shown(new)}")
+  if None not in (stored.get("data_hash"), now.get("data_hash")) and (
+      stored["data_hash"] != now["data_hash"]):
+    out.append(f"data_hash: {_shown(stored['data_hash'])} -> {_shown(now['data_hash'])}")
+  return out
+
+
+def _leaf_name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
+
+
+def _expected_shape(x) -> tuple:
+  """The stored shape of a leaf: a typed PRNG key is stored as its key data."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data,
+                                jax.ShapeDtypeStruct(x.shape, x.dtype)).shape)
+  return tuple(x.shape)
+
+
+def shape_differences(stored_tree, abstract_state) -> list[str]:
+  """``leaf: stored shape vs expected shape`` for each leaf whose shape differs or that
+  exists on one side only (``stored_tree``: Orbax's array metadata of the state item)."""
+  stored = {_leaf_name(p): getattr(m, "shape", None)
+            for p, m in jax.tree_util.tree_leaves_with_path(stored_tree)}
+  expected = {_leaf_name(p): _expected_shape(x)
+              for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+  out = []
+  for name in sorted(set(stored) | set(expected)):
+    if name not in stored:
+      out.append(f"{name}: not stored vs expected {expected[name]}")
+    elif name not in expected:
+      out.append(f"{name}: stored {tuple(stored[name])} vs not expected")
+    elif stored[name] is not None and tuple(stored[name]) != expected[name]:
+      out.append(f"{name}: stored {tuple(stored[name])} vs expected {expected[name]}")
+  return out
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
 
 _PACKAGES = {"jax": "jax", "flax": "flax", "optax": "optax",
              "orbax": "orbax-checkpoint", "numpy": "numpy"}
@@ -88,7 +213,7 @@ def provenance(config=None, data_hash: str | None = None) -> dict:
   versions["rmjax"] = rmjax.__version__
   commit, dirty = _git_commit()
   return _to_json({"config": config, "versions": versions, "git_commit": commit,
-                   "git_dirty": dirty, "data_hash": data_hash})
+                   "git_dirty": dirty, "data_hash": data_hash, "format": FORMAT_VERSION})
 
 
 def abstract_like(tree, shardings):
@@ -101,12 +226,21 @@ def abstract_like(tree, shardings):
                       tree, shardings)
 
 
+class _RunMismatch(Exception):
+  """The stored checkpoint belongs to another format, run or model (not a damaged file)."""
+
+
 class Checkpointer:
   """Periodic, asynchronous, atomic checkpoints of ``(state, extra)`` in ``directory``.
 
   ``interval``: ``save`` writes only steps that are multiples of it (unless forced);
-  ``keep``: how many of the latest steps survive. ``provenance`` (from
-  :func:`provenance`) is written beside every step.
+  ``keep``: how many of the latest steps survive (>= 1; None keeps all). ``provenance``
+  (from :func:`provenance`) is written beside every step, with ``FORMAT_VERSION``, and
+  is what :meth:`restore_latest` compares a stored run with.
+
+  Orbax's manager is made on first use, not here: it deletes the leftovers of unfinished
+  saves when it starts, which must not happen to the directory of a run that is still
+  writing, so a program takes its workdir lock (``MetricsWriter``) before it resumes.
   """
 
   def __init__(self, directory, *, keep: int | None = 3, interval: int = 1,
@@ -115,8 +249,21 @@ class Checkpointer:
     # its own shards to. Orbax needs local paths absolute.
     self.directory = (epath.Path(directory) if "://" in str(directory)
                       else pathlib.Path(directory).absolute())
+    if keep is not None and keep < 1:
+      raise ValueError(f"train.keep_checkpoints={keep} must be >= 1 (how many of the latest "
+                       "checkpoints are kept; None keeps all)")
     self.preempted = False
-    self._provenance = _to_json(provenance or {})
+    self._provenance = {**_to_json(provenance or {}), "format": FORMAT_VERSION}
+    self._unreadable: set[int] = set()  # steps restore_latest skipped; save replaces them
+    self._keep, self._interval, self._mgr = keep, interval, None
+
+  @property
+  def _manager(self) -> ocp.CheckpointManager:
+    if self._mgr is None:
+      self._mgr = self._make_manager(self._keep, self._interval)
+    return self._mgr
+
+  def _make_manager(self, keep, interval) -> ocp.CheckpointManager:
     # Orbax's default policy also saves the first step it sees in an empty directory
     # (InitialSavePolicy); we want exactly the multiples of ``interval``, so the
     # policy below replaces the one save_interval_steps would build.
@@ -127,8 +274,12 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=interval, save_decision_policy=policy,
         enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "extra", "provenance"), options=options)
+    # Handlers named up front, so that a fresh manager can read a step's metadata
+    # before anything was saved or restored through it.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler(),
+                "provenance": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(self.directory, item_names=tuple(handlers),
+                                 item_handlers=handlers, options=options)
 
   def save(self, step: int, state, extra: dict | None = None, *,
            force: bool = False) -> bool:
@@ -136,8 +287,12 @@ class Checkpointer:
 
     Returns at once after the device-to-host copy; the write continues in the
     background (``wait`` blocks until committed). Skipped (False) when ``step`` is not
-    due (unless ``force``) or is already saved.
+    due (unless ``force``) or is already saved; a step ``restore_latest`` found unreadable
+    is deleted and saved anew.
     """
+    if step in self._unreadable:
+      self._manager.delete(step)
+      self._unreadable.discard(step)
     if step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -146,10 +301,14 @@ class Checkpointer:
     return self._manager.save(step, args=args, force=force)
 
   def restore_latest(self, abstract_state):
-    """``(step, state, extra)`` of the latest committed step, or None if there is none.
+    """``(step, state, extra)`` of the latest readable committed step, or None if there is
+    none.
 
     ``abstract_state``: the state's pytree of ``jax.ShapeDtypeStruct`` (or arrays), each
-    carrying the ``sharding`` to restore into (:func:`abstract_like`).
+    carrying the ``sharding`` to restore into (:func:`abstract_like`). Raises
+    ``ValueError`` for another format, run (config, data hash) or shapes, and
+    ``RuntimeError`` when committed steps exist but none can be read; an unreadable step
+    is skipped with a warning (the module docstring lists the checks).
     """
     for path, x in jax.tree_util.tree_leaves_with_path(abstract_state):
       if getattr(x, "sharding", None) is None:
@@ -157,30 +316,78 @@ class Checkpointer:
                          "sharding; build the target with abstract_like(tree, shardings)")
     self.wait()
     self._manager.reload()  # the directory may have been written by another process
-    step = self._manager.latest_step()
-    if step is None:
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       return None
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
-    return step, out.state, out.extra
+    last_error = None
+    for i, step in enumerate(steps):
+      try:
+        stored = self._read_json(step, "provenance") or {}
+        metadata = self._manager.item_metadata(step)["state"]
+        stored_tree = metadata.tree if metadata is not None else None
+        if stored_tree is None:
+          raise ValueError("no metadata for the state item")
+        self._check_format(stored)
+        self._check_run(step, stored)
+        self._check_shapes(step, stored_tree, abstract_state)
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
+      except _RunMismatch as mismatch:  # the same at every step: not worth a fallback
+        raise ValueError(str(mismatch)) from None
+      except Exception as error:  # pylint: disable=broad-except  # any unreadable file
+        last_error = error
+        self._unreadable.add(step)
+        then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier step"
+        warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable "
+                      f"({_one_line(error)}); {then}", stacklevel=2)
+        continue
+      return step, out.state, out.extra
+    raise RuntimeError(f"no readable checkpoint in {self.directory}: steps {steps} all failed "
+                       f"to read (latest error: {_one_line(last_error)}); move them away to "
+                       "start again") from last_error
+
+  def _read_json(self, step: int, item: str):
+    args = ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+    return self._manager.restore(step, args=args)[item]
+
+  def _check_format(self, stored: dict) -> None:
+    found = stored.get("format", 1)
+    if found not in _READABLE_FORMATS:
+      raise _RunMismatch(f"{self.directory} holds checkpoints of format {found}; this rmjax "
+                         f"writes {FORMAT_VERSION}: start a new workdir")
+
+  def _check_run(self, step: int, stored: dict) -> None:
+    differences = run_differences(stored, self._provenance)
+    if differences:
+      raise _RunMismatch(
+          f"{self.directory}/{step} holds another run: {'; '.join(differences)} (stored -> "
+          "now); resume with the stored values or start a new workdir")
+
+  def _check_shapes(self, step: int, stored_tree, abstract_state) -> None:
+    differences = shape_differences(stored_tree, abstract_state)
+    if differences:
+      raise _RunMismatch(
+          f"{self.directory}/{step} holds other shapes than this run's state: "
+          f"{'; '.join(differences)}; start a new workdir for another model")
 
   def read_provenance(self, step: int | None = None) -> dict | None:
     """The provenance JSON saved with ``step`` (default: the latest step)."""
     step = self._manager.latest_step() if step is None else step
     if step is None:
       return None
-    return self._manager.restore(step, args=ocp.args.Composite(
-        provenance=ocp.args.JsonRestore())).provenance
+    return self._read_json(step, "provenance")
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
   def wait(self) -> None:
     """Block until every started save is committed."""
-    self._manager.wait_until_finished()
+    if self._mgr is not None:
+      self._mgr.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    if self._mgr is not None:
+      self._mgr.close()
 
   def __enter__(self):
     return self

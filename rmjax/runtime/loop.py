@@ -4,7 +4,9 @@ A program (the RM trainer, the feature trainer, PPO, and the trainers to come) h
 ``run`` its compiled step, its state, a function from the step index to that step's data,
 and hooks; the loop owns everything else:
 
-- resume from the latest checkpoint (onto ``restore_target``'s shardings);
+- resume from the latest checkpoint (onto ``restore_target``'s shardings), after the
+  checkpointer has checked that it holds this run (``runtime.checkpoint``), and drop the
+  metrics rows of the steps it will redo (``MetricsWriter.drop_after``);
 - a finiteness check after every step: ``check_finite`` reads the metrics the program
   names and the ``FINITE`` flag a step computes over its updated parameters
   (``all_finite``), and stops the run *before* that state can be saved, so the last
@@ -83,18 +85,25 @@ def run(*, state, step_fn: Callable, batches: Callable[[int], Any], steps: int,
   ``progress``: a ``Progress`` (its ``start`` is set on resume). ``extra(done)``: the JSON
   saved with each checkpoint. ``eval_every=0`` evaluates only at the end. Returns the
   final state and metrics; raises ``NonFiniteError`` or ``Preempted``.
+
+  With a ``restore_target``, the rows ``writer`` holds for steps after the resume point
+  (0 for a fresh start) are dropped (``writer.drop_after``, where the writer has it):
+  they come from a run that stopped after its last checkpoint, and are written again.
   """
   start = 0
-  if restore_target is not None:
-    restored = checkpointer.restore_latest(restore_target)
-    if restored is not None:
-      start, state, _ = restored
-      progress.start = start
-      if on_resume is not None:
-        on_resume(start)
   window, means, eval_metrics = [], {}, {}
   preempted_at = None
-  try:
+  try:  # from here on the writer (and its workdir lock) is closed however the run ends
+    if restore_target is not None:
+      restored = checkpointer.restore_latest(restore_target)
+      if restored is not None:
+        start, state, _ = restored
+        progress.start = start
+        if on_resume is not None:
+          on_resume(start)
+      drop_after = getattr(writer, "drop_after", None)
+      if drop_after is not None:
+        drop_after(start)
     with checkpointer.install_sigterm_handler():
       for step in range(start, steps):
         state, metrics = step_fn(state, batches(step))
