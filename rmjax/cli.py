@@ -19,6 +19,7 @@ import linecache
 import logging
 import os
 import sys
+import sysconfig
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -53,6 +54,7 @@ USER_ERROR, PREEMPTED = 2, 143  # exit statuses; 143 = 128 + SIGTERM, as a shell
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, FloatingPointError)
 _PACKAGE = os.path.dirname(os.path.abspath(rmjax.__file__)) + os.sep
+_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
 
 
 def usage() -> str:
@@ -71,28 +73,34 @@ def command_help(command: str, config) -> str:
                     describe.format_help(config, describe.meanings(command))])
 
 
+def _is_stdlib(filename: str) -> bool:
+  return filename.startswith("<") or (filename.startswith(_STDLIB) and
+                                      "-packages" + os.sep not in filename)
+
+
 def is_user_error(error: BaseException) -> bool:
-  """A user error: one of ``USER_ERRORS`` raised by rmjax's own code (its innermost frame is
-  in the rmjax package and, but for the OS errors of a file operation, a ``raise``), not
-  from inside jax, flax or numpy (traced code, whose frames JAX filters, included)."""
-  if not isinstance(error, USER_ERRORS) or isinstance(error, KeyError):
+  """A user error: one of ``USER_ERRORS`` raised by rmjax's own code, not from inside jax,
+  flax or numpy. Its innermost frame outside the standard library is in the rmjax package
+  and is a ``raise`` (or, for an OS error, any line: ``open`` of a missing file); an error
+  from traced code, whose frames JAX filters, is never one."""
+  if not isinstance(error, USER_ERRORS):
     return False
   if any("JAX has removed its internal frames" in note
          for note in getattr(error, "__notes__", ())):
     return False
   if type(error.__cause__).__name__ == "UnfilteredStackTrace":
     return False
+  frames = []
   tb = error.__traceback__
-  if tb is None:
-    return False
-  while tb.tb_next is not None:
+  while tb is not None:
+    frames.append((os.path.abspath(tb.tb_frame.f_code.co_filename), tb.tb_lineno))
     tb = tb.tb_next
-  filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
-  if not filename.startswith(_PACKAGE):
+  frames = [(f, line) for f, line in frames if not _is_stdlib(f)]
+  if not frames or not frames[-1][0].startswith(_PACKAGE):
     return False
   if isinstance(error, OSError):
     return True
-  return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+  return linecache.getline(*frames[-1]).lstrip().startswith("raise")
 
 
 def message(error: BaseException) -> str:
