@@ -154,7 +154,9 @@ FIELDS = {
     "metarm.prompts_per_step": "meta prompts per training step",
     "metarm.num_prompts": "training prompts the synthetic meta set samples for",
     "metarm.policy": "policy of the meta responses when metarm.responses is empty: "
-                     "\"synthetic\"",
+                     "\"synthetic_best_of_n\" (shifted) or \"synthetic\" (the base policy)",
+    "metarm.best_of": "synthetic_best_of_n: each meta response is the gold-best of this many "
+                      "base-policy samples",
     "metarm.responses": "an .npz meta set (tokens/mask [P, k, T]); \"\" = sample from policy",
     "metarm.temperature": "sampling temperature of the meta responses",
     "metarm.top_k": "top-k of the meta responses; 0 = no limit",

@@ -1,4 +1,4 @@
-"""MetaRM (Secrets of RLHF II, Alg. 1; ``docs/algorithms.md`` §2) as a member update.
+"""MetaRM (Secrets of RLHF II, Alg. 1; ``shared/papers/algorithms.md`` §2) as a member update.
 
 A meta set X_s holds k responses to each of P prompts from a (shifted) policy. Each step
 first takes a gradient-ascent step on the difference loss J of a few meta prompts,
@@ -6,6 +6,18 @@ first takes a gradient-ascent step on the difference loss J of a few meta prompt
 then an optimizer step on θ with the gradient of the Bradley–Terry loss at θ':
   exact (default):  ∇_θ L_BT(θ'(θ))  (through θ', second order; the paper's algorithm);
   first_order:      ∇L_BT evaluated at θ', applied to θ (the authors' issue replies).
+
+What the meta set must be: responses from the policy the reward model will be used
+against, i.e. the policy that RL (or best-of-n) against this reward model produces, whose
+responses lie off the preference data's distribution. MetaRM's point is to keep the
+reward model discriminating there; responses of the policy that generated the preference
+pairs carry no shift to adapt to. For real data, pass such responses as ``metarm.responses``
+(an .npz). On the synthetic task, the default ``metarm.policy="synthetic_best_of_n"``
+stands in for an optimised policy: each meta response is the best, under the task's gold
+reward, of ``metarm.best_of`` base-policy samples, so the meta set is shifted toward what
+optimisation buys (higher gold: longer, more relevant, less harmful responses).
+``policy="synthetic"`` samples the base policy itself (at ``temperature``, ``top_k``), for
+comparison. Only the responses are used; their gold rewards never reach the loss.
 
 Choices the paper leaves open, made here:
   * J is the mean over reward heads of each head's difference loss (one head: J itself),
@@ -16,10 +28,10 @@ Choices the paper leaves open, made here:
     prompts (all k responses of each) in a seeded order, one order per separate ensemble
     member (``MetaBatches``), so that a resumed run reads the same.
 
-η (``metarm.eta``, default 0.1) is open in the paper. ‖∇J‖ stays near 1 on the default
-synthetic task, so η is about the length of the ascent step in parameter space. In a sweep
-there, 0.1 was the middle of the range of η that trained as well as plain BT, and η = 1
-diverged (the figures: ``experiments/README.md``, "MetaRM's η").
+η (``metarm.eta``, default 0.1) is open in the paper. ‖∇J‖ is of order 1 on the default
+synthetic task, so η is about the length of the ascent step in parameter space; larger η
+makes the early BT gradients larger and, well above 0.1, training diverges. An exact step
+costs a second backward pass through the meta responses.
 
 Meta batch keys: "meta_tokens" int32 [P, k, T] and "meta_mask" bool [P, k, T], prompt and
 response joined and right-padded as the pairs are; [K, P, k, T] for stacked members.
@@ -48,7 +60,7 @@ from rmjax.tasks import preference as synthetic
 META_TOKENS = "meta_tokens"  # int32 [P, k, T]
 META_MASK = "meta_mask"  # bool [P, k, T]
 META_KEYS = (META_TOKENS, META_MASK)
-POLICIES = ("synthetic",)
+POLICIES = ("synthetic_best_of_n", "synthetic")
 
 
 def meta_rewards(model, tokens, mask) -> jax.Array:
@@ -137,6 +149,9 @@ def check_config(mcfg, data_source: str, data_parallel: int) -> None:
     if mcfg.temperature <= 0 or mcfg.top_k < 0:
       problems.append(f"temperature={mcfg.temperature} must be > 0 and top_k={mcfg.top_k} "
                       ">= 0")
+    if mcfg.policy == "synthetic_best_of_n" and mcfg.get("best_of", 1) < 2:
+      problems.append(f"best_of={mcfg.get('best_of')} must be >= 2 for policy="
+                      "'synthetic_best_of_n' (best_of=1 is the base policy: policy='synthetic')")
   if problems:
     raise ValueError("invalid metarm config: " + "; ".join(problems))
 
@@ -166,10 +181,31 @@ def sample_meta_set(policy, prompts, prompt_len, k: int, sampling: SamplingConfi
   return MetaSet(tokens.reshape(p, k, -1).astype(np.int32), mask.reshape(p, k, -1))
 
 
+def best_of_n_meta_set(task: synthetic.SyntheticTask, prompts, prompt_len, k: int, n: int,
+                       key) -> MetaSet:
+  """k responses to each right-padded prompt [P, S] (lengths [P]), each the best under the
+  task's gold total of n base-policy samples (the task's own sampling): k draws of the
+  best-of-n policy per prompt. MetaSet of [P, k, S + max_response_len]."""
+  p = len(prompt_len)
+  rows = np.repeat(np.asarray(prompts), k * n, axis=0)
+  lengths = np.repeat(np.asarray(prompt_len), k * n)
+  tokens, mask = task.sample_responses(key, rows, lengths)  # right-padded, joined
+  gold = task.score(tokens, mask, lengths)["total"].reshape(p, k, n)
+  best = np.argmax(gold, axis=2)[..., None, None]  # [P, k, 1, 1]
+  pick = lambda x: np.take_along_axis(x.reshape(p, k, n, -1), best, 2)[:, :, 0]
+  return MetaSet(pick(tokens).astype(np.int32), pick(mask))
+
+
 def synthetic_meta_set(mcfg, scfg: synthetic.SyntheticConfig, seed: int) -> MetaSet:
-  """``mcfg.k`` base-policy responses (at ``mcfg.temperature``, ``mcfg.top_k``) to each of
-  the first ``mcfg.num_prompts`` synthetic training prompts, drawn from ``seed``."""
+  """``mcfg.k`` responses to each of the first ``mcfg.num_prompts`` synthetic training
+  prompts, drawn from ``seed``: of the best-of-``mcfg.best_of`` policy under the gold
+  reward (``policy="synthetic_best_of_n"``), or of the base policy itself at
+  ``mcfg.temperature``, ``mcfg.top_k`` (``policy="synthetic"``)."""
   prompts, lengths = synthetic_train_prompts(scfg, mcfg.num_prompts)
+  if mcfg.policy == "synthetic_best_of_n":
+    key = jax.random.fold_in(jax.random.key(seed), 0x3E7B)
+    return best_of_n_meta_set(synthetic.build_task(scfg), prompts, lengths, mcfg.k,
+                              mcfg.best_of, key)
   sampling = SamplingConfig(max_new_tokens=scfg.max_response_len, temperature=mcfg.temperature,
                             top_k=mcfg.top_k, eos_id=synthetic.EOS, pad_id=synthetic.PAD)
   key = jax.random.fold_in(jax.random.key(seed), 0x3E7A)
@@ -209,7 +245,9 @@ def load_meta_set(path: str, k: int, vocab_size: int) -> MetaSet:
 
 def build_meta_set(config, vocab_size: int) -> MetaSet:
   """The run's meta set: ``metarm.responses`` (an .npz) when set, else sampled from
-  ``metarm.policy`` ("synthetic": the synthetic task's base policy) from ``config.seed``."""
+  ``metarm.policy`` ("synthetic_best_of_n": the synthetic task's base policy after
+  best-of-``best_of`` selection by its gold reward; "synthetic": the base policy itself)
+  from ``config.seed``."""
   mcfg = config.metarm
   if mcfg.responses:
     return load_meta_set(mcfg.responses, mcfg.k, vocab_size)

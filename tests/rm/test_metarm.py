@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 from test_trainer import tiny_config
 
+from rmjax.configs import train_rm
 from rmjax.data import schema
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer, sequence_rewards
@@ -226,6 +227,36 @@ def test_synthetic_meta_set_samples_k_responses_to_the_training_prompts():
     assert (meta.tokens[i, :, :plen] == prompt).all()
     assert (meta.mask[i].sum(1) > plen).all()  # every response has a token
   assert len({meta.tokens[i, j].tobytes() for i in range(5) for j in range(3)}) > 5
+
+
+def test_default_meta_set_is_shifted_off_the_base_policy():
+  """train-rm's default meta set holds responses of an optimised (best-of-n under gold)
+  policy, not of the base policy that made the pairs: their gold reward is higher by a
+  clear margin on the same prompts, and they are drawn fresh for each prompt."""
+  defaults = train_rm.get_config().metarm
+  assert defaults.policy == "synthetic_best_of_n" and defaults.best_of >= 2
+  scfg = synthetic.SyntheticConfig(num_train_pairs=64, num_eval_pairs=8)
+  mcfg = ml_collections.ConfigDict({**defaults.to_dict(), "num_prompts": 32, "k": 2})
+  metarm.check_config(mcfg, "synthetic", 1)
+  meta = metarm.synthetic_meta_set(mcfg, scfg, seed=0)
+  assert meta.tokens.shape == (32, 2, scfg.seq_len)
+  assert not (meta.mask[..., 1:] & ~meta.mask[..., :-1]).any()  # right-padded
+  prompts, plen = metarm.synthetic_train_prompts(scfg, 32)
+  for i, n in enumerate(plen):
+    assert (meta.tokens[i, :, :n] == prompts[i, :n]).all()
+  task = synthetic.build_task(scfg)
+  lengths = np.repeat(plen, 2)
+  base_tokens, base_mask = task.sample_responses(jax.random.key(5), np.repeat(prompts, 2, 0),
+                                                 lengths)
+  base = task.score(base_tokens, base_mask, lengths)["total"]
+  shifted = task.score(meta.tokens.reshape(64, -1), meta.mask.reshape(64, -1), lengths)["total"]
+  assert shifted.mean() - base.mean() > 0.5 * base.std(), (shifted.mean(), base.mean())
+  assert len({meta.tokens[i, j].tobytes() for i in range(32) for j in range(2)}) == 64
+
+
+def test_best_of_n_needs_n_of_at_least_two():
+  with pytest.raises(ValueError, match="best_of=1 must be >= 2"):
+    metarm.check_config(metarm_config(policy="synthetic_best_of_n", best_of=1), "synthetic", 1)
 
 
 def test_meta_batches_are_a_pure_function_of_the_step_per_member():
