@@ -13,8 +13,10 @@ A pair's ``source`` is "path:line" (JSONL, 1-based) or "path:[i]" (JSON list, Pa
 A malformed row (bad JSON, missing field, wrong type, empty or whitespace-only response,
 non-UTF-8 bytes, bad label) raises DataError starting with that location (plus "(line L)"
 where a JSON-list element starts) and naming the field; ``skip_bad_rows=True`` records it in
-``skipped`` instead. Rows are validated before votes are counted, and a JSON list whose
-structure is broken always raises: it cannot be read past the break.
+``skipped`` instead, and the load reports how many rows it skipped and the first few
+reasons (``ReadResult.summary``), as it does pairs whose chosen equals rejected. Rows are
+validated before votes are counted, and a JSON list whose structure is broken always
+raises: it cannot be read past the break.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +38,7 @@ from rmjax.data.hh_rlhf import split_transcripts
 from rmjax.data.schema import DataError, PreferencePair
 
 FORMATS = ("hh-rlhf", "pairs", "llmbar", "pandalm")
+REPORT_FIRST = 3  # locations a load report names
 LLMBAR_SUBSETS = {  # RewardBench subset name -> folder under llmbar/Dataset/LLMBar
     "llmbar-natural": "Natural",
     "llmbar-adver-neighbor": "Adversarial/Neighbor",
@@ -51,6 +55,28 @@ class ReadResult:
   pairs: list[PreferencePair]
   skipped: list[str] = dataclasses.field(default_factory=list)  # "where: reason", one per row
   dropped_ties: int = 0  # pandalm only: ties and votes without a majority
+  identical: list[str] = dataclasses.field(default_factory=list)  # sources, chosen == rejected
+
+  def summary(self, first: int = REPORT_FIRST) -> str:
+    """What was dropped or looks wrong, one line each ("" when nothing): the rows
+    ``skip_bad_rows`` skipped and the pairs whose chosen equals rejected (kept; they carry
+    no preference), each with a count and the first ``first`` locations."""
+    lines = []
+    if self.skipped:
+      lines.append(f"{self.path}: skipped {_count(self.skipped, 'bad row')} (skip_bad_rows): "
+                   + _first(self.skipped, first, "; "))
+    if self.identical:
+      lines.append(f"{self.path}: {_count(self.identical, 'pair')} with chosen == rejected "
+                   f"(kept, no preference to learn): " + _first(self.identical, first, ", "))
+    return "\n".join(lines)
+
+
+def _count(items, what: str) -> str:
+  return f"{len(items)} {what}{'' if len(items) == 1 else 's'}"
+
+
+def _first(items, first: int, sep: str) -> str:
+  return sep.join(items[:first]) + (f"{sep}..." if len(items) > first else "")
 
 
 class _RowError(Exception):
@@ -58,8 +84,12 @@ class _RowError(Exception):
 
 
 def read_pairs(path: str | os.PathLike, format: str | None = None, *, skip_bad_rows: bool = False,
-               subset: str | None = None) -> ReadResult:
-  """Reads every row of ``path``; ``subset`` is copied into each pair (e.g. "llmbar-natural")."""
+               subset: str | None = None, report: bool = True) -> ReadResult:
+  """Reads every row of ``path``; ``subset`` is copied into each pair (e.g. "llmbar-natural").
+
+  ``report``: print ``ReadResult.summary()`` (skipped rows, chosen == rejected pairs) to
+  stderr once, on the primary process, when it has anything to say.
+  """
   if format is not None and format not in FORMATS:
     raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
   name = os.fspath(path)
@@ -83,9 +113,26 @@ def read_pairs(path: str | os.PathLike, format: str | None = None, *, skip_bad_r
       continue
     if fields is None:
       result.dropped_ties += 1
-    else:
-      result.pairs.append(PreferencePair(**fields, source=source, subset=subset))
+      continue
+    result.pairs.append(PreferencePair(**fields, source=source, subset=subset))
+    if _same(fields["chosen"], fields["rejected"]):
+      result.identical.append(source)
+  if report:
+    _print_report(result.summary())
   return result
+
+
+def _same(a, b) -> bool:
+  return (a == b) if isinstance(a, str) == isinstance(b, str) else False
+
+
+def _print_report(text: str) -> None:
+  if not text:
+    return
+  from rmjax.parallel.distributed import is_primary  # pylint: disable=import-outside-toplevel
+
+  if is_primary():
+    print(text, file=sys.stderr)
 
 
 def shared_data_dir() -> Path | None:

@@ -17,7 +17,8 @@ already hold token ids (the synthetic task, ``pairs_from_arrays``) need none.
 
 ``info.metadata["fingerprint"]`` hashes the pairs, the split assignment and ``tokenizer_id``
 (the tokenizer's code is not hashed: name it). Preparing again with the same name reuses the
-files when the fingerprint agrees and raises when it does not (``overwrite=True`` rebuilds).
+files when the fingerprint agrees and raises when it does not, saying to delete the folder
+or choose another name (``overwrite=True`` rebuilds, for callers that own the folder).
 Read back with ``data_sources(data_dir, name)`` (``tfds.builder_from_directory``: no class,
 no data, no TensorFlow needed). On several hosts, prepare on one (process 0) and let the
 others read after a barrier; TFDS writes to a temporary folder and renames it when done.
@@ -119,8 +120,9 @@ def build(data_dir: str | os.PathLike, name: str, splits: Mapping[str, Sequence[
       return builder
     if not overwrite:
       raise ValueError(f"{builder.data_dir} holds dataset {name!r} prepared from other data "
-                       f"(fingerprint {stored}, now {builder.fingerprint}); pass overwrite=True "
-                       f"or choose another name")
+                       f"(fingerprint {stored}, now {builder.fingerprint}): delete "
+                       f"{builder.data_dir} to prepare it again, or give this data another "
+                       f"name (rmjax train-rm: --config.data.files.name)")
     shutil.rmtree(builder.data_dir)
     builder = PreferencePairs(data_dir=data_dir, name=name, splits=splits, tokenizer=tokenizer,
                               tokenizer_id=tokenizer_id, chunk_size=chunk_size)

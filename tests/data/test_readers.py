@@ -261,3 +261,30 @@ def test_shared_data_dir_env(tmp_path, monkeypatch):
     llmbar_subsets()
   with pytest.raises(FileNotFoundError, match="no LLMBar data"):
     llmbar_subsets(tmp_path)
+
+
+def test_skipped_rows_and_identical_pairs_are_reported_once(tmp_path, capsys):
+  bad = [_dump({"prompt": "p", "chosen": "x"}), "{nope", _dump({**GOOD, "weight": -1}),
+         _dump({**GOOD, "chosen": 7})]
+  same = _dump({"prompt": "p", "chosen": "tie", "rejected": "tie"})
+  path = _jsonl(tmp_path / "x.jsonl", [_dump(GOOD), *bad, same, _dump(GOOD), same])
+  result = read_pairs(path, "pairs", skip_bad_rows=True)
+  err = capsys.readouterr().err.splitlines()
+  assert len(result.skipped) == 4 and result.identical == [f"{path}:6", f"{path}:8"]
+  assert err == [
+      f"{path}: skipped 4 bad rows (skip_bad_rows): {path}:2: missing field 'rejected'; "
+      f"{path}:3: bad JSON: Expecting property name enclosed in double quotes at column 2; "
+      f"{path}:4: field 'weight' must be >= 0, got -1; ...",
+      f"{path}: 2 pairs with chosen == rejected (kept, no preference to learn): "
+      f"{path}:6, {path}:8"]
+  read_pairs(path, "pairs", skip_bad_rows=True, report=False)
+  clean = _jsonl(tmp_path / "clean.jsonl", [_dump(GOOD)])
+  read_pairs(clean, "pairs")
+  assert capsys.readouterr().err == ""
+
+
+def test_identical_token_id_pairs_are_counted(tmp_path):
+  rows = [{"prompt": [1], "chosen": [2, 3], "rejected": [2, 3]},
+          {"prompt": [1], "chosen": [2, 3], "rejected": [2, 4]}]
+  path = _jsonl(tmp_path / "ids.jsonl", [_dump(r) for r in rows])
+  assert read_pairs(path, report=False).identical == [f"{path}:1"]

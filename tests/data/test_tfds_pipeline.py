@@ -84,9 +84,13 @@ def test_prepare_again_reuses_or_refuses_changed_data(text, data_dir):
   again = TB.build_from_files(data_dir, "text", path, {"train": (1, 10), "eval": (10, None)},
                               char_tokenizer, tokenizer_id="chars")
   assert again.fingerprint == builder.fingerprint == builder.info.metadata["fingerprint"]
-  with pytest.raises(ValueError, match="prepared from other data"):
+  with pytest.raises(ValueError, match="prepared from other data") as refused:
     TB.build_from_files(data_dir, "text", path, {"train": (1, 9), "eval": (9, None)},
                         char_tokenizer, tokenizer_id="chars")
+  # The advice is something a user of the CLI can do (it has no overwrite option).
+  advice = str(refused.value)
+  assert "overwrite" not in advice
+  assert f"delete {builder.data_dir}" in advice and "--config.data.files.name" in advice
 
 
 def test_builder_input_errors(tmp_path):
@@ -220,3 +224,14 @@ def test_eval_batches_cover_every_record_once(synth):
     seen.extend(batch["index"][:real].tolist())
     count += 1
   assert seen == list(range(64)) and count == 3
+
+
+def test_build_from_files_reports_skipped_rows_once(tmp_path, capsys):
+  path = tmp_path / "rows.jsonl"
+  rows = [json.dumps({"prompt": "p", "chosen": f"c{i}", "rejected": f"r{i}"}) for i in range(4)]
+  path.write_text("\n".join([rows[0], "{broken", rows[1], '{"prompt": "p"}', *rows[2:]]) + "\n")
+  TB.build_from_files(tmp_path / "data", "rows", path, {"train": (1, 5), "eval": (5, None)},
+                      char_tokenizer, tokenizer_id="chars", skip_bad_rows=True)
+  err = capsys.readouterr().err
+  assert err.count("skipped 2 bad rows (skip_bad_rows)") == 1, err
+  assert f"{path}:2: bad JSON" in err and f"{path}:4: missing field 'chosen'" in err
