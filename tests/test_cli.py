@@ -163,3 +163,16 @@ def test_sigterm_saves_exits_143_and_the_rerun_resumes(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert f"resumed from step {step} in {tmp_path}" in rerun.stdout
   assert (checkpoints / str(step + 5)).is_dir()
+
+
+def test_train_rm_without_eval_metrics_says_why(monkeypatch, capsys):
+  from rmjax.commands import train_rm
+  from rmjax.configs import train_rm as train_rm_config
+
+  monkeypatch.setattr(train_rm.rm_trainer, "train",
+                      lambda config: {"eval": {}, "workdir": "runs/x", "plot": "curves.png"})
+  config = train_rm_config.get_config()
+  train_rm.run(config)
+  first = capsys.readouterr().out.splitlines()[0]
+  assert first == ("held-out: not evaluated: runs/x had already reached train.steps=600, so no "
+                   "step ran (raise train.steps to train further)")
