@@ -1,4 +1,4 @@
-"""MetaRM (Secrets of RLHF II, Alg. 1; ``shared/papers/algorithms.md`` §2) as a member update.
+"""MetaRM (Secrets of RLHF II, Alg. 1; ``docs/algorithms.md`` §2) as a member update.
 
 A meta set X_s holds k responses to each of P prompts from a (shifted) policy. Each step
 first takes a gradient-ascent step on the difference loss J of a few meta prompts,
