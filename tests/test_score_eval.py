@@ -187,3 +187,36 @@ def test_model_config_of_an_init_from_run(tmp_path):
   assert (cfg.num_reward_heads, cfg.lm_head) == (1, False)
   with pytest.raises(ValueError, match="96 token ids but the checkpoint's embedding has 64"):
     model_config_of(model_cfg, 64)
+
+
+def _char_tokenizer(folder):
+  """A 30-id character tokenizer folder (fits the synthetic model's 64-token vocabulary)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  folder.mkdir()
+  vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2,
+           **{c: i + 3 for i, c in enumerate(" abcdefghijklmnopqrstuvwxyz")}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+  tok.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>",
+       "pad_token": "<pad>", "unk_token": "<unk>"}))
+  return str(folder)
+
+
+def test_score_warns_about_whitespace_only_responses_naming_the_rows(trained, tmp_path,
+                                                                     capsys):
+  path = tmp_path / "blank.jsonl"
+  rows = [{"prompt": "hi", "response": "there"}, {"prompt": "hi", "response": "  \n"},
+          {"prompt": "hi", "chosen": "yes", "rejected": " "}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = score_config.get_config()
+  config.update(workdir=str(trained[0]), input=str(path),
+                tokenizer=_char_tokenizer(tmp_path / "tok"))
+  out = score.run(config)
+  err = capsys.readouterr().err
+  assert err.count("warning:") == 1, err
+  assert (f"warning: 2 responses of {path} are only whitespace (scored as given): "
+          f"{path}:2: field 'response'; {path}:3: field 'rejected'") in err
+  assert all(np.isfinite(r.get("reward", 0.0)) for r in out["rows"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -84,6 +85,17 @@ def parse_rows(rows) -> tuple[list[tuple[int, object, object]], list[tuple[int, 
   return singles, pairs
 
 
+def blank_responses(singles, pairs) -> list[str]:
+  """"where: field" of every text response that is only whitespace: it is scored as given,
+  but is rarely meant (a response lost on the way into the file, say)."""
+  out = [f"{where}: field 'response'" for where, text in singles
+         if isinstance(text, str) and not text.strip()]
+  for where, pair in pairs:
+    out += [f"{where}: field {side!r}" for side in ("chosen", "rejected")
+            if isinstance(getattr(pair, side), str) and not getattr(pair, side).strip()]
+  return out
+
+
 def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int | None):
   """(tokens int32 [n, seq], mask bool [n, seq], [(row index, output field)] per sequence).
 
@@ -135,6 +147,12 @@ def run(config) -> dict:
                      config.max_response_len)
   rows = read_jsonl(config.input)
   singles, pairs = parse_rows(rows)
+  blank = blank_responses([(rows[i][0], r) for i, _, r in singles],
+                          [(p.source, p) for _, p in pairs])
+  if blank:
+    print(f"warning: {len(blank)} response{'s' if len(blank) > 1 else ''} of {config.input} "
+          f"{'are' if len(blank) > 1 else 'is'} only whitespace (scored as given): "
+          + "; ".join(blank[:3]) + ("; ..." if len(blank) > 3 else ""), file=sys.stderr)
   contents = [(rows[i][0], c) for i, p, r in singles for c in (p, r)]
   contents += [(rows[i][0], c) for i, p in pairs for c in (p.prompt, p.chosen, p.rejected)]
   for where, content in contents:
