@@ -64,10 +64,13 @@ class WorkdirLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as error:
         holder = _read_holder(fd)
-        os.close(fd)
         if error.errno in (errno.EAGAIN, errno.EACCES):
+          os.close(fd)
           raise self._busy(holder) from None
-        raise
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+          os.close(fd)
+          raise
+        # A file system without flock: the pid and host below are the only check.
       try:
         same_file = os.stat(self.path).st_ino == os.fstat(fd).st_ino
       except FileNotFoundError:  # released (unlinked) between our open and flock
@@ -77,13 +80,14 @@ class WorkdirLock:
       os.close(fd)
     holder = _read_holder(fd)
     if holder:  # left behind: by a dead process, or by this one without close()
-      stale = holder.get("host") == me["host"] and (
-          holder.get("pid") == me["pid"] or not _alive(int(holder.get("pid", 0))))
+      pid = holder.get("pid")
+      stale = holder.get("host") == me["host"] and isinstance(pid, int) and (
+          pid == me["pid"] or not _alive(pid))
       if not stale:
         os.close(fd)
         raise self._busy(holder)
       warnings.warn(f"taking over the stale lock {self.path} of pid {holder.get('pid')} on "
-                    f"{holder.get('host')} (no longer running)", stacklevel=3)
+                    f"{holder.get('host')} (not running, or this process's own)", stacklevel=3)
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
     os.fsync(fd)

@@ -6,10 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from rmjax.runtime import metrics
+from rmjax.runtime import checkpoint, metrics
 
 
 def _lock(workdir):
@@ -93,3 +94,22 @@ def test_only_the_primary_process_writes(tmp_path, monkeypatch):
   writer.write(1, "train", {"loss": 1.0})
   writer.close()
   assert not (tmp_path / "w").exists()  # no lock, no rows, no TensorBoard files
+
+
+def test_a_refused_second_run_leaves_the_first_runs_unfinished_save_alone(tmp_path):
+  """A program makes its Checkpointer before its writer; Orbax deletes unfinished saves
+  when its manager starts, so the Checkpointer must not start it before the lock."""
+  unfinished = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1733300000"
+  unfinished.mkdir(parents=True)
+  first = metrics.MetricsWriter(str(tmp_path))
+  try:
+    checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    with pytest.raises(RuntimeError, match="is in use by"):
+      metrics.MetricsWriter(str(tmp_path))
+    time.sleep(1.0)  # Orbax's clean-up runs in the background once its manager starts
+    checkpointer.close()
+    assert unfinished.is_dir()
+    checkpoint.Checkpointer(tmp_path / "elsewhere").close()
+    assert not (tmp_path / "elsewhere").exists()  # a Checkpointer alone touches nothing
+  finally:
+    first.close()
