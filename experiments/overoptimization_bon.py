@@ -36,7 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.objectives import bon
+from rmjax.objectives import ensemble as objectives
 from rmjax.rl import best_of_n as bon_sampling
+from rmjax.rl import rewards
 from rmjax.rm import load as load_rm
 from rmjax.rm import trainer as rm_trainer
 from rmjax.tasks import preference as synthetic
@@ -96,14 +98,19 @@ def n_grid(c) -> np.ndarray:
 
 def objective_curves(c, members, gold, ns) -> dict:
   """{objective: {"gold": [M], "proxy": [M]}} averaged over prompts, plus "single/m" for
-  each member m. members [P, N, K], gold [P, N]."""
+  each member m. members [P, N, K], gold [P, N]. Members are normalised first by the
+  library's path (``rl.rewards.member_stats`` on these base-policy samples, then
+  ``normalize_members``), as PPO normalises them."""
+  (members,) = rewards.normalize_members([members], rewards.member_stats([members]))
   out = {}
   for m in range(members.shape[-1]):
-    out[f"single/{m}"] = bon.best_of_n_curves(members, gold, ns, "single", member=m)
+    out[f"single/{m}"] = bon.best_of_n_curves(members, gold, ns, "single", normalize=False,
+                                              member=m)
   for objective in c.objectives:
     if objective != "single":
-      kwargs = {"lam": c.uwo_lam} if objective == "uwo" else {}
-      out[objective] = bon.best_of_n_curves(members, gold, ns, objective, **kwargs)
+      kwargs = objectives.options(objective, uwo_lam=c.uwo_lam)
+      out[objective] = bon.best_of_n_curves(members, gold, ns, objective, normalize=False,
+                                            **kwargs)
   out = {name: {k: np.asarray(cur[k]).mean(0) for k in ("gold", "proxy")}
          for name, cur in out.items()}
   singles = [v for name, v in out.items() if name.startswith("single/")]

@@ -6,10 +6,10 @@ The PPO half of Coste et al. (2023) (algorithms.md §3, §5) on the synthetic go
 whose gold reward is known exactly:
 
 1. For every seed, a K-member proxy ensemble is trained on the task's train split with
-   label noise (the best-of-n experiment's ``train_proxies``), and each member is
-   normalised to zero mean, unit std on base-policy samples.
+   label noise (the best-of-n experiment's ``train_proxies``).
 2. For every (objective, KL coefficient), ``ppo_trainer.train`` optimises the base policy
-   against that objective of the normalised members: "single" is member 0 alone,
+   against that objective of the members, each normalised by the trainer to zero mean,
+   unit std on base-policy samples (``reward.member_norm``, the library's one path): "single" is member 0 alone,
    "wco" the minimum, "uwo" the mean minus λ·variance. Each iteration logs the proxy
    score, the gold reward and the KL E[Σ_t ½ (log π/π_ref)²] ("kl_half_squared").
 3. Over seeds: mean and 95% t-interval of the gold and proxy curves per iteration, the
@@ -26,7 +26,6 @@ import shutil
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -34,8 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report  # noqa: E402
 from experiments.overoptimization_bon import interval, train_proxies  # noqa: E402
 from rmjax.configs import ppo as ppo_configs  # noqa: E402
-from rmjax.objectives import ensemble as objectives  # noqa: E402
-from rmjax.rl import best_of_n as bon_sampling
 from rmjax.rl import build as rl_build  # noqa: E402
 from rmjax.rl import trainer as ppo_trainer  # noqa: E402
 from rmjax.tasks import preference as synthetic
@@ -59,28 +56,14 @@ def ppo_config(c, objective: str, kl_coef: float, seed: int, workdir: str,
   p = ppo_configs.get_config()
   merge(p, c.ppo)
   p.seed = seed
-  p.reward.update(workdirs=(proxy_dir,), objective=objective, uwo_lam=c.uwo_lam)
+  episodes = p.ppo.prompts * p.ppo.samples_per_prompt  # the trainer samples in rollouts
+  p.reward.update(workdirs=(proxy_dir,), objective=objective, uwo_lam=c.uwo_lam,
+                  member_norm=True,
+                  norm_batches=max(1, -(-c.norm.prompts * c.norm.samples // episodes)))
   p.kl.update(adaptive=False, coef=kl_coef)
   n = p.ppo.iterations
   p.train.update(workdir=workdir, log_every=max(1, n // 5), save_every=n, keep_checkpoints=1)
   return p
-
-
-def normalized(scorer, task, c, seed: int):
-  """(scorer [B, K] of member rewards normalised on base-policy samples, (mu, sigma))."""
-  key = jax.random.fold_in(jax.random.key(seed), c.norm.prompt_key)
-  prompts, prompt_len = task.sample_prompts(jax.random.fold_in(key, 0), c.norm.prompts)
-  prompt_mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
-  rewards = bon_sampling.best_of_n_scores(
-      jax.random.fold_in(key, 1), task.policy, task.sampling, prompts, prompt_mask,
-      c.norm.samples, lambda tokens, mask, _: scorer(tokens, mask),
-      chunk_size=c.norm.prompts * c.norm.samples)
-  mu, sigma = objectives.normalization_stats(rewards)
-
-  def score(tokens, mask):
-    return objectives.normalize(scorer(tokens, mask), mu, sigma)
-
-  return score, (np.asarray(mu), np.asarray(sigma))
 
 
 def read_curves(workdir: str) -> dict:
@@ -98,25 +81,25 @@ def run_seed(c, seed: int) -> tuple[dict, dict]:
   proxy_dir = os.path.join(c.workdir, "proxies", f"noise{c.label_noise:g}_seed{seed}")
   task = synthetic.build_task(synthetic.SyntheticConfig(
       **c.task.to_dict(), label_noise=c.label_noise))
-  scorer, (mu, sigma) = normalized(raw, task, c, seed)
   critic = rl_build.first_member(raw)
-  print(f"seed {seed}: proxies trained and normalised in {time.time() - start:.0f}s, eval "
+  print(f"seed {seed}: proxies trained in {time.time() - start:.0f}s, eval "
         f"accuracy {evals['accuracy']:.3f}, gold agreement {evals['gold_agreement']:.3f}",
         flush=True)
-  curves = {}
+  curves, stats = {}, None
   for objective in c.objectives:
     for coef in c.kl_coefs:
       start = time.time()
       workdir = os.path.join(c.workdir, "ppo", f"{objective}_kl{coef:g}_seed{seed}")
       shutil.rmtree(workdir, ignore_errors=True)  # never resume a run of another config
       config = ppo_config(c, objective, coef, seed, workdir, proxy_dir)
-      ppo_trainer.train(config, scorers=[scorer], task=task, critic_model=critic)
+      result = ppo_trainer.train(config, scorers=[raw], task=task, critic_model=critic)
+      stats = stats or result["member_stats"][0]  # the same samples in every run of a seed
       curve = curves.setdefault(objective, {})[f"{coef:g}"] = read_curves(workdir)
       print(f"seed {seed} {objective} kl {coef:g}: {time.time() - start:.0f}s, gold "
             f"{curve['gold'][0]:.3f} -> {curve['gold'][-1]:.3f}, proxy "
             f"{curve['score'][0]:.3f} -> {curve['score'][-1]:.3f}, KL "
             f"{curve['kl_half_squared'][-1]:.3f}", flush=True)
-  return curves, {**evals, "norm_mu": mu, "norm_sigma": sigma}
+  return curves, {**evals, "norm_mu": stats["mu"], "norm_sigma": stats["sigma"]}
 
 
 def summarise(c, per_seed: list[dict]) -> dict:

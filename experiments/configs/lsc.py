@@ -52,8 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.ppo = ml_collections.ConfigDict(dict(
       ppo=ml_collections.ConfigDict(dict(iterations=30, prompts=8, samples_per_prompt=4)),
       kl=ml_collections.ConfigDict(dict(coef=0.05)),
+      # member_norm off: each arm has single-member reward models, and LSC is defined on
+      # the raw reward (Wang et al.); rescaling it to unit std would move its saturation.
       reward=ml_collections.ConfigDict(dict(lsc_quantile=0.85, lsc_samples=8,
-                                            normalize=False, clip=0.0)),
+                                            normalize=False, clip=0.0, member_norm=False)),
       optim=ml_collections.ConfigDict(dict(
           actor=ml_collections.ConfigDict(dict(learning_rate=2e-4)),
           critic=ml_collections.ConfigDict(dict(learning_rate=1e-3))))))

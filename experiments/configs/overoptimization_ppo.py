@@ -27,8 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.objectives = ("single", "wco", "uwo")
   c.uwo_lam = 0.1  # Coste et al.'s PPO value (algorithms.md §3: 0.5 for best-of-n)
   c.kl_coefs = (0.0, 0.01, 0.2)  # fixed beta of the per-token KL penalty
-  # Base-policy samples for the per-member normalisation: prompts x samples each.
-  c.norm = ml_collections.ConfigDict(dict(prompts=64, samples=8, prompt_key=2000))
+  # Base-policy samples for the per-member normalisation: about prompts x samples, drawn
+  # by the PPO trainer in rollout-sized batches (reward.member_norm, reward.norm_batches).
+  c.norm = ml_collections.ConfigDict(dict(prompts=64, samples=8))
   c.task, c.proxy = bon.task_section(), bon.proxy_section()  # the best-of-n study's
   c.ppo = ml_collections.ConfigDict(dict(
       ppo=ml_collections.ConfigDict(dict(iterations=50, prompts=8, samples_per_prompt=4)),

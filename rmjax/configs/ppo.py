@@ -17,10 +17,29 @@ def get_config() -> ml_collections.ConfigDict:
   # (algorithms.md §5): each run's members -> objective (mean, wco, uwo, ...) -> transform
   # ("none": the sum over runs; "lsc": log sigmoid(r - r_ref(x)) summed over runs, i.e. the
   # AND-combination, r_ref the per-prompt quantile of lsc_samples reference-policy samples)
-  # -> running normalisation -> clip (0 = none).
+  # -> running normalisation -> clip (0 = none). Before the objective, member_norm scales
+  # every member to mean 0, std 1 on norm_batches rollout-sized batches of initial-policy
+  # samples (Coste et al.; the statistics are checkpointed). One parameter per objective:
+  # uwo_lam (Coste et al.'s PPO value 0.1; 0.5 was their best-of-n value), brme_lam (open
+  # in Yan et al.; 0.5 is neutral).
   c.reward = ml_collections.ConfigDict(dict(
-      workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.5, transform="none",
+      workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.1, brme_lam=0.5,
+      member_norm=True, norm_batches=8, transform="none",
       lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
+  # The policy: "" = the synthetic task's base policy (the task of the reward models'
+  # runs); or a Hugging Face folder, a .gguf file, or an rmjax ppo workdir (its actor).
+  # eos_id: the id that ends a response (-1: the tokenizer's EOS).
+  c.policy = ml_collections.ConfigDict(dict(init_from="", eos_id=-1))
+  # Prompts: path "" = the synthetic task's; else a file of {"prompt": text or token ids}
+  # rows (JSONL, JSON list, Parquet) or any preference format of rmjax.data.readers
+  # (format "" = detected). tokenizer "" = the policy's own, else the reward models'.
+  # Prompts keep their last max_len tokens; max_response_len applies when
+  # ppo.max_new_tokens is 0.
+  c.prompts = ml_collections.ConfigDict(dict(
+      path="", format="", tokenizer="", max_len=64, max_response_len=64,
+      skip_bad_rows=False))
+  # Evaluation hook: log the synthetic task's gold reward of every rollout (never optimised).
+  c.evaluate = ml_collections.ConfigDict(dict(gold=True))
   # LoRA (rmjax/models/lora.py) on the actor and on the critic: lora_rank > 0 freezes that
   # network's backbone (the actor's LM head too) and trains low-rank adapters (scale
   # lora_alpha / lora_rank) on lora_targets (any of qkv, o, gate_up, down), and the

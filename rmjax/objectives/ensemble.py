@@ -7,6 +7,9 @@ least) float32. Equations: ``docs/algorithms.md`` §3 (Coste et al. 2023 for mea
 WCO, UWO and the normalisation; Yan et al. 2024 for BRME).
 
 Configs name an objective by string; ``combine(rewards, "uwo", lam=0.1)`` dispatches.
+Each objective with a parameter has its own default, named below with its source; a
+config keeps one field per objective (``options`` maps them to ``combine``'s kwargs), so
+that tuning one objective never changes another.
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ import inspect
 import numbers
 
 import jax.numpy as jnp
+
+# UWO's λ: Coste et al. 2023 used 0.5 in their best-of-n experiments and 0.1 in PPO (the
+# paper is inconsistent, §3); each program's default is the value of its own setting.
+UWO_LAM_BON = 0.5
+UWO_LAM_PPO = 0.1
+# BRME's λ (Yan et al. 2024, §3): the paper leaves it open; 0.5 weighs the nominal reward
+# and the worst member equally, a neutral choice rather than a paper value.
+BRME_LAM = 0.5
 
 
 def _float(x):
@@ -49,14 +60,14 @@ def worst_case(rewards):
   return jnp.min(_members(rewards), axis=-1)
 
 
-def uncertainty_weighted(rewards, lam=0.5, unbiased=False):
+def uncertainty_weighted(rewards, lam=UWO_LAM_BON, unbiased=False):
   """Uncertainty-weighted optimisation (UWO): R̄ − λ·Var_i(R_i) (§3). [..., K] → [...].
 
   Var is the population variance (1/K) Σ_i (R_i − R̄)², as in Coste et al.'s equation;
   ``unbiased=True`` uses 1/(K − 1), which their PPO code used (§3 marks this a split).
-  λ = 0.5 is the paper's best-of-n value and the default here; PPO used λ = 0.1 (§3: the
-  paper is inconsistent, rmjax's PPO default is 0.1), so PPO configs should pass it.
-  λ = 0 is the plain mean.
+  λ = 0.5 (``UWO_LAM_BON``) is the paper's best-of-n value and the default here; PPO used
+  λ = 0.1 (``UWO_LAM_PPO``; §3: the paper is inconsistent), the default of ``rmjax ppo``'s
+  ``reward.uwo_lam``. λ = 0 is the plain mean.
 
   Args:
     rewards: [..., K] member rewards.
@@ -72,14 +83,14 @@ def uncertainty_weighted(rewards, lam=0.5, unbiased=False):
   return jnp.mean(r, axis=-1) - lam * var
 
 
-def brme(rewards, lam=0.5, stds=None):
+def brme(rewards, lam=BRME_LAM, stds=None):
   """BRME-style reward-robust objective λ·R_nominal + (1 − λ)·min_i R_i (§3, Yan et al.).
 
   Scalar heads (``stds=None``): R_nominal = the ensemble mean R̄. Gaussian heads: each
   member predicts a mean (``rewards``) and a std (``stds``), and per example R_nominal is
   the mean of the head with the lowest predicted std (the first such head on ties); the
-  min term is over the predicted means. §3 leaves λ open; 0.5 is a neutral default, not a
-  paper value. λ = 1 is the nominal alone, λ = 0 is WCO.
+  min term is over the predicted means. §3 leaves λ open; 0.5 (``BRME_LAM``) is a neutral
+  default, not a paper value. λ = 1 is the nominal alone, λ = 0 is WCO.
 
   Args:
     rewards: [..., K] member rewards (Gaussian heads: their predicted means).
@@ -146,6 +157,12 @@ def normalize(rewards, mu, sigma):
     raise ValueError(f"mu and sigma must be [K]=[{k}] (one per member of rewards "
                      f"{r.shape}); got {mu.shape} and {sd.shape}")
   return (r - mu) / sd
+
+
+def options(objective: str, uwo_lam: float = UWO_LAM_PPO, brme_lam: float = BRME_LAM) -> dict:
+  """``combine``'s kwargs for ``objective`` from one parameter per objective: ``uwo_lam``
+  for "uwo", ``brme_lam`` for "brme", nothing for the others."""
+  return {"uwo": {"lam": uwo_lam}, "brme": {"lam": brme_lam}}.get(objective, {})
 
 
 OBJECTIVES = {"mean": mean, "wco": worst_case, "uwo": uncertainty_weighted, "brme": brme,

@@ -9,7 +9,8 @@ the state before token t.
 
 The update is a pure ``step(state, batch) -> (state, metrics)`` over a minibatch of
 episodes, jitted once with explicit shardings (``rmjax.parallel.compile_step``):
-``state = {"actor", "critic", "actor_opt", "critic_opt", "step"}``; batch keys in
+``state = {"actor", "critic", "actor_opt", "critic_opt", "step"}`` (the model part of the
+trainer's carry); batch keys in
 ``EPISODE_KEYS``. Actor and critic are separate networks with separate optimizers; one
 gradient pass serves both (their parameters are disjoint).
 """
@@ -23,6 +24,7 @@ from flax import nnx
 
 from rmjax.models import lora
 from rmjax.objectives import ppo
+from rmjax.runtime import loop
 
 EPISODE_KEYS = ("tokens", "mask", "response_mask", "old_logprobs", "old_values",
                 "advantages", "returns")
@@ -96,7 +98,8 @@ def make_losses(actor_graphdef, critic_graphdef, prompt_width: int, cfg):
 def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransformation,
                 critic_tx: optax.GradientTransformation, prompt_width: int, cfg):
   """The PPO minibatch update ``step(state, batch) -> (state, metrics)``: ``make_losses``'
-  metrics plus actor_grad_norm and critic_grad_norm."""
+  metrics plus actor_grad_norm, critic_grad_norm and ``loop.FINITE`` (every updated actor
+  and critic parameter is finite, checked on device)."""
   losses = make_losses(actor_graphdef, critic_graphdef, prompt_width, cfg)
 
   def step(state, batch):
@@ -107,6 +110,7 @@ def make_update(actor_graphdef, critic_graphdef, actor_tx: optax.GradientTransfo
       updates, new[f"{name}_opt"] = tx.update(grads[name], state[f"{name}_opt"], state[name])
       new[name] = optax.apply_updates(state[name], updates)
       metrics[f"{name}_grad_norm"] = lora.grad_norm(grads[name])
+    metrics[loop.FINITE] = loop.all_finite({"actor": new["actor"], "critic": new["critic"]})
     return new, metrics
 
   return step

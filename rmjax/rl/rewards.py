@@ -1,13 +1,21 @@
-"""PPO's score pipeline: reward models → ensemble objective → transform → normalise → clip.
+"""PPO's score pipeline: reward sources → per-member normalisation → ensemble objective →
+transform → running normalisation → clip.
 
-One order, as ``shared/papers/algorithms.md`` §5 fixes it. Each of J reward models is a
-scorer ``(tokens, mask) -> [B, K]`` member rewards (``load_rm.load_ensemble``); its members
-are reduced by the ensemble objective (``rmjax.objectives.ensemble.combine``) to [B]. The
-transform then makes one score per episode from the J columns: "none" sums them, "lsc"
-sums log σ(r_j − r_j^ref(x)) (the LSC transform, and for J > 1 the AND-combination of
+One order, as the algorithms notes' §5 fixes it (§3 for the normalisation). Each of J
+reward sources (``rmjax.rm.reward_source``) gives [B, K_j] member rewards. Every member is
+first normalised to zero mean and unit std with statistics measured once on samples of
+the initial policy (``member_stats``; Coste et al.), so that members on different scales
+weigh alike in WCO's min and UWO's variance; the statistics are part of a run's
+checkpointed state. Each source's members are then reduced by the ensemble objective
+(``rmjax.objectives.ensemble.combine``, one parameter per objective) to [B]. The
+transform makes one score per episode from the J columns: "none" sums them, "lsc" sums
+log σ(r_j − r_j^ref(x)) (the LSC transform, and for J > 1 the AND-combination of
 ``rmjax.objectives.transforms``), r^ref(x) being the per-prompt quantile of the reward of
 reference-policy samples for the same prompt. Last, running normalisation (Welford moments
 updated with the batch first, as trlx does) and clipping to ±clip.
+
+PPO, best-of-n and the experiments all score through ``member_stats``,
+``normalize_members`` and ``objective_scores``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ TRANSFORMS = ("none", "lsc")
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
   objective: str = "mean"
-  uwo_lam: float = 0.5
+  uwo_lam: float = objectives.UWO_LAM_PPO  # UWO's λ (Coste et al.'s PPO value)
+  brme_lam: float = objectives.BRME_LAM  # BRME's λ (open in Yan et al.)
+  member_norm: bool = True  # per-member normalisation on initial-policy samples
   transform: str = "none"
   lsc_quantile: float = 0.85
   normalize: bool = True
@@ -41,22 +51,64 @@ class ScoreConfig:
       raise ValueError(f"reward.transform={self.transform!r} is not one of {TRANSFORMS}")
     if self.clip < 0:
       raise ValueError(f"reward.clip={self.clip} must be >= 0 (0: no clipping)")
+    if self.uwo_lam < 0:
+      raise ValueError(f"reward.uwo_lam={self.uwo_lam} must be >= 0")
+    if not 0 <= self.brme_lam <= 1:
+      raise ValueError(f"reward.brme_lam={self.brme_lam} must be in [0, 1]")
 
   @classmethod
   def from_config(cls, cfg) -> ScoreConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in cfg.items() if k in names})
 
+  @property
+  def objective_kwargs(self) -> dict:
+    return objectives.options(self.objective, self.uwo_lam, self.brme_lam)
 
-def member_scores(scorers, tokens, mask) -> list[np.ndarray]:
-  """Every reward model's member rewards [B, K_j] (numpy) of right-padded sequences."""
-  return [to_host(scorer(tokens, mask)) for scorer in scorers]
+
+def member_scores(sources, tokens, mask) -> list[np.ndarray]:
+  """Every reward source's member rewards [B, K_j] (numpy) of right-padded sequences."""
+  out = []
+  for source in sources:
+    rewards = to_host(source(tokens, mask))
+    out.append(rewards[:, None] if rewards.ndim == 1 else rewards)
+  return out
 
 
-def objective_scores(members: list[np.ndarray], cfg: ScoreConfig) -> np.ndarray:
-  """[B, J]: each reward model's members reduced by the ensemble objective."""
-  kwargs = {"lam": cfg.uwo_lam} if cfg.objective in ("uwo", "brme") else {}
-  return np.stack([np.asarray(objectives.combine(m, cfg.objective, **kwargs))
+def identity_stats(members_per_source: list[int]) -> tuple[dict, ...]:
+  """Statistics that leave every member as it is (mean 0, std 1): no normalisation, or
+  the placeholder a checkpoint's statistics are restored into."""
+  return tuple({"mu": np.zeros(k, np.float32), "sigma": np.ones(k, np.float32)}
+               for k in members_per_source)
+
+
+def member_stats(reference_members: list[np.ndarray]) -> tuple[dict, ...]:
+  """Per source, {"mu": [K], "sigma": [K]} of member rewards [..., K] of initial-policy
+  samples (``ensemble.normalization_stats``: population std, 1 for a constant member)."""
+  stats = []
+  for rewards in reference_members:
+    mu, sigma = objectives.normalization_stats(rewards)
+    stats.append({"mu": np.asarray(mu, np.float32), "sigma": np.asarray(sigma, np.float32)})
+  return tuple(stats)
+
+
+def normalize_members(members: list[np.ndarray], stats) -> list[np.ndarray]:
+  """Each source's members [..., K] as (R_i − μ_i) / σ_i with its ``member_stats``."""
+  if len(stats) != len(members):
+    raise ValueError(f"{len(stats)} sets of member statistics for {len(members)} reward "
+                     "sources")
+  return [np.asarray(objectives.normalize(m, np.asarray(s["mu"]), np.asarray(s["sigma"])))
+          for m, s in zip(members, stats)]
+
+
+def objective_scores(members: list[np.ndarray], cfg: ScoreConfig, stats=None) -> np.ndarray:
+  """[..., J]: each source's members, normalised with ``stats`` (needed when
+  ``cfg.member_norm``), reduced by the ensemble objective."""
+  if cfg.member_norm:
+    if stats is None:
+      raise ValueError("reward.member_norm=True needs the member statistics (member_stats)")
+    members = normalize_members(members, stats)
+  return np.stack([np.asarray(objectives.combine(m, cfg.objective, **cfg.objective_kwargs))
                    for m in members], axis=-1)
 
 

@@ -1,17 +1,22 @@
-"""The PPO loop (``rmjax ppo``): sample, score, advantages, then compiled minibatch updates.
+"""The PPO program (``rmjax ppo``): sample, score, advantages, compiled minibatch updates,
+run by the one training loop (``rmjax.runtime.loop.run``).
 
-Per iteration i (``shared/papers/algorithms.md`` §5):
-  1. prompts of the synthetic task drawn from key fold_in(seed, i), each sampled
-     ``samples_per_prompt`` times with the #2 sampler; its log-probs are the old log-probs;
-  2. reference log-probs, critic values, reward-model scores through the score pipeline
-     (``ppo_rewards``) and, for the log, the gold reward;
+The whole run is one carry, ``state``, passed through ``PPOTrainer.step(state, i) ->
+(state, metrics)``: actor, critic, both optimizer states, the update counter, the KL
+controller, the running reward moments and the per-member normalisation statistics
+(measured once on initial-policy samples). Iteration i (algorithms notes §5):
+  1. prompts drawn from key fold_in(seed, i), each sampled ``samples_per_prompt`` times
+     with the KV-cache sampler; its log-probs are the old log-probs;
+  2. reference log-probs, critic values and the score through the pipeline of
+     ``rewards`` (reward sources → member normalisation → objective → transform →
+     running normalisation → clip); the task's evaluation hook (the synthetic gold
+     reward) is logged, never optimised;
   3. per-token rewards (−β·KL at every token, the score at the last), GAE, whitening;
   4. ``epochs`` passes over ``minibatches`` shuffled minibatches, each one jitted update
-     (``ppo_step.make_update``), and the KL controller's update.
-Everything that decides iteration i is a function of (config, checkpointed state, i): the
-state holds actor, critic, both optimizer states, the KL controller and the running reward
-moments, and every key is derived from (seed, i), so a run killed at any point resumes
-from its last checkpoint and continues bit for bit.
+     (``ppo_step.make_update``, which also reports ``loop.FINITE`` over the updated actor
+     and critic), and the KL controller's update.
+Everything iteration i does is a function of (config, state, i), and every key derives
+from (seed, i), so a run killed at any point resumes from its last checkpoint bit for bit.
 """
 
 from __future__ import annotations
@@ -31,23 +36,30 @@ from rmjax.models.transformer import Transformer
 from rmjax.objectives import kl as kl_lib
 from rmjax.objectives import ppo, running_stats
 from rmjax.parallel.sharding import to_host
+from rmjax.rl import build
 from rmjax.rl import rewards as ppo_rewards
 from rmjax.rl.best_of_n import right_padded
-from rmjax.rl.build import CRITIC_INITS, critic_from, first_member, load_reward_models, task_of
 from rmjax.rl.ppo_step import EPISODE_KEYS, make_update, response_logprobs, response_values
+from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
-from rmjax.runtime.loop import check_finite
 from rmjax.runtime.metrics import MetricsWriter, Progress
 from rmjax.runtime.optim import make_optimizer
-from rmjax.tasks import preference as synthetic
+
+MODEL_KEYS = ("actor", "critic", "actor_opt", "critic_opt", "step")
+# Key streams no iteration uses: PPO-ptx's corpus and the member-normalisation samples.
+PTX_STREAM, NORM_STREAM = 2**32 - 1, 2**32 - 2
 
 
 class PPOTrainer:
-  """Holds the models, the compiled functions and the score pipeline of one run."""
+  """The models, compiled functions and score pipeline of one run; the state is not
+  held here but passed through ``step``."""
 
-  def __init__(self, config, scorers, task, critic_model: Transformer, mesh=None):
+  def __init__(self, config, sources, task, critic_model: Transformer, mesh=None):
     c = self.c = config.ppo
-    self.config, self.scorers, self.task = config, scorers, task
+    self.config = config
+    self.task = build.as_rollout_task(task)
+    self.sources = [build.as_source(s, self.task.policy.cfg.vocab_size, j)
+                    for j, s in enumerate(sources)]
     self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
     self.score_cfg = ppo_rewards.ScoreConfig.from_config(config.reward)
     self.episodes = c.prompts * c.samples_per_prompt
@@ -55,36 +67,87 @@ class PPOTrainer:
       raise ValueError(f"ppo.prompts x samples_per_prompt = {self.episodes} episodes do not "
                        f"split into ppo.minibatches={c.minibatches}")
     self.sampling = SamplingConfig(
-        max_new_tokens=c.max_new_tokens or task.cfg.max_response_len,
-        temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=synthetic.EOS,
-        pad_id=synthetic.PAD)
-    self.prompt_width = task.cfg.max_prompt_len
+        max_new_tokens=c.max_new_tokens or self.task.max_response_len,
+        temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=self.task.eos_id,
+        pad_id=self.task.pad_id)
+    self.prompt_width = self.task.prompt_width
+    width = self.prompt_width + self.sampling.max_new_tokens
+    if width > self.task.policy.cfg.max_seq_len:
+      raise ValueError(f"prompts of {self.prompt_width} tokens plus ppo.max_new_tokens="
+                       f"{self.sampling.max_new_tokens} exceed the policy's max_seq_len "
+                       f"{self.task.policy.cfg.max_seq_len}")
     self.actor_graphdef, reference = nnx.split(
-        lora.adapt_from_config(task.policy, config.get("actor"), config.seed))
+        lora.adapt_from_config(self.task.policy, config.get("actor"), config.seed))
     self.reference = parallel.shard_tree(reference, self.mesh)
-    self.critic_graphdef, critic = critic_from(
+    self.critic_graphdef, self._critic = build.critic_from(
         lora.adapt_from_config(critic_model, config.get("critic"), config.seed), self.mesh)
     updates = c.iterations * c.epochs * c.minibatches
-    self.actor_tx = make_optimizer(config.optim.actor, updates, lora.trainable_mask(reference))
-    self.critic_tx = make_optimizer(config.optim.critic, updates, lora.trainable_mask(critic))
-    actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
-    self.state = {"actor": actor, "critic": critic,
-                  "actor_opt": self.actor_tx.init(actor),
-                  "critic_opt": self.critic_tx.init(critic), "step": jnp.zeros((), jnp.int32),
-                  "kl": (kl_lib.adaptive_kl_controller(config.kl.coef, config.kl.target,
-                                                       config.kl.horizon)
-                         if config.kl.adaptive else kl_lib.fixed_kl_controller(config.kl.coef)),
-                  "moments": running_stats.init_moments()}
-    self.shardings = parallel.tree_shardings(self.state, self.mesh)
-    self.state = jax.device_put(self.state, self.shardings)
+    self.actor_tx = make_optimizer_for(config.optim.actor, updates, reference)
+    self.critic_tx = make_optimizer_for(config.optim.critic, updates, self._critic)
     self._forward = jax.jit(parallel.sharding.on_mesh(self._rollout_forward, self.mesh))
     self.ptx = self._ptx_source() if c.ptx_coef else None
+    self.shardings = None
+    self._update = None
+
+  # --- the state ------------------------------------------------------------------------
+
+  def init_state(self, member_stats=None):
+    """The state of iteration 0, on the mesh. ``member_stats``: None measures them
+    (``measure_member_stats``) when ``reward.member_norm``; pass placeholders
+    (``rewards.identity_stats``) when a checkpoint will replace them."""
+    config = self.config
+    if member_stats is None:
+      member_stats = (self.measure_member_stats() if self.score_cfg.member_norm else
+                      ppo_rewards.identity_stats(self.members_per_source()))
+    actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
+    critic, self._critic = self._critic, None  # used once: the state owns it from now on
+    if critic is None:
+      raise RuntimeError("init_state builds the state once per trainer")
+    state = {"actor": actor, "critic": critic,
+             "actor_opt": self.actor_tx.init(actor), "critic_opt": self.critic_tx.init(critic),
+             "step": jnp.zeros((), jnp.int32),
+             "kl": (kl_lib.adaptive_kl_controller(config.kl.coef, config.kl.target,
+                                                  config.kl.horizon)
+                    if config.kl.adaptive else kl_lib.fixed_kl_controller(config.kl.coef)),
+             "moments": running_stats.init_moments(),
+             "member_stats": {str(j): s for j, s in enumerate(member_stats)}}
+    self.shardings = parallel.tree_shardings(state, self.mesh)
+    return jax.device_put(state, self.shardings)
+
+  def members_per_source(self) -> list[int]:
+    return [int(s.num_members) for s in self.sources]
+
+  def member_stats_of(self, state) -> tuple[dict, ...]:
+    """The state's normalisation statistics as a tuple of numpy {"mu", "sigma"}."""
+    stats = to_host(state["member_stats"])
+    return tuple(stats[str(j)] for j in range(len(self.sources)))
+
+  def measure_member_stats(self) -> tuple[dict, ...]:
+    """Per source, member mean and std on ``reward.norm_batches`` rollout-sized batches of
+    reference-policy samples (batch b: prompts and samples from fold_in(key, b), key =
+    fold_in(seed, NORM_STREAM)), shapes the rollout already compiled."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), NORM_STREAM)
+    batches = int(self.config.reward.get("norm_batches", 8))
+    if batches < 1:
+      raise ValueError(f"reward.norm_batches={batches} must be >= 1")
+    rewards = [[] for _ in self.sources]
+    for b in range(batches):
+      k = jax.random.fold_in(key, b)
+      prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(k, 0), self.c.prompts)
+      seq, seq_mask, *_ = self._sample(self.reference, jax.random.fold_in(k, 1), prompts,
+                                       prompt_len, self.c.samples_per_prompt)
+      tokens, mask = to_host(right_padded(seq, seq_mask))
+      for j, m in enumerate(ppo_rewards.member_scores(self.sources, tokens, mask)):
+        rewards[j].append(m)
+    return ppo_rewards.member_stats([np.concatenate(r) for r in rewards])
+
+  # --- the rollout ----------------------------------------------------------------------
 
   def _ptx_source(self):
     """PPO-ptx's corpus: ``ptx_sequences`` reference-policy samples, drawn once from key
-    fold_in(seed, 2**32 − 1) (a stream no iteration uses), batched like the minibatches;
-    minibatch j of the run reads the corpus's batch j, so resume stays exact."""
-    key = jax.random.fold_in(jax.random.key(self.config.seed), 2**32 - 1)
+    fold_in(seed, PTX_STREAM), batched like the minibatches; minibatch j of the run reads
+    the corpus's batch j, so resume stays exact."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), PTX_STREAM)
     prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0),
                                                    self.c.ptx_sequences)
     seq, seq_mask, *_ = self._sample(self.reference, jax.random.fold_in(key, 1), prompts,
@@ -113,57 +176,63 @@ class PPOTrainer:
     seq, seq_mask = out.sequences()
     return seq, seq_mask, out.mask, out.logprobs, lengths
 
-  def _scores(self, seq, seq_mask, lengths):
-    """(objective scores [B, J], member rewards per model, gold terms {total, helpful,
-    harmless, length} each [B]) of episodes."""
+  def _scores(self, seq, seq_mask, lengths, stats):
+    """(objective scores [B, J], member rewards per source, evaluation terms {total, ...}
+    each [B], or None without an evaluation hook) of episodes."""
     tokens, mask = to_host(right_padded(seq, seq_mask))  # every process: all rows
-    members = ppo_rewards.member_scores(self.scorers, tokens, mask)
-    gold = {k: np.asarray(v) for k, v in
-            self.task.gold_reward(tokens, mask, jnp.asarray(lengths)).items()}
-    return ppo_rewards.objective_scores(members, self.score_cfg), members, gold
+    members = ppo_rewards.member_scores(self.sources, tokens, mask)
+    gold = None
+    if self.task.evaluate is not None:
+      gold = {k: np.asarray(v) for k, v in
+              self.task.evaluate(tokens, mask, jnp.asarray(lengths)).items()}
+    return ppo_rewards.objective_scores(members, self.score_cfg, stats), members, gold
 
-  def rollout(self, iteration: int):
-    """The episodes of ``iteration`` with advantages and returns, and their metrics."""
+  def rollout(self, state, iteration: int):
+    """(episodes with advantages and returns, metrics, the state's new "kl" and "moments")
+    of ``iteration``; ``state`` is read, not changed."""
     key = jax.random.fold_in(jax.random.key(self.config.seed), iteration)
+    stats = self.member_stats_of(state)
     prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0), self.c.prompts)
     seq, seq_mask, response_mask, old_logprobs, lengths = self._sample(
-        self.state["actor"], jax.random.fold_in(key, 1), prompts, prompt_len,
+        state["actor"], jax.random.fold_in(key, 1), prompts, prompt_len,
         self.c.samples_per_prompt)
-    ref_logprobs, values = self._forward(self.reference, self.state["critic"], seq, seq_mask)
-    scores, members, gold = self._scores(seq, seq_mask, lengths)
+    ref_logprobs, values = self._forward(self.reference, state["critic"], seq, seq_mask)
+    scores, members, gold = self._scores(seq, seq_mask, lengths, stats)
     r_ref = None
     if self.score_cfg.transform == "lsc":
+      samples = self.config.reward.lsc_samples
       ref = self._sample(self.reference, jax.random.fold_in(key, 2), prompts, prompt_len,
-                         self.config.reward.lsc_samples)
-      ref_scores = self._scores(ref[0], ref[1], ref[4])[0]
+                         samples)
+      ref_scores = self._scores(ref[0], ref[1], ref[4], stats)[0]
       levels = ppo_rewards.reference_levels(
-          ref_scores.reshape(self.c.prompts, self.config.reward.lsc_samples, -1), self.score_cfg)
+          ref_scores.reshape(self.c.prompts, samples, -1), self.score_cfg)
       r_ref = np.repeat(levels, self.c.samples_per_prompt, axis=0)
     combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
-    processed, moments = ppo_rewards.normalize(combined, self.state["moments"], self.score_cfg)
-    kl_state = self.state["kl"]
+    processed, moments = ppo_rewards.normalize(combined, state["moments"], self.score_cfg)
+    kl_state = state["kl"]
     rewards = ppo.per_token_rewards(processed, old_logprobs, ref_logprobs, response_mask,
                                     kl_state.beta, self.c.kl_estimator)
     advantages, returns = ppo.gae(rewards, values, response_mask, self.c.gamma, self.c.lam)
     if self.c.whiten:
       advantages = ppo.whiten(advantages, response_mask, clip=self.c.advantage_clip or None)
     seq_kl = kl_lib.sequence_kl(old_logprobs, ref_logprobs, response_mask, "k1")
-    self.state["kl"] = kl_lib.update_kl_controller(kl_state, jnp.mean(seq_kl), self.episodes)
-    self.state["moments"] = moments
+    new_kl = kl_lib.update_kl_controller(kl_state, jnp.mean(seq_kl), self.episodes)
     episodes = {"tokens": seq, "mask": seq_mask, "response_mask": response_mask,
                 "old_logprobs": old_logprobs, "old_values": values, "advantages": advantages,
                 "returns": returns}
     metrics = {
         "score": float(np.mean(combined)), "score_processed": float(np.mean(processed)),
-        "gold": float(np.mean(gold["total"])), "kl": float(jnp.mean(seq_kl)),
-        **{f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"},
+        "kl": float(jnp.mean(seq_kl)),
         **{f"proxy_{j}": float(v) for j, v in enumerate(np.mean(scores, axis=0))},
         "kl_half_squared": float(jnp.mean(kl_lib.sequence_kl(
             old_logprobs, ref_logprobs, response_mask, "k2"))),
         "response_length": float(jnp.mean(jnp.sum(response_mask, axis=1))),
         "ensemble_variance": float(np.mean([m.var(axis=-1).mean() for m in members])),
         "beta": float(kl_state.beta)}
-    return episodes, metrics
+    if gold is not None:
+      metrics["gold"] = float(np.mean(gold["total"]))
+      metrics.update({f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"})
+    return episodes, metrics, {"kl": new_kl, "moments": moments}
 
   def minibatches(self, episodes, iteration: int):
     """The shuffled minibatches of every epoch, in order (a function of the iteration)."""
@@ -180,74 +249,117 @@ class PPOTrainer:
           batch.update(self.ptx.batch(index))
         yield parallel.shard_batch(batch, self.mesh)
 
-  def compile_update(self, batch):
-    step = make_update(self.actor_graphdef, self.critic_graphdef, self.actor_tx,
-                       self.critic_tx, self.prompt_width, self.c)
-    model_keys = ("actor", "critic", "actor_opt", "critic_opt", "step")
-    shardings = {k: self.shardings[k] for k in model_keys}
-    compiled = parallel.compile_step(step, self.mesh, shardings,
-                                     {k: v.ndim for k, v in batch.items()})
+  def update_fn(self):
+    """The compiled minibatch update on the model part of the state (compiled once)."""
+    if self._update is None:
+      if self.shardings is None:
+        raise RuntimeError("init_state first: the update is compiled for its shardings")
+      step = make_update(self.actor_graphdef, self.critic_graphdef, self.actor_tx,
+                         self.critic_tx, self.prompt_width, self.c)
+      ndims = {k: 2 for k in EPISODE_KEYS}
+      if self.ptx is not None:
+        ndims.update(ptx_tokens=2, ptx_mask=2)
+      self._update = parallel.compile_step(step, self.mesh,
+                                           {k: self.shardings[k] for k in MODEL_KEYS}, ndims)
+    return self._update
 
-    def update(state, batch):
-      models, metrics = compiled({k: state[k] for k in model_keys}, batch)
-      return {**state, **models}, metrics
+  def step(self, state, iteration: int):
+    """One PPO iteration: ``(state, metrics)`` of ``iteration`` from ``state``; metrics
+    hold the rollout's and the mean of the minibatch updates', and ``loop.FINITE``: every
+    updated actor and critic parameter of every minibatch was finite."""
+    episodes, metrics, carried = self.rollout(state, iteration)
+    update = self.update_fn()
+    models = {k: state[k] for k in MODEL_KEYS}
+    losses = []
+    for batch in self.minibatches(episodes, iteration):
+      models, step_metrics = update(models, batch)
+      losses.append(step_metrics)
+    losses = jax.device_get(losses)
+    metrics.update({k: float(np.mean([m[k] for m in losses])) for k in losses[0]
+                    if k != loop.FINITE})
+    metrics[loop.FINITE] = bool(all(m[loop.FINITE] for m in losses))
+    return {**state, **models, **carried}, metrics
 
-    return update
+
+def make_optimizer_for(cfg, updates: int, params):
+  """An optimizer of ``params`` whose LoRA-frozen leaves keep no state."""
+  return make_optimizer(cfg, updates, lora.trainable_mask(params))
+
+
+class _EveryN:
+  """A ``Progress`` that prints every ``n``-th step and the last (the loop logs every
+  iteration to the metrics file; the progress line keeps ``train.log_every``)."""
+
+  def __init__(self, progress: Progress, n: int, total: int):
+    self.progress, self.n, self.total = progress, max(1, n), total
+
+  @property
+  def start(self):
+    return self.progress.start
+
+  @start.setter
+  def start(self, value):
+    self.progress.start = value
+
+  def update(self, step: int, metrics: dict) -> None:
+    if step % self.n == 0 or step == self.total:
+      self.progress.update(step, metrics)
+
+
+def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
+  """(trainer, mesh) of ``config``: the reward sources of ``reward.workdirs`` (or
+  ``scorers``), the rollout task of its ``policy``/``prompts`` sections (or ``task``), every
+  source checked against the policy, and the critic's starting model."""
+  if config.critic.init not in build.CRITIC_INITS:
+    raise ValueError(f"critic.init={config.critic.init!r} is not one of {build.CRITIC_INITS}")
+  mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+  if scorers is not None and task is None:
+    raise ValueError("scorers given without the task whose prompts they score")
+  gold = bool((config.get("evaluate") or {}).get("gold", True))
+  if scorers is None:
+    sources = build.load_reward_sources(tuple(config.reward.workdirs), mesh)
+    rollout = build.rollout_task(config, sources, gold) if task is None else \
+        build.as_rollout_task(task, gold)
+    build.check_sources(sources, rollout)
+    if critic_model is None and config.critic.init == "reward_model":
+      critic_model = build.first_member(sources[0])
+  else:
+    rollout = build.as_rollout_task(task, gold)
+    sources = [build.as_source(s, rollout.policy.cfg.vocab_size, j)
+               for j, s in enumerate(scorers)]
+    build.check_sources(sources, rollout)
+  if config.critic.init == "policy" or critic_model is None:
+    critic_model = rollout.policy
+  return PPOTrainer(config, sources, rollout, critic_model, mesh), mesh
 
 
 def train(config, scorers=None, task=None, critic_model=None) -> dict:
-  """PPO per ``config`` (``rmjax/configs/ppo.py``); returns the last iteration's metrics.
+  """PPO per ``config`` (``rmjax/configs/ppo.py``) on ``loop.run``; returns the last
+  iteration's metrics, the member statistics and the workdir.
 
-  ``scorers`` (a list of ``(tokens, mask) -> [B, K]``), ``task`` and ``critic_model``
-  replace the reward models of ``config.reward.workdirs``, their synthetic task and the
-  critic's starting model (tests use a known reward function).
+  ``scorers`` (reward sources, or ``(tokens, mask) -> [B, K]`` functions), ``task`` (a
+  ``RolloutTask`` or a synthetic task) and ``critic_model`` replace the reward models of
+  ``config.reward.workdirs``, the rollout task of the config and the critic's starting
+  model (tests use a known reward function). Raises ``loop.NonFiniteError`` or
+  ``loop.Preempted``.
   """
-  c = config.ppo
-  if config.critic.init not in CRITIC_INITS:
-    raise ValueError(f"critic.init={config.critic.init!r} is not one of {CRITIC_INITS}")
-  mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-  if scorers is not None and task is None:
-    raise ValueError("scorers given without the task whose prompts they score")
-  if scorers is None:
-    scorers, run_config = load_reward_models(tuple(config.reward.workdirs), mesh)
-    task = task or task_of(run_config)
-    critic_model = critic_model or first_member(scorers[0])
-  if config.critic.init == "policy":
-    critic_model = task.policy
-  trainer = PPOTrainer(config, scorers, task, critic_model, mesh)
-  tc = config.train
+  c, tc = config.ppo, config.train
+  trainer, _ = build_run(config, scorers, task, critic_model)
   checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
   checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
                               interval=tc.save_every, provenance=provenance(config))
-  restored = checkpointer.restore_latest(abstract_like(trainer.state, trainer.shardings))
-  start = 0
-  if restored is not None:
-    start, trainer.state, _ = restored
-    print(f"resumed from iteration {start} in {tc.workdir}")
-  writer, progress = MetricsWriter(tc.workdir), Progress(start, c.iterations)
-  update, metrics = None, {}
-  try:
-    with checkpointer.install_sigterm_handler():
-      for iteration in range(start, c.iterations):
-        episodes, metrics = trainer.rollout(iteration)
-        losses = []
-        for batch in trainer.minibatches(episodes, iteration):
-          update = update or trainer.compile_update(batch)
-          trainer.state, step_metrics = update(trainer.state, batch)
-          losses.append(jax.device_get(step_metrics))
-        metrics.update({k: float(np.mean([m[k] for m in losses])) for k in losses[0]})
-        done = iteration + 1
-        check_finite(metrics["policy_loss"] + metrics["value_loss"], done)
-        writer.write(done, "train", metrics)
-        if done % tc.log_every == 0 or done == c.iterations:
-          progress.update(done, {k: metrics[k] for k in ("score", "gold", "kl")})
-        checkpointer.save(done, trainer.state, {"iteration": done},
-                          force=done == c.iterations or checkpointer.preempted)
-        if checkpointer.preempted:
-          print(f"SIGTERM: saved iteration {done}, exiting")
-          break
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-  return {"metrics": metrics, "workdir": tc.workdir}
+  # A run that will resume restores its statistics: do not measure them again.
+  resuming = bool(checkpointer.all_steps())
+  state = trainer.init_state(
+      ppo_rewards.identity_stats(trainer.members_per_source()) if resuming else None)
+  result = loop.run(
+      state=state, step_fn=trainer.step, batches=lambda iteration: iteration,
+      steps=c.iterations, checkpointer=checkpointer, writer=MetricsWriter(tc.workdir),
+      progress=_EveryN(Progress(0, c.iterations), tc.log_every, c.iterations), log_every=1,
+      restore_target=abstract_like(state, trainer.shardings),
+      finite_keys=("policy_loss", "value_loss"),
+      progress_keys=("score", "gold", "kl"), extra=lambda done: {"iteration": done},
+      unit="iteration",
+      on_resume=lambda start: print(f"resumed from iteration {start} in {tc.workdir}"))
+  return {"metrics": result.metrics, "workdir": tc.workdir,
+          "member_stats": trainer.member_stats_of(result.state)}

@@ -118,3 +118,18 @@ def test_bad_arguments_are_named(call, words):
     call()
   for word in words:
     assert word in str(err.value)
+
+
+def test_each_objective_has_its_own_documented_default_parameter():
+  # UWO: Coste et al.'s best-of-n λ by default; PPO has its own constant (their PPO value).
+  assert (E.UWO_LAM_BON, E.UWO_LAM_PPO, E.BRME_LAM) == (0.5, 0.1, 0.5)
+  close(E.uncertainty_weighted(R), E.uncertainty_weighted(R, lam=E.UWO_LAM_BON))
+  close(E.brme(R), E.brme(R, lam=E.BRME_LAM))
+  # options() maps one parameter per objective to combine's kwargs; no objective reads
+  # another's parameter.
+  assert E.options("uwo", uwo_lam=0.3, brme_lam=0.7) == {"lam": 0.3}
+  assert E.options("brme", uwo_lam=0.3, brme_lam=0.7) == {"lam": 0.7}
+  assert E.options("wco", uwo_lam=0.3, brme_lam=0.7) == {}
+  assert E.options("uwo") == {"lam": E.UWO_LAM_PPO}
+  close(E.combine(R, "brme", **E.options("brme", uwo_lam=0.9, brme_lam=0.25)),
+        E.brme(R, lam=0.25))

@@ -65,9 +65,10 @@ def test_update_on_one_device_equals_the_8_device_2_2_2_mesh(eight_devices):
   config = toy_config("unused", 1)
   one = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), devices=eight_devices[:1])
   trainer = ppo_trainer.PPOTrainer(config, [jax.jit(low_ids)], task, task.policy, one)
-  episodes, _ = trainer.rollout(0)
+  state = trainer.init_state()
+  episodes, _, _ = trainer.rollout(state, 0)
   batch = {k: np.asarray(v) for k, v in next(trainer.minibatches(episodes, 0)).items()}
-  params = {k: jax.device_get(trainer.state[k]) for k in ("actor", "critic")}
+  params = {k: jax.device_get(state[k]) for k in ("actor", "critic")}
   losses = make_losses(trainer.actor_graphdef, trainer.critic_graphdef, trainer.prompt_width,
                        config.ppo)
   grad_fn = jax.grad(losses, has_aux=True)

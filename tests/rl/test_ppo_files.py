@@ -1,0 +1,159 @@
+"""``rmjax ppo`` off the synthetic task: a Hugging Face policy saved by transformers, prompts
+from a JSONL file, a reward model trained by ``rmjax train-rm`` on preference files with
+the same tokenizer; and every reward workdir checked against the policy, not only the
+first."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rmjax.configs import ppo as ppo_config
+from rmjax.configs import train_rm
+from rmjax.models.transformer import Transformer
+from rmjax.rl import build
+from rmjax.rl import trainer as ppo_trainer
+from rmjax.rm import load as load_rm
+from rmjax.rm import trainer as rm_trainer
+from rmjax.runtime.checkpoint import Checkpointer, provenance
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+torch = pytest.importorskip("torch")
+
+WORDS = [f"w{i}" for i in range(28)]
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def _tokenizer(folder, words):
+  vocab = {w: i for i, w in enumerate(SPECIAL + words)}
+  core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>",
+                                             eos_token="</s>", pad_token="<pad>",
+                                             unk_token="<unk>")
+  tok.save_pretrained(folder)
+  return tok
+
+
+def _rm_config(workdir, tokenizer, pairs):
+  c = train_rm.get_config()
+  c.data.source = "files"
+  c.data.files.update(paths=(str(pairs),), tokenizer=str(tokenizer), train_lines=(1, 25),
+                      eval_lines=(25, 33), seq_len=32, max_response_len=16,
+                      data_dir=str(workdir / "data"))
+  c.model.update(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_seq_len=64)
+  c.optim.warmup_steps = 1
+  c.train.update(steps=2, batch_size=8, log_every=1, eval_every=2, save_every=2,
+                 workdir=str(workdir))
+  return c
+
+
+def _fake_run(workdir, config, vocab):
+  """A train-rm checkpoint of random parameters for ``config`` (nothing trained)."""
+  cfg = load_rm.model_config_of(config.model, vocab)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(0)
+  nnx.replace_by_pure_dict(state, jax.tree.map(
+      lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape), x.dtype),
+      nnx.to_pure_dict(state)))
+  checkpointer = Checkpointer(workdir / "checkpoints", provenance=provenance(config))
+  checkpointer.save(1, {"params": state}, force=True)
+  checkpointer.wait()
+  checkpointer.close()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  """A tokenizer, a tiny random HF llama saved with it, prompts and a trained RM."""
+  root = tmp_path_factory.mktemp("files_world")
+  tok = _tokenizer(root / "tok", WORDS)
+  torch.manual_seed(0)
+  policy = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+      bos_token_id=1, eos_token_id=2, pad_token_id=3))
+  policy.save_pretrained(root / "policy", safe_serialization=True)
+  tok.save_pretrained(root / "policy")  # the policy's own tokenizer: the same one
+  rng = np.random.default_rng(0)
+  text = lambda n: " ".join(rng.choice(WORDS, n))
+  with open(root / "pairs.jsonl", "w") as f:
+    for _ in range(32):
+      f.write(json.dumps({"prompt": text(4), "chosen": text(3), "rejected": text(5)}) + "\n")
+  with open(root / "prompts.jsonl", "w") as f:
+    for n in (3, 5, 7, 4):
+      f.write(json.dumps({"prompt": text(n)}) + "\n")
+  rm_trainer.train(_rm_config(root / "rm", root / "tok", root / "pairs.jsonl"))
+  return root
+
+
+def _ppo_config(world, workdir, *rm_dirs):
+  c = ppo_config.get_config()
+  c.reward.update(workdirs=tuple(str(d) for d in rm_dirs), objective="mean", norm_batches=2)
+  c.policy.init_from = str(world / "policy")
+  c.prompts.update(path=str(world / "prompts.jsonl"), max_len=16)
+  c.ppo.update(iterations=2, prompts=4, samples_per_prompt=2, max_new_tokens=8)
+  c.train.update(workdir=str(workdir), log_every=1, save_every=2)
+  return c
+
+
+def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_path):
+  result = ppo_trainer.train(_ppo_config(world, tmp_path / "ppo", world / "rm"))
+  rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
+  rows = [r for r in rows if r.get("split") == "train"]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert np.isfinite(r["score"]) and np.isfinite(r["policy_loss"]) and r["kl"] >= -1e-4
+    assert "gold" not in r  # no gold reward off the synthetic task
+    assert 1 <= r["response_length"] <= 8
+  assert rows[0]["kl_half_squared"] == pytest.approx(0.0, abs=1e-5)  # pi = pi_ref at first
+  (stats,) = result["member_stats"]
+  assert stats["mu"].shape == stats["sigma"].shape == (1,) and stats["sigma"][0] > 0
+  # The rollout task: the file's prompts through the policy's tokenizer, BOS first.
+  config = _ppo_config(world, tmp_path / "unused", world / "rm")
+  sources = build.load_reward_sources(config.reward.workdirs, None)
+  task = build.rollout_task(config, sources)
+  tokens, lengths = task.sample_prompts(jax.random.key(0), 16)
+  prompts = [json.loads(line)["prompt"] for line in open(world / "prompts.jsonl")]
+  tok = transformers.AutoTokenizer.from_pretrained(world / "tok")
+  for row, n in zip(tokens, lengths):  # each row is one of the file's prompts, right-padded
+    assert tok.decode(row[:n].tolist()) in prompts and np.all(row[n:] == 3)
+  assert task.eos_id == 2 and task.pad_id == 3 and task.evaluate is None
+  assert task.tokenizer == sources[0].tokenizer  # same tokenizer, found in two folders
+
+
+def test_every_reward_workdir_is_checked_and_the_second_is_named(world, tmp_path):
+  other = _tokenizer(tmp_path / "tok_b", WORDS + ["extra1", "extra2"])
+  config_b = _rm_config(tmp_path / "rm_b", tmp_path / "tok_b", world / "pairs.jsonl")
+  rm_b = _fake_run(tmp_path / "rm_b", config_b, len(other))
+  with pytest.raises(ValueError, match=rf"reward model {rm_b}: its vocab_size 34 differs "
+                                       r"from policy.init_from=.*'s 32"):
+    ppo_trainer.train(_ppo_config(world, tmp_path / "ppo", world / "rm", rm_b))
+  # Same vocabulary size, another tokenizer: named too.
+  _tokenizer(tmp_path / "tok_c", list(reversed(WORDS)))
+  config_c = _rm_config(tmp_path / "rm_c", tmp_path / "tok_c", world / "pairs.jsonl")
+  rm_c = _fake_run(tmp_path / "rm_c", config_c, len(SPECIAL) + len(WORDS))
+  with pytest.raises(ValueError, match=rf"reward model {rm_c}: its tokenizer 'sha256:"):
+    ppo_trainer.train(_ppo_config(world, tmp_path / "ppo", world / "rm", rm_c))
+
+
+def test_synthetic_reward_workdirs_of_another_task_are_refused_by_name(tmp_path):
+  """The synthetic default: the policy is the first run's task; a second run trained on a
+  task with another vocabulary used to be scored on that policy's token ids unchecked."""
+  def synthetic_run(name, vocab):
+    c = train_rm.get_config()
+    c.data.synthetic.update(vocab_size=vocab, num_train_pairs=8, num_eval_pairs=8)
+    c.model.update(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
+    return _fake_run(tmp_path / name, c, vocab)
+
+  first, second = synthetic_run("rm_a", 64), synthetic_run("rm_b", 80)
+  c = ppo_config.get_config()
+  c.reward.workdirs = (str(first), str(second))
+  c.ppo.update(iterations=1, prompts=4, samples_per_prompt=2, max_new_tokens=4)
+  c.train.workdir = str(tmp_path / "ppo")
+  with pytest.raises(ValueError, match=rf"reward model {second}: its vocab_size 80 differs"):
+    ppo_trainer.train(c)
