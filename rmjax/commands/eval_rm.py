@@ -1,6 +1,8 @@
 """``rmjax eval-rm``: a trained reward model's pairwise accuracy on preference sets.
 
-For each set (``config.sets``): pairs, accuracy (a tie counts 1/2), mean margin
+By default the set is the held-out split of the synthetic task the run trained on, which
+the repository generates; preference files and LLMBar/RewardBench are named by path
+(``parse_sets``). For each set (``config.sets``): pairs, accuracy (a tie counts 1/2), mean margin
 r_chosen - r_rejected, and the other held-out metrics of ``rm_evaluate.evaluate``; then
 the pair-weighted overall accuracy and margin. The table is printed and written beside
 the run as ``<workdir>/eval_<name>.md`` and ``.json``. For an ensemble, accuracy and
@@ -17,7 +19,7 @@ import os
 import jax
 
 from rmjax import parallel
-from rmjax.data import readers
+from rmjax.data import readers, schema
 from rmjax.data.schema import DataError
 from rmjax.data.tokenize import (
   check_token_ids,
@@ -29,37 +31,62 @@ from rmjax.parallel.sharding import data_parallel_size
 from rmjax.rm import evaluate as rm_evaluate
 from rmjax.rm.load import encoding_for, load_ensemble
 from rmjax.rm.step import make_eval_step
+from rmjax.tasks import preference as synthetic
 
 LLMBAR = "llmbar"
+SYNTHETIC = "synthetic"  # the run's own synthetic task's held-out pairs
 
 
 def parse_sets(sets) -> list[tuple[str, str, str | None]]:
-  """``sets``: "llmbar", or comma-separated "name=path[:format]" (a string or a list).
-
-  Returns (name, path, format or None) per set; "llmbar" expands to the five
-  LLMBar/RewardBench subsets of the shared data folder.
+  """``sets``: comma-separated entries (a string or a list), each
+    "synthetic"              the held-out pairs of the run's synthetic task (path "");
+    "llmbar=FOLDER"          the five LLMBar/RewardBench subsets under FOLDER (the LLMBar
+                             checkout, its Dataset/LLMBar, or a folder holding llmbar/);
+    "llmbar"                 the same under $RMJAX_SHARED_DATA;
+    "name=path[:format]"     one preference file.
+  Returns (name, path, format or None) per set.
   """
   entries = [s.strip() for s in (sets.split(",") if isinstance(sets, str) else sets)]
   out = []
   for entry in filter(None, entries):
-    if entry == LLMBAR:
-      out += [(name, str(path), "llmbar")
-              for name, path in readers.llmbar_subsets(readers.shared_data_dir()).items()]
+    if entry == SYNTHETIC:
+      out.append((SYNTHETIC, "", SYNTHETIC))
       continue
     name, eq, path = entry.partition("=")
+    if entry == LLMBAR or (name.strip() == LLMBAR and eq and os.path.isdir(path.strip())):
+      root = path.strip() if eq else readers.shared_data_dir()
+      if root is None:
+        raise ValueError("sets=llmbar: name the LLMBar folder (sets=llmbar=FOLDER) or set "
+                         "RMJAX_SHARED_DATA")
+      out += [(subset, str(file), "llmbar")
+              for subset, file in readers.llmbar_subsets(root).items()]
+      continue
     if not eq or not name.strip() or not path.strip():
-      raise ValueError(f"sets entry {entry!r} is not 'name=path[:format]' or {LLMBAR!r}")
+      raise ValueError(f"sets entry {entry!r} is not {SYNTHETIC!r}, 'llmbar=FOLDER' or "
+                       "'name=path[:format]'")
     fmt = None
     head, colon, tail = path.rpartition(":")
     if colon and tail in readers.FORMATS:
       path, fmt = head, tail
     out.append((name.strip(), path, fmt))
   if not out:
-    raise ValueError("config.sets names no preference set")
+    raise ValueError("sets names no preference set")
   names = [name for name, _, _ in out]
   if len(set(names)) != len(names):
-    raise ValueError(f"config.sets repeats a name: {names}")
+    raise ValueError(f"sets repeats a name: {names}")
   return out
+
+
+def synthetic_eval_pairs(run_config) -> dict:
+  """The held-out split of the synthetic task the run in ``run_config`` trained on."""
+  data = run_config.get("data") or {}
+  if data.get("source") != "synthetic":
+    raise ValueError(f"sets={SYNTHETIC}: the run was trained on data.source="
+                     f"{data.get('source')!r}, not the synthetic task; name preference files "
+                     "as sets=name=path")
+  fields = data.synthetic.to_dict() if hasattr(data.synthetic, "to_dict") else dict(
+      data.synthetic)
+  return synthetic.make_split(synthetic.SyntheticConfig(**fields), "eval")
 
 
 def _member_columns(row: dict) -> list[str]:
@@ -90,7 +117,8 @@ def markdown_table(rows: list[dict], summary: dict) -> str:
 
 
 def _default_name(sets, parsed) -> str:
-  if isinstance(sets, str) and sets.strip() == LLMBAR:
+  if isinstance(sets, str) and sets.strip().partition("=")[0].strip() == LLMBAR and all(
+      fmt == "llmbar" for _, _, fmt in parsed):
     return LLMBAR
   names = [name for name, _, _ in parsed]
   return "+".join(names) if len(names) <= 3 else f"{len(names)}sets"
@@ -111,6 +139,12 @@ def run(config) -> dict:
 
   rows = []
   for name, path, fmt in parsed:
+    if fmt == SYNTHETIC:
+      arrays = synthetic_eval_pairs(run_config)
+      metrics = rm_evaluate.evaluate(eval_fn, params, arrays, batch_size, mesh)
+      rows.append({"subset": name, "pairs": len(arrays[schema.WEIGHT]), **metrics,
+                   "path": f"{SYNTHETIC} task (held-out split)"})
+      continue
     pairs = readers.read_pairs(path, fmt, subset=name).pairs
     if not pairs:
       raise DataError(f"{path}: no pairs to evaluate")

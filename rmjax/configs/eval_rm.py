@@ -9,10 +9,11 @@ from rmjax.configs import describe
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.workdir = "runs/train_rm"  # The run's workdir; its latest checkpoint is loaded.
-  # Comma-separated "name=path[:format]" entries (format: hh-rlhf, pairs, llmbar, pandalm;
-  # default detected), or "llmbar": the five LLMBar/RewardBench subsets from the shared
-  # data folder ($RMJAX_SHARED_DATA or ../shared/data).
-  c.sets = "llmbar"
+  # Comma-separated entries: "synthetic" (the held-out pairs of the synthetic task the run
+  # trained on), "llmbar=FOLDER" (the five LLMBar/RewardBench subsets of an LLMBar
+  # checkout), "name=path[:format]" (a preference file; format: hh-rlhf, pairs, llmbar,
+  # pandalm; default detected).
+  c.sets = "synthetic"
   c.name = ""  # Results go to <workdir>/eval_<name>.md/.json; "" = from the sets.
   # A tokenizer folder, a .gguf file or "gpt2-bpe"; "" = the run's own (data.files.tokenizer),
   # if it was trained on text, else token-id rows only.
@@ -28,8 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 FIELDS = {
     "workdir": "a train-rm run folder; its latest checkpoint is loaded",
-    "sets": "\"synthetic\" (the run's held-out pairs) and/or name=path[:format] entries, "
-            "comma-separated",
+    "sets": "comma-separated: \"synthetic\" (the run's held-out pairs), llmbar=FOLDER, "
+            "name=path[:format]",
     "name": "results go to <workdir>/eval_<name>.md/.json; \"\" = named after the sets",
     "tokenizer": "a tokenizer folder, a .gguf file or \"gpt2-bpe\"; \"\" = the run's own",
     "max_len": "tokens per sequence after truncation; 0 = the run's own (or the model's)",

@@ -136,23 +136,23 @@ def _print_report(text: str) -> None:
 
 
 def shared_data_dir() -> Path | None:
-  """``$RMJAX_SHARED_DATA``, else ``../shared/data`` beside the repository; None if absent."""
+  """The data folder ``$RMJAX_SHARED_DATA`` names (real preference sets, checkpoints);
+  None when it is unset or not a folder."""
   env = os.environ.get("RMJAX_SHARED_DATA")
-  repo = Path(__file__).resolve().parents[2]
-  folder = Path(env) if env else repo.parent / "shared" / "data"
-  return folder if folder.is_dir() else None
+  folder = Path(env) if env else None
+  return folder if folder is not None and folder.is_dir() else None
 
 
 def llmbar_subsets(root: str | os.PathLike | None = None) -> dict[str, Path]:
   """RewardBench subset name -> LLMBar ``dataset.json``.
 
-  ``root`` is the shared data folder (default ``shared_data_dir()``), the LLMBar checkout,
-  or its ``Dataset/LLMBar`` folder. Raises FileNotFoundError naming what is missing.
+  ``root`` is a data folder holding ``llmbar/`` (default ``shared_data_dir()``), the LLMBar
+  checkout, or its ``Dataset/LLMBar`` folder. Raises FileNotFoundError naming what is missing.
   """
   if root is None:
     root = shared_data_dir()
     if root is None:
-      raise FileNotFoundError("no shared data folder: set RMJAX_SHARED_DATA or pass root")
+      raise FileNotFoundError("no data folder: set RMJAX_SHARED_DATA or name the LLMBar folder")
   root = Path(root)
   for base in (root / "llmbar" / "Dataset" / "LLMBar", root / "Dataset" / "LLMBar", root):
     if (base / "Natural").is_dir():
