@@ -15,6 +15,7 @@ from rmjax.models import config as C
 from rmjax.models import gguf_io
 from rmjax.models.hf_io import save_hf
 from rmjax.models.transformer import Transformer
+from rmjax.objectives.preference_strength import auroc
 from rmjax.rm.load import single_device_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,16 +42,28 @@ def _config(tmp_path, members, folds, seeds):
   return config
 
 
-def _features(pairs, seed):
-  """``pair_arrays``-shaped random n = 0 features [pairs, 1, D_MODEL] per side."""
+def _features(pairs, seed, swapped=None):
+  """``pair_arrays``-shaped n = 0 features [pairs, 1, D_MODEL] per side with a planted
+  preference: chosen lies along +u and rejected along −u (u a fixed unit direction, plus
+  noise), except on the ``swapped`` pairs [pairs] bool, whose sides are exchanged (a
+  swapped label)."""
   rng = np.random.default_rng(seed)
   width = 12
+  u = np.zeros(D_MODEL, np.float32)
+  u[0] = 1.0
   out = {schema.MARGIN: np.zeros(pairs, np.float32), schema.WEIGHT: np.ones(pairs, np.float32),
          "prompt_len": np.full(pairs, 2, np.int32)}
-  for tok, msk in ((schema.CHOSEN_TOKENS, schema.CHOSEN_MASK),
-                   (schema.REJECTED_TOKENS, schema.REJECTED_MASK)):
+  sides = {}
+  for sign, (tok, msk) in ((1.0, (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK)),
+                           (-1.0, (schema.REJECTED_TOKENS, schema.REJECTED_MASK))):
     out[msk] = np.arange(width)[None] < rng.integers(3, width + 1, pairs)[:, None]
-    out[tok] = rng.normal(size=(pairs, 1, D_MODEL)).astype(np.float32)
+    sides[tok] = (0.2 * rng.normal(size=(pairs, 1, D_MODEL)) + 2.0 * sign * u).astype(np.float32)
+  if swapped is not None:
+    for tok_a, tok_b in ((schema.CHOSEN_TOKENS, schema.REJECTED_TOKENS),):
+      a, b = sides[tok_a].copy(), sides[tok_b].copy()
+      sides[tok_a] = np.where(swapped[:, None, None], b, a)
+      sides[tok_b] = np.where(swapped[:, None, None], a, b)
+  out.update(sides)
   return out
 
 
@@ -79,11 +92,17 @@ def test_fold_plan_refuses_bad_plans(pairs, folds, members, match):
     EXPERIMENT.fold_plan(pairs, folds, members, seed=0)
 
 
-def test_repetition_on_random_features(tmp_path, monkeypatch):
-  """Members see exactly their rows; μ/σ follow from the members' Δ; outputs are written."""
-  pairs, held, members, folds = 12, 6, 4, 2
+def test_repetition_on_planted_features(tmp_path, monkeypatch):
+  """Members see exactly their rows; μ/σ follow from the members' Δ; the pairs whose
+  labels were swapped get the lowest strength (negative on average, positive for the
+  rest); outputs are written."""
+  pairs, held, members, folds = 16, 8, 4, 2
   config = _config(tmp_path, members, folds, (0, 1))
-  train, heldout = _features(pairs, 0), _features(held, 1)
+  config.train.update(steps=24, batch_size=4)
+  config.optim.update(learning_rate=3e-2, warmup_steps=2)
+  swapped = np.zeros(pairs, bool)
+  swapped[[1, 6, 11, 14]] = True  # a quarter of the labels, in both folds
+  train, heldout = _features(pairs, 0, swapped), _features(held, 1)
   seen = []
   original = EXPERIMENT.train_member
 
@@ -115,19 +134,21 @@ def test_repetition_on_random_features(tmp_path, monkeypatch):
       np.testing.assert_allclose(out["mu"], np.nanmean(deltas, 1), rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(out["sigma"], np.nanstd(deltas, 1), rtol=1e-4, atol=1e-6)
       metrics = out["metrics"]
+      # The members learn the planted direction: they get the clean held-out pairs
+      # right, and the swapped training pairs are the ones with the lowest strength.
+      assert metrics["held-out accuracy, average member"] >= 0.75, (variant, metrics)
+      assert auroc(-out["mu"], swapped) >= 0.9, (variant, out["mu"])
+      assert out["mu"][swapped].mean() < 0 < out["mu"][~swapped].mean(), (variant, out["mu"])
       assert metrics["fraction μ<0"] == np.mean(out["mu"] < 0)
-      for name in ("fraction μ<0", "held-out accuracy, members' mean",
-                   "held-out accuracy, average member"):
-        assert 0 <= metrics[name] <= 1, (variant, name)
     assert np.ptp(rep[EXPERIMENT.IN_SAMPLE]["deltas"], axis=1).max() > 0  # members differ
 
   rows, paths = EXPERIMENT.write_outputs(config.workdir, reps, {"note": "test"})
   paths += EXPERIMENT.plot_strengths(reps, config.workdir)
   fractions = [r for r in rows if r["metric"] == "fraction μ<0"]
   assert [r["variant"] for r in fractions] == list(EXPERIMENT.VARIANTS)
-  for row in fractions:
+  for row, variant in zip(fractions, EXPERIMENT.VARIANTS):
     assert row["reps"] == 2 and row["low"] <= row["mean"] <= row["high"]
-    assert all(0 <= v <= 1 for v in row["values"])
+    assert row["values"] == [rep[variant]["metrics"]["fraction μ<0"] for rep in reps]
   for path in paths:
     assert pathlib.Path(path).stat().st_size > 0
   with open(pathlib.Path(config.workdir) / "strengths.csv", newline="") as f:
@@ -156,15 +177,24 @@ def test_hh_strength_on_a_handful_of_real_rows(tmp_path):
   assert out["sets"]["train"]["pairs"] == 8 and out["sets"]["hh-heldout"]["pairs"] == 8
   assert set(out["fraction_negative"]) == set(EXPERIMENT.VARIANTS)
   for fraction in out["fraction_negative"].values():
-    assert len(fraction["values"]) == 2 and all(0 <= v <= 1 for v in fraction["values"])
-    assert np.isfinite([fraction["low"], fraction["high"]]).all()
+    assert len(fraction["values"]) == 2
+    assert fraction["low"] <= np.mean(fraction["values"]) <= fraction["high"]
   for rep in out["reps"]:
     for variant in EXPERIMENT.VARIANTS:
       assert len(rep[variant]["member_heldout_accuracy"]) == 2
   assert "fraction μ<0" in out["note"]
   with open(tmp_path / "run" / "strengths.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 2 * 8 and all(np.isfinite(float(r["mu_out_of_fold"])) for r in rows)
+  assert len(rows) == 2 * 8
+  # The summary's fractions are those of the per-pair strengths written beside it, per
+  # repetition and variant (a swapped column or repetition would show here).
+  for column, variant in (("mu_out_of_fold", EXPERIMENT.OUT_OF_FOLD),
+                          ("mu_in_sample", EXPERIMENT.IN_SAMPLE)):
+    per_rep = [np.mean([float(r[column]) < 0 for r in rows if r["base_seed"] == str(seed)])
+               for seed in (0, 1)]
+    assert out["fraction_negative"][variant]["values"] == pytest.approx(per_rep), variant
+  oof = [float(r["mu_out_of_fold"]) for r in rows]
+  assert oof != [float(r["mu_in_sample"]) for r in rows]  # the variants differ
   for name in ("results.md", "results.csv", "results.json", "strengths.csv", "mu_hist.png",
                "mu_sigma.png"):
     assert (tmp_path / "run" / name).stat().st_size > 0
