@@ -226,6 +226,10 @@ def abstract_like(tree, shardings):
                       tree, shardings)
 
 
+class NoReadableCheckpoint(FileNotFoundError):
+  """Committed steps exist, but none of them can be read."""
+
+
 class _RunMismatch(Exception):
   """The stored checkpoint belongs to another format, run or model (not a damaged file)."""
 
@@ -307,7 +311,7 @@ class Checkpointer:
     ``abstract_state``: the state's pytree of ``jax.ShapeDtypeStruct`` (or arrays), each
     carrying the ``sharding`` to restore into (:func:`abstract_like`). Raises
     ``ValueError`` for another format, run (config, data hash) or shapes, and
-    ``RuntimeError`` when committed steps exist but none can be read; an unreadable step
+    ``NoReadableCheckpoint`` when committed steps exist but none can be read; an unreadable step
     is skipped with a warning (the module docstring lists the checks).
     """
     for path, x in jax.tree_util.tree_leaves_with_path(abstract_state):
@@ -342,7 +346,7 @@ class Checkpointer:
                       f"({_one_line(error)}); {then}", stacklevel=2)
         continue
       return step, out.state, out.extra
-    raise RuntimeError(f"no readable checkpoint in {self.directory}: steps {steps} all failed "
+    raise NoReadableCheckpoint(f"no readable checkpoint in {self.directory}: steps {steps} all failed "
                        f"to read (latest error: {_one_line(last_error)}); move them away to "
                        "start again") from last_error
 

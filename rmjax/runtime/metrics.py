@@ -26,6 +26,10 @@ from rmjax.parallel.distributed import is_primary
 LOCK_FILE = "rmjax.lock"
 
 
+class WorkdirInUse(FileExistsError):
+  """Another live run holds the workdir's lock file."""
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -39,7 +43,7 @@ def _alive(pid: int) -> bool:
 class WorkdirLock:
   """``<workdir>/rmjax.lock``: JSON ``{"pid", "host"}`` of the run writing the workdir.
 
-  Taken by ``acquire`` (a live holder is a one-line ``RuntimeError``), removed by
+  Taken by ``acquire`` (a live holder is a one-line ``WorkdirInUse``), removed by
   ``release``. The file is also ``flock``-ed while held, so that two processes taking it
   at the same moment cannot both win, and the kernel frees it when its holder dies. A
   lock left by a dead process (same host, pid not alive) is stale: it is taken over with
@@ -50,8 +54,8 @@ class WorkdirLock:
     self.path = os.path.join(workdir, LOCK_FILE)
     self._fd = None
 
-  def _busy(self, holder: dict) -> RuntimeError:
-    return RuntimeError(
+  def _busy(self, holder: dict) -> WorkdirInUse:
+    return WorkdirInUse(
         f"workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid', '?')} on "
         f"{holder.get('host', '?')} (lock file {self.path}); wait for that run to end, or "
         "delete the lock file if it is gone")

@@ -34,7 +34,7 @@ def test_the_lock_holds_pid_and_host_and_is_released_at_close(tmp_path):
 def test_a_live_lock_is_a_one_line_error(tmp_path):
   writer = metrics.MetricsWriter(str(tmp_path))
   try:
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(metrics.WorkdirInUse) as err:
       metrics.MetricsWriter(str(tmp_path))
     message = str(err.value)
     assert "\n" not in message
@@ -48,7 +48,7 @@ def test_a_live_lock_of_another_process_is_an_error(tmp_path):
   holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     _lock(tmp_path).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
-    with pytest.raises(RuntimeError, match=f"in use by pid {holder.pid} on "):
+    with pytest.raises(metrics.WorkdirInUse, match=f"in use by pid {holder.pid} on "):
       metrics.MetricsWriter(str(tmp_path))
   finally:
     holder.kill()
@@ -57,7 +57,7 @@ def test_a_live_lock_of_another_process_is_an_error(tmp_path):
 
 def test_a_lock_from_another_host_is_not_taken(tmp_path):
   _lock(tmp_path).write_text(json.dumps({"pid": 1, "host": "some-other-host"}))
-  with pytest.raises(RuntimeError, match="in use by pid 1 on some-other-host"):
+  with pytest.raises(metrics.WorkdirInUse, match="in use by pid 1 on some-other-host"):
     metrics.MetricsWriter(str(tmp_path))
 
 
@@ -104,7 +104,7 @@ def test_a_refused_second_run_leaves_the_first_runs_unfinished_save_alone(tmp_pa
   first = metrics.MetricsWriter(str(tmp_path))
   try:
     checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoints")
-    with pytest.raises(RuntimeError, match="is in use by"):
+    with pytest.raises(metrics.WorkdirInUse, match="is in use by"):
       metrics.MetricsWriter(str(tmp_path))
     time.sleep(1.0)  # Orbax's clean-up runs in the background once its manager starts
     checkpointer.close()

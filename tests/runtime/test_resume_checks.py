@@ -172,7 +172,7 @@ def test_no_readable_step_is_a_clear_error(tmp_path):
     for f in _array_files(tmp_path, step):
       f.unlink()
   with pytest.warns(UserWarning), pytest.raises(
-      RuntimeError, match=rf"^no readable checkpoint in {tmp_path}: steps \[2, 1\]"):
+      ck.NoReadableCheckpoint, match=rf"^no readable checkpoint in {tmp_path}: steps \[2, 1\]"):
     _restore(tmp_path)
 
 
