@@ -163,6 +163,11 @@ def test_sigterm_saves_exits_143_and_the_rerun_resumes(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert f"resumed from step {step} in {tmp_path}" in rerun.stdout
   assert (checkpoints / str(step + 5)).is_dir()
+  # A stale workdir (another model in it) is a user error too: one line, status 2.
+  stale = _run(*args, f"--config.train.steps={step + 10}", "--config.model.n_layers=2")
+  assert stale.returncode == 2, stale.stderr[-2000:]
+  assert "Traceback" not in stale.stderr and "model.n_layers" in stale.stderr
+  assert stale.stderr.strip().splitlines()[-1].startswith("rmjax train-rm: ")
 
 
 def test_train_rm_without_eval_metrics_says_why(monkeypatch, capsys):
