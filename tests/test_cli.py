@@ -113,10 +113,12 @@ def _raised(fn):
 
 
 def test_is_user_error_tells_rmjax_checks_from_library_errors(tmp_path):
+  import jax
   import jax.numpy as jnp
   import numpy as np
 
   from rmjax.data import readers, schema, tfds_builder
+  from rmjax.objectives import bt
   from rmjax.runtime import loop
 
   pair = schema.PreferencePair([1], [2], [3], source="f.jsonl:3")
@@ -127,6 +129,9 @@ def test_is_user_error_tells_rmjax_checks_from_library_errors(tmp_path):
   # Raised inside numpy (called from rmjax code, not by an rmjax check) or jax: internal.
   assert not cli.is_user_error(_raised(lambda: tfds_builder._int32(["x"], pair, "chosen")))
   assert not cli.is_user_error(_raised(lambda: jnp.ones(3) + jnp.ones(4)))
+  # An rmjax check inside traced code (JAX filters the frames): a bug, not the user's.
+  traced = jax.jit(bt.bradley_terry_loss)
+  assert not cli.is_user_error(_raised(lambda: traced(jnp.ones(3), jnp.ones(2))))
   assert not cli.is_user_error(_raised(lambda: {}["k"]))
 
 
