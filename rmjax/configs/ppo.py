@@ -8,6 +8,8 @@ the value head from its first reward head). Run ``rmjax train-rm`` first.
 
 import ml_collections
 
+from rmjax.configs import describe
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -66,3 +68,63 @@ def get_config() -> ml_collections.ConfigDict:
       workdir="runs/ppo", log_every=5, save_every=10, keep_checkpoints=2,
       checkpoint_dir=""))  # "" = <workdir>/checkpoints; multi-host: shared storage (gs://...)
   return c
+
+
+FIELDS = {
+    "seed": "seed of the prompts, sampling and minibatch order",
+    **describe.section("mesh", describe.MESH),
+    "reward.workdirs": "train-rm runs (each a model or an ensemble) whose scores are combined",
+    "reward.objective": "how a run's members combine: mean, wco, uwo, ...",
+    "reward.uwo_lam": "UWO's lambda: weight of the members' variance",
+    "reward.brme_lam": "BRME's lambda",
+    "reward.member_norm": "scale every member to mean 0, std 1 on initial-policy samples first",
+    "reward.norm_batches": "member_norm: rollout-sized batches of samples for the statistics",
+    "reward.transform": "\"none\" (sum over runs) or \"lsc\" (sum of log sigmoid(r - r_ref))",
+    "reward.lsc_quantile": "lsc: quantile of the reference samples' rewards that is r_ref",
+    "reward.lsc_samples": "lsc: reference-policy samples per prompt for r_ref",
+    "reward.normalize": "normalise scores by running mean and std",
+    "reward.clip": "clip scores to [-clip, clip]; 0 = no clipping",
+    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "
+                        "file or a ppo workdir",
+    "policy.eos_id": "the id that ends a response; -1 = the tokenizer's EOS",
+    "prompts.path": "\"\" = the synthetic task's prompts; else a file of prompt rows or pairs",
+    "prompts.format": "format of prompts.path; \"\" = detected",
+    "prompts.tokenizer": "\"\" = the policy's own, else the reward models'",
+    "prompts.max_len": "prompt tokens kept (its end)",
+    "prompts.max_response_len": "response tokens when ppo.max_new_tokens is 0",
+    "prompts.skip_bad_rows": "drop malformed prompt rows (reported) instead of stopping",
+    "evaluate.gold": "log the synthetic task's gold reward of every rollout (never optimised)",
+    **describe.section("actor", describe.LORA),
+    "critic.init": "critic start: \"reward_model\" (the first run's) or \"policy\"",
+    **describe.section("critic", describe.LORA),
+    "ppo.iterations": "PPO iterations (rollout, then updates)",
+    "ppo.prompts": "prompts per iteration",
+    "ppo.samples_per_prompt": "responses sampled per prompt",
+    "ppo.max_new_tokens": "tokens per response; 0 = the task's max_response_len",
+    "ppo.temperature": "sampling temperature of the rollouts",
+    "ppo.top_k": "sample among the k most likely tokens; 0 = no limit",
+    "ppo.top_p": "nucleus sampling probability mass; 1 = no limit",
+    "ppo.epochs": "passes over each iteration's episodes",
+    "ppo.minibatches": "minibatches per epoch (divides the episodes)",
+    "ppo.clip_eps": "PPO ratio clip epsilon",
+    "ppo.value_clip": "clip of the value update around the old values",
+    "ppo.gamma": "discount of GAE",
+    "ppo.lam": "GAE lambda",
+    "ppo.whiten": "whiten advantages over the batch",
+    "ppo.advantage_clip": "clip whitened advantages to [-x, x]; 0 = no clipping",
+    "ppo.kl_estimator": "per-token KL estimator: k1, k2 or k3",
+    "ppo.entropy_coef": "weight of the entropy bonus",
+    "ppo.ptx_coef": "PPO-ptx: weight of the LM loss on reference-policy samples; 0 = off",
+    "ppo.ptx_sequences": "PPO-ptx: reference-policy samples drawn once for that loss",
+    "kl.adaptive": "adapt beta with Ziegler et al.'s controller (else fixed beta = coef)",
+    "kl.coef": "KL penalty beta (the adaptive controller's start)",
+    "kl.target": "adaptive controller: target KL",
+    "kl.horizon": "adaptive controller: horizon",
+    **describe.section("optim.actor", describe.OPTIM),
+    **describe.section("optim.critic", describe.OPTIM),
+    "train.workdir": "run folder: checkpoints, metrics; an existing run resumes",
+    "train.log_every": "iterations per logging window",
+    "train.save_every": "iterations between checkpoints (and one at the end)",
+    "train.keep_checkpoints": "checkpoints kept (the newest)",
+    "train.checkpoint_dir": "\"\" = <workdir>/checkpoints; several hosts need shared storage",
+}
