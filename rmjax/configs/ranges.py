@@ -123,6 +123,7 @@ RANGES: dict[str, Range] = {
     "metarm.num_prompts": AT_LEAST_1,
     "metarm.temperature": POSITIVE,
     "metarm.top_k": AT_LEAST_0,
+    "metarm.best_of": AT_LEAST_1,
     # export-hf
     "step": OPTIONAL_INDEX, "member": OPTIONAL_INDEX, "pad_token_id": OPTIONAL_INDEX,
     # ppo
