@@ -77,3 +77,19 @@ def test_every_command_checks_ranges(tmp_path, command, override):
   result = _run(command, f"--config.{override}", cwd=tmp_path)
   assert result.returncode == 2 and override.split("=")[0] in result.stderr, result.stderr
   assert "Traceback" not in result.stderr
+
+
+EXPERIMENT_CONFIGS = sorted(
+    f for f in os.listdir(os.path.join(ROOT, "experiments", "configs")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_CONFIGS)
+def test_experiment_configs_are_in_range(name):
+  """What ``--config=experiments/configs/<name>`` gives the CLI passes its range check."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      f"experiment_config_{name[:-3]}", os.path.join(ROOT, "experiments", "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert ranges.check(module.get_config()) == []
