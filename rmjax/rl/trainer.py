@@ -88,6 +88,9 @@ class PPOTrainer:
     self.ptx = self._ptx_source() if c.ptx_coef else None
     self.shardings = None
     self._update = None
+    # train(): the state starts with placeholder statistics and iteration 0 (which only a
+    # fresh run executes; a resumed run restores them) measures them.
+    self.measure_at_start = False
 
   # --- the state ------------------------------------------------------------------------
 
@@ -267,6 +270,10 @@ class PPOTrainer:
     """One PPO iteration: ``(state, metrics)`` of ``iteration`` from ``state``; metrics
     hold the rollout's and the mean of the minibatch updates', and ``loop.FINITE``: every
     updated actor and critic parameter of every minibatch was finite."""
+    if iteration == 0 and self.measure_at_start and self.score_cfg.member_norm:
+      stats = self.measure_member_stats()
+      state = {**state, "member_stats": jax.device_put(
+          {str(j): s for j, s in enumerate(stats)}, self.shardings["member_stats"])}
     episodes, metrics, carried = self.rollout(state, iteration)
     update = self.update_fn()
     models = {k: state[k] for k in MODEL_KEYS}
@@ -348,10 +355,10 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
   checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
                               interval=tc.save_every, provenance=provenance(config))
-  # A run that will resume restores its statistics: do not measure them again.
-  resuming = bool(checkpointer.all_steps())
-  state = trainer.init_state(
-      ppo_rewards.identity_stats(trainer.members_per_source()) if resuming else None)
+  # Placeholder statistics: a resumed run restores its own, a fresh one measures them in
+  # iteration 0 (never twice).
+  state = trainer.init_state(ppo_rewards.identity_stats(trainer.members_per_source()))
+  trainer.measure_at_start = True
   result = loop.run(
       state=state, step_fn=trainer.step, batches=lambda iteration: iteration,
       steps=c.iterations, checkpointer=checkpointer, writer=MetricsWriter(tc.workdir),

@@ -113,6 +113,7 @@ def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_p
   assert rows[0]["kl_half_squared"] == pytest.approx(0.0, abs=1e-5)  # pi = pi_ref at first
   (stats,) = result["member_stats"]
   assert stats["mu"].shape == stats["sigma"].shape == (1,) and stats["sigma"][0] > 0
+  assert stats["mu"][0] != 0.0 and stats["sigma"][0] != 1.0  # measured, not placeholders
   # The rollout task: the file's prompts through the policy's tokenizer, BOS first.
   config = _ppo_config(world, tmp_path / "unused", world / "rm")
   sources = build.load_reward_sources(config.reward.workdirs, None)

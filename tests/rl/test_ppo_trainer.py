@@ -161,3 +161,25 @@ def test_ptx_loss_is_the_next_token_nll_and_joins_the_update(tmp_path):
   ppo_trainer.train(config, scorers=[jax.jit(low_ids)], task=task, critic_model=task.policy)
   rows = metrics(tmp_path)
   assert all(np.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows)
+
+
+def test_member_statistics_are_measured_once_on_the_initial_policy_and_checkpointed(tmp_path):
+  """Two members on scales 1 and 10: the run's checkpoint holds their mean and std on
+  reference-policy samples (what a fresh trainer measures), and the score is normalised
+  by them."""
+  task = synthetic.build_task(synthetic.SyntheticConfig())
+  two = jax.jit(lambda t, m: jnp.concatenate([low_ids(t, m), 10.0 * low_ids(t, m) + 3.0], -1))
+  config = toy_config(tmp_path, 1)
+  config.reward.update(norm_batches=2, normalize=False, clip=0.0, objective="wco")
+  result = ppo_trainer.train(config, scorers=[two], task=task, critic_model=task.policy)
+  (stats,) = result["member_stats"]
+  (fresh,) = ppo_trainer.PPOTrainer(config, [two], task, task.policy).measure_member_stats()
+  np.testing.assert_allclose(stats["mu"], fresh["mu"], rtol=1e-6)
+  np.testing.assert_allclose(stats["sigma"], fresh["sigma"], rtol=1e-6)
+  np.testing.assert_allclose(stats["sigma"][1], 10.0 * stats["sigma"][0], rtol=1e-5)
+  np.testing.assert_allclose(stats["mu"][1], 10.0 * stats["mu"][0] + 3.0, rtol=1e-5)
+  saved = PyTreeCheckpointer().restore(str(tmp_path / "checkpoints" / "1" / "state"))
+  np.testing.assert_array_equal(np.asarray(saved["member_stats"]["0"]["mu"]), stats["mu"])
+  # Both members normalised alike: WCO's min is either one (equal after normalisation).
+  score = metrics(tmp_path)[0]["score"]
+  assert abs(score) < 3.0, score  # raw member 1 would put the score near 10x the count
