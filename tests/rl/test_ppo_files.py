@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax.configs import ppo as ppo_config
 from rmjax.configs import train_rm
@@ -125,6 +126,36 @@ def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_p
     assert tok.decode(row[:n].tolist()) in prompts and np.all(row[n:] == 3)
   assert task.eos_id == 2 and task.pad_id == 3 and task.evaluate is None
   assert task.tokenizer == sources[0].tokenizer  # same tokenizer, found in two folders
+  # An rmjax ppo workdir as the policy: its actor, on the architecture of its own policy.
+  again = _ppo_config(world, tmp_path / "unused", world / "rm")
+  again.policy.init_from = str(tmp_path / "ppo")
+  actor = nnx.to_pure_dict(nnx.state(build.policy_model(again, [])))
+  saved = PyTreeCheckpointer().restore(str(tmp_path / "ppo" / "checkpoints" / "2" / "state"))
+  flat = lambda tree: {jax.tree_util.keystr(p).replace("'", "").replace("[value]", ""):
+                       np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  saved_actor = flat(saved["actor"])
+  assert set(flat(actor)) == set(saved_actor)
+  for name, value in flat(actor).items():
+    np.testing.assert_array_equal(value, saved_actor[name], err_msg=name)
+
+
+def test_prompts_from_a_preference_file_and_bad_prompt_files(world, tmp_path):
+  pairs = [json.loads(line) for line in open(world / "pairs.jsonl")]
+  prompts = build._prompt_rows(str(world / "pairs.jsonl"), "", False)
+  assert prompts == list(dict.fromkeys(p["prompt"] for p in pairs))  # once each, in order
+  (tmp_path / "bad.jsonl").write_text('{"prompt": "w1 w2"}\n{"prompt": ""}\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'prompt' must be non-empty"):
+    build._prompt_rows(str(tmp_path / "bad.jsonl"), "", False)
+  assert build._prompt_rows(str(tmp_path / "bad.jsonl"), "", True) == ["w1 w2"]
+  with pytest.raises(ValueError, match="text prompts but there is no tokenizer"):
+    build.encode_prompts(["w1 w2"], None, 8)
+  tokens, lengths = build.encode_prompts([[5, 6, 7, 8, 9, 10], [4]], None, 4, pad_id=3)
+  np.testing.assert_array_equal(tokens, [[7, 8, 9, 10], [4, 3, 3, 3]])  # the end is kept
+  np.testing.assert_array_equal(lengths, [4, 1])
+  config = _ppo_config(world, tmp_path / "ppo", world / "rm")
+  config.prompts.path = str(tmp_path / "missing.jsonl")
+  with pytest.raises(FileNotFoundError, match="prompts.path=.*missing.jsonl: no such file"):
+    ppo_trainer.train(config)
 
 
 def test_every_reward_workdir_is_checked_and_the_second_is_named(world, tmp_path):
