@@ -1,4 +1,5 @@
-"""``rmjax ppo``: PPO against a trained reward model (``rmjax.rl.trainer``)."""
+"""``rmjax ppo``: PPO of a policy (the synthetic task's, or ``policy.init_from`` on
+``prompts.path``) against trained reward models (``rmjax.rl.trainer``)."""
 
 from __future__ import annotations
 

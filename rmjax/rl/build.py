@@ -301,6 +301,8 @@ def rollout_task(config, sources, gold: bool = True) -> RolloutTask:
   path = str(prompts_cfg.path)
   if not pathlib.Path(path).is_file():
     raise FileNotFoundError(f"prompts.path={path}: no such file")
+  if not (config.get("policy") or {}).get("init_from"):
+    return _synthetic_policy_on_file(config, sources, path, prompts_cfg, gold)
   policy = policy_model(config, sources)
   spec = _tokenizer_spec(config, sources)
   tokenizer = tokenize.load_tokenizer(spec) if spec else None
@@ -324,6 +326,31 @@ def rollout_task(config, sources, gold: bool = True) -> RolloutTask:
           "max_response_len", 64)), eos_id=None if eos is None else int(eos), pad_id=pad,
       tokenizer=reward_source.tokenizer_id(spec), task="files",
       name=f"policy.init_from={config.policy.init_from} with prompts.path={path}")
+
+
+def _synthetic_policy_on_file(config, sources, path, prompts_cfg, gold) -> RolloutTask:
+  """The synthetic task's policy (and gold hook) on token-id prompts from a file."""
+  first = sources[0] if sources else None
+  if first is None or not hasattr(first, "run_config"):
+    raise ValueError(f"prompts.path={path} without policy.init_from needs a reward model "
+                     "workdir trained on the synthetic task (whose policy samples)")
+  out = synthetic_rollout_task(
+      synthetic.build_task(_synthetic_config(first.run_config, first.name)), gold)
+  rows = _prompt_rows(path, str(prompts_cfg.get("format", "") or ""),
+                      bool(prompts_cfg.get("skip_bad_rows", False)))
+  if not rows:
+    raise DataError(f"prompts.path={path}: no prompts")
+  if any(isinstance(r, str) for r in rows):
+    raise ValueError(f"prompts.path={path} holds text prompts, but the synthetic task's policy "
+                     "reads token ids: give token-id prompts or set policy.init_from")
+  tokens, lengths = encode_prompts(rows, None, int(prompts_cfg.get("max_len", 64)),
+                                   synthetic.PAD)
+  if tokens.max() >= out.policy.cfg.vocab_size:
+    raise ValueError(f"prompts.path={path}: token id {int(tokens.max())} is outside the "
+                     f"synthetic policy's vocabulary of {out.policy.cfg.vocab_size}")
+  return dataclasses.replace(out, sample_prompts=file_prompt_sampler(tokens, lengths),
+                             prompt_width=tokens.shape[1],
+                             name=f"the synthetic task's policy on prompts.path={path}")
 
 
 def check_sources(sources, task: RolloutTask) -> None:

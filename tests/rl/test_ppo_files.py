@@ -189,3 +189,27 @@ def test_synthetic_reward_workdirs_of_another_task_are_refused_by_name(tmp_path)
   c.train.workdir = str(tmp_path / "ppo")
   with pytest.raises(ValueError, match=rf"reward model {second}: its vocab_size 80 differs"):
     ppo_trainer.train(c)
+
+
+def test_the_synthetic_policy_on_token_id_prompts_from_a_file(tmp_path):
+  c = train_rm.get_config()
+  c.data.synthetic.update(num_train_pairs=8, num_eval_pairs=8)
+  c.model.update(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
+  rm = _fake_run(tmp_path / "rm", c, 64)
+  rows = [[2, 5, 6, 7], [2, 9, 10, 11, 12, 13]]  # BOS first, as the task's own prompts
+  (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r}) + "\n"
+                                                  for r in rows))
+  config = ppo_config.get_config()
+  config.reward.workdirs = (str(rm),)
+  config.prompts.path = str(tmp_path / "prompts.jsonl")
+  sources = build.load_reward_sources(config.reward.workdirs, None)
+  task = build.rollout_task(config, sources)
+  build.check_sources(sources, task)  # the synthetic world: its task id, no tokenizer
+  assert task.task == sources[0].task and task.evaluate is not None and task.eos_id == 1
+  tokens, lengths = task.sample_prompts(jax.random.key(0), 8)
+  for row, n in zip(tokens, lengths):
+    assert row[:n].tolist() in rows
+  (tmp_path / "text.jsonl").write_text(json.dumps({"prompt": "some text"}) + "\n")
+  config.prompts.path = str(tmp_path / "text.jsonl")
+  with pytest.raises(ValueError, match="holds text prompts, but the synthetic task's policy"):
+    build.rollout_task(config, sources)
