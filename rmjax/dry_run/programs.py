@@ -4,9 +4,12 @@ A ``Plan`` holds what a run keeps on its devices (``resident``: named groups of
 ShapeDtypeStructs carrying their shardings, each "parameters" or "optimizer") and the
 jitted programs it runs, each with the abstract arguments to lower it with.
 
-* ``train-rm``: the reward model (or stacked ensemble members) and its optimizer state;
-  one program, the train step of ``rm_step.make_train_step`` jitted as the trainer
-  jits it (``parallel.compile_step``), on a batch [B, seq] (or [K, B, seq] members).
+* ``train-rm``: the reward model (or stacked ensemble members, with the contrastive
+  loss's own parameters when it has some) and its optimizer state; one program, the
+  train step of ``rm_build.build``, the builder the trainer runs, compiled as the trainer
+  compiles it, on a batch [B, seq] (or [K, B, seq] members), with MetaRM's meta responses
+  when it is on. A pretrained backbone (``model.init_from``) gives its shapes from its
+  config.json or GGUF metadata; no weight is read.
 * ``ppo``: actor, critic, both optimizer states, the frozen reference and one reward
   model (LoRA adapters from the ``actor`` and ``critic`` sections, as ``rmjax ppo``
   adds them); two programs, the minibatch update (``ppo_step.make_update``, as
@@ -19,6 +22,7 @@ Shapes the data would normally supply come from the config's ``dry_run`` section
 ``train.shared_prompt``), ``prompt_len`` and ``response_len`` (ppo), ``batch_size``
 (0: ``train.batch_size``, or the PPO minibatch) and ``model`` (ppo: the policy's and
 reward model's ModelConfig fields on a preset, as ``train-rm``'s ``model`` section).
+MetaRM's meta responses (prompt and response joined) are ``seq_len`` wide too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from rmjax import parallel
@@ -36,8 +41,7 @@ from rmjax.models import lora
 from rmjax.models.transformer import Transformer
 from rmjax.rl import ppo_step
 from rmjax.rm import build as rm_build
-from rmjax.rm import contrastive_terms as contrastive_aux
-from rmjax.rm import members as ensemble
+from rmjax.rm import metarm
 from rmjax.rm import step as rm_step
 from rmjax.runtime.checkpoint import abstract_like
 from rmjax.runtime.optim import make_optimizer
@@ -102,55 +106,59 @@ def _model_section(config):
   return section
 
 
-def rm_plan(config, mesh) -> Plan:
-  """The reward-model train step of ``config`` (a ``train-rm`` config)."""
+def _rm_run_config(config):
+  """``config`` as ``train-rm`` would run it with the dry run's batch (``dry_run.batch_size``
+  when set) and model (``dry_run.model`` when set)."""
   dr = config.dry_run
-  _positive(dr, "vocab_size", "seq_len")
-  if config.get("metarm") is not None and config.metarm.enabled:
-    raise ValueError("metarm.enabled: the dry run does not build MetaRM's meta batches yet")
-  layout = ensemble.Layout.from_config(config.get("ensemble"))
-  rm_build.check_layout(layout, mesh)
-  rows = dr.batch_size or config.train.batch_size
-  _check_rows("dry_run.batch_size (or train.batch_size)", rows, mesh)
-  fields = contrastive_aux.run_model_fields(config)
-  mcfg = rm_build.build_model_config(_model_section(config), dr.vocab_size, layout.heads,
-                                       **fields)
-  if layout.stacked:
-    graphdef, params = ensemble.abstract_stacked(lambda rngs: Transformer(mcfg, rngs=rngs),
-                                                 layout.k)
-  else:
-    graphdef, params = _abstract_model(mcfg, config.seed)
-  updates = max(1, config.train.steps // config.optim.grad_accum)
-  tx = make_optimizer(config.optim, updates, lora.trainable_mask(params))
-  opt_state = jax.eval_shape(jax.vmap(tx.init) if layout.stacked else tx.init, params)
-  state = {"params": params, "opt_state": opt_state,
-           "step": jax.ShapeDtypeStruct((), jnp.int32)}
-  shardings = parallel.tree_shardings(state, mesh)
-  state = abstract_like(state, shardings)
+  run = ml_collections.ConfigDict(config.to_dict())
+  if dr.batch_size:
+    run.train.batch_size = dr.batch_size
+  if dr.get("model"):
+    run.model = dr.model
+  return run
 
-  lead = (layout.k, rows) if layout.stacked else (rows,)
-  width, i32, f32 = dr.seq_len, jnp.int32, jnp.float32
-  if config.train.get("shared_prompt"):
-    spec = {"packed_tokens": ((*lead, width), i32), "packed_segments": ((*lead, width), jnp.int8),
-            "packed_positions": ((*lead, width), i32), "chosen_last": (lead, i32),
-            "rejected_last": (lead, i32)}
+
+def rm_batch(program: rm_build.RMProgram, seq_len: int) -> dict:
+  """The batch fields (name -> (shape, dtype)) a ``train-rm`` step of ``program`` reads,
+  rows ``seq_len`` wide (each side, or the packed row with ``train.shared_prompt``; MetaRM's
+  responses, prompt included, too)."""
+  spec = program.spec
+  layout = spec.layout
+  lead = (layout.k, spec.batch_size) if layout.stacked else (spec.batch_size,)
+  i32, f32 = jnp.int32, jnp.float32
+  if spec.shared_prompt:
+    fields = {"packed_tokens": ((*lead, seq_len), i32),
+              "packed_segments": ((*lead, seq_len), jnp.int8),
+              "packed_positions": ((*lead, seq_len), i32), "chosen_last": (lead, i32),
+              "rejected_last": (lead, i32)}
   else:
-    spec = {k: ((*lead, width), dtype) for k, dtype in (
+    fields = {k: ((*lead, seq_len), dtype) for k, dtype in (
         ("chosen_tokens", i32), ("chosen_mask", bool), ("rejected_tokens", i32),
         ("rejected_mask", bool))}
-    spec["prompt_len"] = (lead, i32)
-  spec.update({"margin": (lead, f32), "weight": (lead, f32), "index": (lead, i32)})
-  if layout.shared_backbone and layout.bootstrap:
-    spec[rm_step.HEAD_WEIGHT] = ((*lead, layout.k), f32)
-  batch = _batch(spec, mesh, members=layout.stacked)
+    fields["prompt_len"] = (lead, i32)
+  fields.update({"margin": (lead, f32), "weight": (lead, f32), "index": (lead, i32)})
+  if layout.shared_backbone and layout.bootstrap and layout.k > 1:
+    fields[rm_step.HEAD_WEIGHT] = ((*lead, layout.k), f32)
+  if spec.metarm is not None:
+    members = (layout.k,) if layout.stacked else ()
+    meta = (*members, spec.metarm.prompts_per_step, spec.metarm.k, seq_len)
+    fields.update({metarm.META_TOKENS: (meta, i32), metarm.META_MASK: (meta, bool)})
+  return fields
 
-  loss_fn = rm_step.make_loss_fn(graphdef, config.loss,
-                                 contrastive_aux.make_aux_loss(config.loss.get("contrastive")))
-  member_devices = parallel.sharding.ensemble_size(mesh)
-  step = rm_step.make_train_step(graphdef, tx, config.loss, layout, member_devices,
-                                 config.seed, rm_step.make_member_update(tx, loss_fn))
-  jitted = parallel.compile_step(step, mesh, shardings, {k: len(s) for k, (s, _) in spec.items()},
-                                 members=layout.stacked)
+
+def rm_plan(config, mesh) -> Plan:
+  """The reward-model train step of ``config`` (a ``train-rm`` config): the program
+  ``rm_build.build`` gives the trainer, built abstractly. Strength options and other
+  per-pair loss settings a batch may carry are not part of the batch here."""
+  dr = config.dry_run
+  _positive(dr, "vocab_size", "seq_len")
+  run = _rm_run_config(config)
+  _check_rows("dry_run.batch_size (or train.batch_size)", run.train.batch_size, mesh)
+  program = rm_build.build(run, dr.vocab_size, mesh, abstract=True)
+  fields = rm_batch(program, dr.seq_len)
+  batch = _batch(fields, mesh, members=program.spec.layout.stacked)
+  jitted = program.compile_train_step({k: len(shape) for k, (shape, _) in fields.items()})
+  state = program.state
   return Plan({"params": (PARAMETERS, state["params"]),
                "opt_state": (OPTIMIZER, state["opt_state"])},
               [Program("train_step", jitted, (state, batch), batch)])

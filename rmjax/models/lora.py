@@ -3,7 +3,7 @@
 With ``ModelConfig.lora_rank = r > 0`` every projection W named in ``lora_targets``
 computes x W + (alpha / r) (x A) B (``rmjax.models.layers.LoRA``; B starts at zero, so the
 adapted model equals its base at initialisation). Training updates only the adapters and
-the heads (``HEADS``): ``trainable_mask`` gives the optimizer
+the heads, everything outside the base (``BASE``): ``trainable_mask`` gives the optimizer
 (``rmjax.runtime.optim.make_optimizer``) that split, so optimizer state exists for them
 alone, and ``grad_norm`` measures the gradient that is applied. ``merged`` folds the
 adapters into W for export; ``adapt`` puts fresh adapters on any model (a PPO policy or
@@ -23,8 +23,10 @@ from flax import nnx
 from rmjax.models.config import LORA_TARGETS
 from rmjax.models.transformer import LORA_PROJECTIONS, Transformer
 
-# Top-level parameters outside the base model: trained even when the base is frozen.
-HEADS = ("reward_head", "value_head", "prototypes")
+# The base model's top-level parts: frozen (all but their adapters) when it has adapters.
+# Everything else trains: the reward and value heads, and parameters held next to the
+# model's (a path that names none of these, e.g. a loss's own parameters).
+BASE = ("embed", "pos_embed", "blocks", "final_norm", "lm_head")
 ALL_TARGETS = ",".join(LORA_TARGETS)
 
 
@@ -40,13 +42,15 @@ def has_adapters(tree) -> bool:
 
 def trainable_mask(params):
   """A pytree of bools, one per variable of ``params`` (an ``nnx.State``, stacked
-  ensemble members too): True for adapters and heads. None when ``params`` has no
+  ensemble members too, or a dict holding one next to other parameters): True for
+  adapters and for whatever lies outside the base (``BASE``). None when ``params`` has no
   adapter (everything trains); pass it to ``make_optimizer(..., trainable=...)``."""
   if not has_adapters(params):
     return None
 
   def trainable(path, x):
-    return isinstance(x, nnx.LoRAParam) or getattr(path[0], "key", None) in HEADS
+    in_base = any(getattr(k, "key", None) in BASE for k in path)
+    return isinstance(x, nnx.LoRAParam) or not in_base
 
   return jax.tree_util.tree_map_with_path(trainable, params, is_leaf=_is_variable)
 

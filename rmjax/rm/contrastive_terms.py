@@ -2,9 +2,10 @@
 
 ``make_aux_loss(cfg)`` turns a run's ``loss.contrastive`` section into the hook that
 ``rm_step.make_loss_fn`` adds to the Bradley–Terry loss:
-``aux(model, batch, key, h_chosen, h_rejected) -> (β·L_cl, {"contrastive_loss": L_cl})``,
-where h_chosen, h_rejected [B, D] are the final hidden states the reward head read in
-the BT pass and ``key`` is independent of that pass's dropout key. The math is in
+``aux(model, params, batch, key, h_chosen, h_rejected) -> (β·L_cl, {"contrastive_loss": L_cl})``,
+where ``params`` are the term's own parameters (``rm_step.loss_params``: SwAV's
+prototypes, else none), h_chosen, h_rejected [B, D] are the final hidden states the reward
+head read in the BT pass and ``key`` is independent of that pass's dropout key. The math is in
 ``rmjax.objectives.contrastive``; equations in ``docs/algorithms.md`` §2
 ("Contrastive auxiliary loss") and §6 ("Goal-conditioned contrastive RM").
 
@@ -12,10 +13,13 @@ Kinds:
 * "simcse": view 1 is the BT pass, view 2 a second pass with an independent dropout key;
   L_cl = InfoNCE(view 1 → view 2, τ), one-sided as in SimCSE (view 1's rows are the
   anchors). Items are the difference view h_c − h_r (and its mirror) or the pair view.
-* "swav": the same two views scored against K learned prototypes (``Transformer.prototypes``
-  [D, K], a model parameter: trained, sharded, checkpointed and stacked per ensemble member
-  like the rest); items and prototypes are L2-normalised inside the loss, so scores are
-  cosines, instead of renormalising the prototypes after each update as SwAV does.
+* "swav": the same two views scored against K learned prototypes [D, K]. They are the
+  loss's parameters, not the model's (``init_prototypes``): the train state's params are
+  then ``{"model": ..., "prototypes": ...}`` (``rmjax.rm.build``), so the prototypes are
+  trained, sharded, checkpointed and stacked per ensemble member like the model, and a
+  scorer loads the model alone. Items and prototypes are L2-normalised inside the loss, so
+  scores are cosines, instead of renormalising the prototypes after each update as SwAV
+  does.
 * "goal" (Nath et al. 2024): a source state h_s read at a random position of the chosen
   response (before its last token) is pulled toward the chosen final state h_c and pushed
   away from the rejected final state h_r:
@@ -35,10 +39,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from rmjax.data import schema, shared_prompt
+from rmjax.models.layers import param
 from rmjax.models.transformer import last_token_index
 from rmjax.objectives import contrastive
+from rmjax.rm import members as ensemble
 from rmjax.rm import step as rm_step
 
 KINDS = ("none", "simcse", "swav", "goal")
@@ -53,6 +60,9 @@ PAPER_BETA = {"simcse": {"difference": 1.0, "pair": 1.0}, "swav": {"difference":
 PAPER_TEMPERATURE = {"simcse": 0.05, "swav": 0.1}
 PAPER_PROTOTYPES = {"difference": 20, "pair": 50}
 _NORM_EPS = 1e-8  # norm floor for cosines (a zero difference row stays finite)
+PROTOTYPES = "prototypes"  # the name of SwAV's prototypes among a run's params
+PROTOTYPE_AXES = ("embed", PROTOTYPES)  # logical axes of the [D, K] prototypes
+_PROTOTYPE_STREAM = 0x5EED  # folded into a member's seed: prototypes draw apart from the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +122,27 @@ def _check(o: Options) -> None:
 
 def model_fields(cfg) -> dict:
   """ModelConfig fields that a ``loss.contrastive`` section's kind needs on top of the
-  model config: ``dropout_rate`` for the dropout views, ``num_prototypes`` for swav."""
+  model config: ``dropout_rate`` for the dropout views."""
   o = resolve(cfg)
-  fields = {"dropout_rate": o.dropout} if o.kind in DROPOUT_KINDS else {}
-  if o.kind == "swav":
-    fields["num_prototypes"] = o.prototypes
-  return fields
+  return {"dropout_rate": o.dropout} if o.kind in DROPOUT_KINDS else {}
+
+
+def prototype_count(o: Options) -> int:
+  """K, the prototypes a resolved section's loss holds (swav), else 0."""
+  return o.prototypes if o.kind == "swav" else 0
+
+
+def init_prototypes(seeds: list[int], d_model: int, k: int, dtype,
+                    stacked: bool = False) -> nnx.Param:
+  """SwAV's prototypes [D, K] (truncated normal, std 1/√D) as an ``nnx.Param`` with
+  logical axes, drawn from ``seeds[0]``; ``stacked``: [len(seeds), D, K], member m from
+  ``seeds[m]``, its member axis named like stacked model parameters. Jit-traceable."""
+  def one(seed):
+    key = jax.random.fold_in(jax.random.key(seed), _PROTOTYPE_STREAM)
+    return param(nnx.Rngs(key), (d_model, k), PROTOTYPE_AXES, dtype, d_model ** -0.5)
+  if not stacked:
+    return one(seeds[0])
+  return ensemble.with_member_axis(jax.vmap(one)(jnp.asarray(seeds, jnp.int32)))
 
 
 def run_model_fields(run_config) -> dict:
@@ -127,8 +152,9 @@ def run_model_fields(run_config) -> dict:
 
 
 def make_aux_loss(cfg):
-  """The ``make_loss_fn`` hook of a ``loss.contrastive`` section, or None for "none"."""
-  o = resolve(cfg)
+  """The ``make_loss_fn`` hook of a ``loss.contrastive`` section (or its resolved
+  ``Options``), or None for "none"."""
+  o = cfg if isinstance(cfg, Options) else resolve(cfg)
   makers = {"simcse": _simcse, "swav": _swav, "goal": _goal}
   return makers[o.kind](o) if o.kind in makers else None
 
@@ -140,7 +166,7 @@ def _second_view(model, batch, key, views):
 
 def _simcse(o: Options):
 
-  def aux(model, batch, key, h_chosen, h_rejected):
+  def aux(model, params, batch, key, h_chosen, h_rejected):
     views = VIEWS[o.view]
     loss = contrastive.info_nce(views(h_chosen, h_rejected),
                                 _second_view(model, batch, key, views), o.temperature)
@@ -163,11 +189,11 @@ def prototype_scores(items: jax.Array, prototypes: jax.Array) -> jax.Array:
 
 def _swav(o: Options):
 
-  def aux(model, batch, key, h_chosen, h_rejected):
-    if model.prototypes is None:
-      raise ValueError("loss.contrastive.kind='swav' needs a model built with "
-                       "num_prototypes > 0")
-    views, prototypes = VIEWS[o.view], model.prototypes[...]
+  def aux(model, params, batch, key, h_chosen, h_rejected):
+    if PROTOTYPES not in params:
+      raise ValueError("loss.contrastive.kind='swav' needs its prototypes among the params "
+                       "(params = {'model': ..., 'prototypes': init_prototypes(...)})")
+    views, prototypes = VIEWS[o.view], params[PROTOTYPES][...]
     scores_1 = prototype_scores(views(h_chosen, h_rejected), prototypes)
     scores_2 = prototype_scores(_second_view(model, batch, key, views), prototypes)
     loss = contrastive.swav_loss(scores_1, scores_2, o.temperature, o.sinkhorn_epsilon,
@@ -205,7 +231,7 @@ def goal_source_index(batch, key) -> jax.Array:
 
 def _goal(o: Options):
 
-  def aux(model, batch, key, h_chosen, h_rejected):
+  def aux(model, params, batch, key, h_chosen, h_rejected):
     draw_key, dropout_key = jax.random.split(key)
     index = goal_source_index(batch, draw_key)
     _, _, h_source = rm_step.pair_hidden(model, batch, dropout_key, chosen_extra=index)

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import pathlib
 
-import gguf
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -32,12 +30,12 @@ from absl import logging as absl_logging
 from flax import nnx
 
 from rmjax import parallel
-from rmjax.models import gguf_io, hf_io, lora
 from rmjax.models.config import ModelConfig
 from rmjax.models.transformer import Transformer
 from rmjax.rm import build as rm_build
-from rmjax.rm import contrastive_terms as contrastive_aux
+from rmjax.rm import contrastive_terms
 from rmjax.rm import members as ensemble
+from rmjax.rm import step as rm_step
 from rmjax.runtime.checkpoint import abstract_like
 
 _ITEMS = ("state", "extra", "provenance")  # rmjax.runtime.checkpoint's step layout
@@ -75,26 +73,18 @@ def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
 
 
 def model_config_of(model_cfg, vocab_size: int, heads: int = 1, **overrides) -> ModelConfig:
-  """The architecture a ``train-rm`` run built: its preset and fields, or, for a run with
-  ``model.init_from``, the GGUF file's or Hugging Face folder's config (which must still be
-  there). ``vocab_size``: the checkpoint's embedding rows; ``heads``: reward heads;
-  ``overrides``: the fields its loss added (``contrastive_aux.run_model_fields``)."""
+  """The architecture a ``train-rm`` run built (``rm_build.model_config``): its preset and
+  fields, or, for a run with ``model.init_from``, the GGUF file's or Hugging Face folder's
+  config (which must still be there). ``vocab_size``: the checkpoint's embedding rows;
+  ``heads``: reward heads; ``overrides``: the fields its loss added
+  (``contrastive_terms.model_fields``)."""
   init_from = model_cfg.get("init_from", "")
   if not init_from:
     return rm_build.build_model_config(model_cfg, vocab_size, heads, **overrides)
-  heads = dict(num_reward_heads=heads, lm_head=False, **lora.config_fields(model_cfg),
-               **overrides)
-  path = pathlib.Path(init_from)
-  if str(init_from).endswith(".gguf"):
-    if not path.is_file():
-      raise FileNotFoundError(f"the run's model.init_from={init_from} is gone; its config "
-                              "defines the architecture")
-    cfg = gguf_io.config_from_gguf(gguf.GGUFReader(str(path)), **heads)
-  else:
-    if not (path / "config.json").is_file():
-      raise FileNotFoundError(f"the run's model.init_from={init_from} has no config.json; it "
-                              "defines the architecture")
-    cfg = hf_io.config_from_hf(json.loads((path / "config.json").read_text()), **heads)
+  try:
+    cfg = rm_build.pretrained_config(model_cfg, heads, **overrides)
+  except FileNotFoundError as error:
+    raise FileNotFoundError(f"the run's {error}; its config defines the architecture") from None
   if cfg.vocab_size != vocab_size:
     raise ValueError(f"model.init_from={init_from} has {cfg.vocab_size} token ids but the "
                      f"checkpoint's embedding has {vocab_size}")
@@ -157,23 +147,28 @@ def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = N
       raise ValueError(f"{directory}/{step}: the provenance holds no run config with a "
                        "'model' section; not a reward-model run?")
     config = ml_collections.ConfigDict(run)
-    stored = manager.item_metadata(step).state
+    stored = manager.item_metadata(step).state["params"]
+    # The model's part: params hold it under "model" when the loss had parameters of its
+    # own (SwAV's prototypes); older runs kept those inside the model's state.
+    wrapped = rm_step.MODEL in stored
+    stored = stored[rm_step.MODEL] if wrapped else stored
     layout = ensemble.Layout.from_config(config.get("ensemble"))
-    vocab_size = int(stored["params"]["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
+    vocab_size = int(stored["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
+    loss = config.get("loss") or {}
     cfg = model_config_of(config.model, vocab_size, layout.heads,
-                          **contrastive_aux.run_model_fields(config))
+                          **contrastive_terms.model_fields(loss.get("contrastive")))
     mesh = single_device_mesh() if mesh is None else mesh
-    make = lambda rngs: Transformer(cfg, rngs=rngs)
-    if layout.stacked:
-      graphdef, abstract = ensemble.abstract_stacked(make, layout.k)
-    else:
-      graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
-    target = {"params": abstract_like(abstract, parallel.tree_shardings(abstract, mesh))}
+    graphdef, abstract = rm_build.abstract_members(cfg, layout)
+    abstract = abstract_like(abstract, parallel.tree_shardings(abstract, mesh))
+    target = {"params": {rm_step.MODEL: abstract} if wrapped else abstract}
+    # Partial: the optimizer state, the loss's parameters and anything else not in the
+    # model (an older swav run's prototypes) stay on disk.
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)))
   config.checkpoint = ml_collections.ConfigDict(dict(directory=str(directory), step=step))
-  return ensemble.RewardEnsemble(graphdef, restored.state["params"], layout, cfg), config
+  params = rm_step.model_params(restored.state["params"])
+  return ensemble.RewardEnsemble(graphdef, params, layout, cfg), config
 
 
 @dataclasses.dataclass(frozen=True)

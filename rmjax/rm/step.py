@@ -1,8 +1,9 @@
 """Reward-model steps: pure functions of (state, batch), jitted once by the trainer.
 
-The train state is a dict ``{"params": nnx.State, "opt_state": optax state,
-"step": int32[]}``; batches use the keys of ``rmjax.data.schema``. For an ensemble
-(``rmjax.rm.members``) the params and optimizer state of separate members are
+The train state is a dict ``{"params": ..., "opt_state": optax state, "step": int32[]}``,
+its params the model's ``nnx.State``, or ``{"model": <that state>, ...}`` when the loss has
+parameters of its own (SwAV's prototypes; ``model_params``, ``loss_params``); batches use
+the keys of ``rmjax.data.schema``. For an ensemble (``rmjax.rm.members``) the params and optimizer state of separate members are
 stacked [K, ...] and so is their batch [K, B, ...]; a shared backbone's K heads take one
 batch [B, ...] with per-head pair weights "head_weight" [B, K].
 """
@@ -25,6 +26,22 @@ HEAD_WEIGHT = "head_weight"  # [B, K] per-head pair weights of a shared-backbone
 # Per-pair loss settings a batch may carry (``rmjax.rm.strength``), overriding loss_cfg:
 LABEL_SMOOTHING = "label_smoothing"  # [B] α
 ADAPTIVE_MARGIN = "adaptive_margin"  # [B] margin inside −log σ(Δ − m), replacing "margin"
+MODEL = "model"  # the model's part of params that also hold the loss's own parameters
+
+
+def _wrapped(params) -> bool:
+  return isinstance(params, dict) and MODEL in params
+
+
+def model_params(params):
+  """The model's ``nnx.State`` of a run's params (themselves, unless the loss has
+  parameters of its own next to the model's)."""
+  return params[MODEL] if _wrapped(params) else params
+
+
+def loss_params(params) -> dict:
+  """The parameters the loss holds next to the model's (e.g. "prototypes"); {} if none."""
+  return {k: v for k, v in params.items() if k != MODEL} if _wrapped(params) else {}
 
 
 def pair_rewards(model, batch) -> tuple[jax.Array, jax.Array]:
@@ -83,9 +100,10 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
   ensemble) averages the heads' Bradley–Terry losses, head h weighing pair i by
   ``weight[i] * head_weight[i, h]`` when the batch has "head_weight".
 
-  ``aux_loss(model, batch, key, h_chosen, h_rejected) -> (loss, metrics)``: an auxiliary
-  term added to the BT loss (a contrastive loss); it gets the hidden states the BT
-  loss used. ``key`` drives dropout (identity at ``dropout_rate`` 0) and ``aux_loss``.
+  ``aux_loss(model, params, batch, key, h_chosen, h_rejected) -> (loss, metrics)``: an
+  auxiliary term added to the BT loss (a contrastive loss); it gets its own parameters
+  (``loss_params``) and the hidden states the BT loss used. ``key`` drives dropout
+  (identity at ``dropout_rate`` 0) and ``aux_loss``.
 
   ``aux``: "losses" [H] per-head BT losses, "r_chosen"/"r_rejected" [B, H] and
   "metrics", a dict of the auxiliary term's scalars.
@@ -98,7 +116,7 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
     return loss
 
   def loss_fn(params, batch, key):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, model_params(params))
     dropout_key, aux_key = jax.random.split(key)
     h_chosen, h_rejected = pair_hidden(model, batch, dropout_key)
     r_chosen, r_rejected = model.reward_scores(h_chosen), model.reward_scores(h_rejected)
@@ -111,7 +129,8 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
         r_chosen, r_rejected, margin, weight, smoothing)
     loss, metrics = jnp.mean(losses), {}
     if aux_loss is not None:
-      extra, metrics = aux_loss(model, batch, aux_key, h_chosen, h_rejected)
+      extra, metrics = aux_loss(model, loss_params(params), batch, aux_key, h_chosen,
+                                h_rejected)
       loss = loss + extra
     return loss, {"losses": losses, "r_chosen": r_chosen, "r_rejected": r_rejected,
                   "metrics": metrics}
@@ -188,12 +207,13 @@ def flatten_member_metrics(metrics: dict, k: int) -> dict:
 def make_eval_step(graphdef, layout: ensemble.Layout = ensemble.SINGLE,
                    member_devices: int = 1):
   """(params, batch) -> {"r_chosen", "r_rejected"}: float32 [B, K] member rewards of
-  every pair (K = 1 for a single model); every member scores the same batch."""
+  every pair (K = 1 for a single model); every member scores the same batch. ``params``:
+  a run's params (the loss's own parameters are not read)."""
 
   def step(params, batch):
     r_chosen, r_rejected = ensemble.apply_members(
-        layout, graphdef, params, lambda model: pair_head_rewards(model, batch),
-        member_devices)
+        layout, graphdef, model_params(params),
+        lambda model: pair_head_rewards(model, batch), member_devices)
     return {"r_chosen": r_chosen, "r_rejected": r_rejected}
 
   return step

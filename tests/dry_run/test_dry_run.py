@@ -13,6 +13,7 @@ from rmjax import parallel
 from rmjax.commands import dry_run as command
 from rmjax.configs import dry_run, ppo, train_rm
 from rmjax.dry_run import child, launch, programs, report
+from rmjax.models import hf_io
 from rmjax.models.transformer import Transformer
 from rmjax.rm import build as rm_build
 from rmjax.runtime.optim import make_optimizer
@@ -140,3 +141,115 @@ def test_unknown_cpu_scheduler_is_a_clear_error():
 def test_topology_without_libtpu_is_a_clear_error():
   with pytest.raises(ValueError, match="needs libtpu"):
     child.target_devices("v5p:2x2x1")
+
+
+# ------------------------------------------- every config train-rm accepts, one builder
+
+
+def _mesh(config, devices):
+  return parallel.make_mesh(parallel.MeshConfig(**config.mesh), devices)
+
+
+def _hf_folder(path, weights: bool):
+  """A Hugging Face folder of a 3-layer model with 96 token ids: config.json, and its
+  safetensors when ``weights``."""
+  cfg = rm_build.build_model_config(rm_config().model, 96).replace(n_layers=3, lm_head=True,
+                                                                   num_reward_heads=0)
+  path.mkdir()
+  if weights:
+    hf_io.save_hf(Transformer(cfg, rngs=nnx.Rngs(0)), path)
+  else:
+    (path / "config.json").write_text(json.dumps(hf_io.config_to_hf(cfg)))
+  return path
+
+
+def _structure(tree):
+  """Each leaf's path, shape, dtype and sharding spec."""
+  return [(jax.tree_util.keystr(p), x.shape, x.dtype, tuple(x.sharding.spec))
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+VARIANTS = {
+    "swav, separate members": lambda c: (c.loss.contrastive.update(kind="swav"),
+                                         c.ensemble.update(k=2)),
+    "shared backbone": lambda c: c.ensemble.update(k=3, shared_backbone=True),
+    "lora, metarm": lambda c: (c.model.update(lora_rank=2), c.metarm.update(enabled=True)),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_abstract_program_is_the_trainers(variant, eight_devices):
+  """``build(abstract=True)`` (the dry run) gives the state ``build`` gives the trainer:
+  the same leaves, shapes, dtypes and shardings, and nothing allocated."""
+  config = rm_config()
+  VARIANTS[variant](config)
+  mesh = _mesh(config, eight_devices)
+  real = rm_build.build(config, 64, mesh)
+  abstract = rm_build.build(config, 64, mesh, abstract=True)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract.state))
+  assert _structure(abstract.state) == _structure(real.state)
+  assert abstract.model_cfg == real.model_cfg
+
+
+def test_a_pretrained_backbone_gives_its_shapes_without_its_weights(tmp_path, eight_devices):
+  """``model.init_from``: the dry run reads config.json alone (this folder has no weights,
+  which loading would need), and builds what the trainer loads from a folder that has."""
+  config = rm_config()
+  config.model.init_from = str(_hf_folder(tmp_path / "shapes_only", weights=False))
+  mesh = _mesh(config, eight_devices)
+  plan = programs.build(config, mesh)
+  params = plan.resident["params"][1]
+  assert params["embed"].shape == (96, 16)  # the file's vocabulary, not dry_run.vocab_size
+  assert len(params["blocks"]) == 3  # the file's depth, not the preset's
+  plan.programs[0].jitted.lower(*plan.programs[0].args).compile()
+  config.model.init_from = str(_hf_folder(tmp_path / "with_weights", weights=True))
+  real = rm_build.build(config, 64, mesh)
+  assert _structure(rm_build.build(config, 64, mesh, abstract=True).state) == _structure(
+      real.state)
+  config.dry_run.vocab_size = 97
+  with pytest.raises(ValueError, match="has 96 token ids but the data's tokenizer has 97"):
+    programs.build(config, mesh)
+
+
+def test_metarm_steps_compile_with_their_meta_batch(eight_devices):
+  config = rm_config()
+  config.metarm.update(enabled=True, k=3, prompts_per_step=4)
+  plan = programs.build(config, _mesh(config, eight_devices))
+  batch = plan.programs[0].batch
+  assert batch["meta_tokens"].shape == (4, 3, 16) and batch["meta_mask"].dtype == bool
+  assert batch["meta_tokens"].sharding.spec[0] == ("data", "fsdp")
+  _, metrics = jax.eval_shape(plan.programs[0].jitted, *plan.programs[0].args)
+  assert {"meta_difference", "meta_grad_norm"} <= set(metrics)  # MetaRM's update, not BT's
+  plan.programs[0].jitted.lower(*plan.programs[0].args).compile()
+  config.metarm.prompts_per_step = 3  # what train-rm refuses, the dry run refuses too
+  with pytest.raises(ValueError, match="prompts_per_step=3 must be a positive multiple"):
+    programs.build(config, _mesh(config, eight_devices))
+
+
+def test_swav_prototypes_are_their_own_parameter_group_member(eight_devices):
+  config = rm_config(data=1, ensemble=2)
+  config.loss.contrastive.update(kind="swav", prototypes=8)
+  config.ensemble.k = 2
+  plan = programs.build(config, _mesh(config, eight_devices))
+  params = plan.resident["params"][1]
+  assert set(params) == {"model", "prototypes"}
+  assert params["prototypes"].shape == (2, 16, 8)  # per member [D, K]
+  assert params["prototypes"].sharding.spec[0] == "ensemble"
+  assert "prototypes" not in params["model"]
+
+
+def test_metarm_init_from_and_lora_through_the_child_process(tmp_path):
+  """The refusals are gone end to end: the report of a MetaRM run with LoRA on a
+  pretrained backbone, from the child process."""
+  config = rm_config()
+  config.model.update(init_from=str(_hf_folder(tmp_path / "hf", weights=False)), lora_rank=2)
+  config.metarm.enabled = True
+  result = launch.run(config, timeout_s=300)
+  groups = result["groups"]
+  base = 96 * 16 + 3 * (16 * 16 + 2 * 8 * 16 + 16 * 16 + 3 * 16 * 32 + 2 * 16) + 16
+  # rank-2 adapters A [in, 2], B [2, out] on qkv, o, gate_up, down of each block
+  adapters = 3 * 2 * ((16 + 32) + (16 + 16) + (16 + 64) + (32 + 16))
+  head = 16
+  assert groups["params"]["count"] == base + adapters + head
+  assert groups["opt_state"]["count"] == 2 * (adapters + head) + 2  # mu, nu, counts
+  assert set(result["programs"]) == {"train_step"}

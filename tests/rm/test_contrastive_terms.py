@@ -5,10 +5,12 @@ math on separately computed states, goal positions, config errors, and short
 import json
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax import parallel
 from rmjax.configs import train_rm
@@ -21,6 +23,7 @@ from rmjax.rm import contrastive_terms as contrastive_aux
 from rmjax.rm import step as rm_step
 from rmjax.rm import trainer as rm_trainer
 from rmjax.rm.load import load_ensemble, load_trained_rm
+from rmjax.runtime.checkpoint import Checkpointer, provenance
 
 PROMPT_LEN = np.array([2, 3, 1, 4])
 CHOSEN_LEN = np.array([5, 4, 1, 3])  # response tokens; the third pair's has just one
@@ -61,7 +64,7 @@ def test_simcse_without_dropout_is_info_nce_of_identical_views(view):
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
   aux = contrastive_aux.make_aux_loss(section(kind="simcse", view=view, beta=2.0))
-  loss, metrics = aux(m, batch, jax.random.key(1), h_c, h_r)
+  loss, metrics = aux(m, {}, batch, jax.random.key(1), h_c, h_r)
   items = contrastive_aux.VIEWS[view](h_c, h_r)
   expected = contrastive.info_nce(items, items, 0.05)
   np.testing.assert_allclose(metrics["contrastive_loss"], expected, rtol=1e-5)
@@ -72,7 +75,7 @@ def test_simcse_second_view_uses_dropout():
   m, batch = model(dropout_rate=0.3), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch, jax.random.key(0))
   aux = contrastive_aux.make_aux_loss(section(kind="simcse"))
-  loss, _ = aux(m, batch, jax.random.key(1), h_c, h_r)
+  loss, _ = aux(m, {}, batch, jax.random.key(1), h_c, h_r)
   items = contrastive.difference_views(h_c, h_r)
   assert np.isfinite(loss)
   assert not np.isclose(loss, contrastive.info_nce(items, items, 0.05))
@@ -87,15 +90,28 @@ def test_swav_scores_are_cosines_with_the_prototypes():
                              rtol=1e-5, atol=1e-6)
 
 
+def prototypes(k=5, seeds=(0,), stacked=False):
+  return contrastive_aux.init_prototypes(list(seeds), 32, k, jnp.float32, stacked)
+
+
+def test_prototypes_are_the_losss_own_parameters():
+  single = prototypes()
+  assert single.shape == (32, 5) and single.get_metadata()["axes"] == ("embed", "prototypes")
+  stacked = prototypes(seeds=(0, 7), stacked=True)
+  assert stacked.shape == (2, 32, 5)
+  assert stacked.get_metadata()["axes"] == ("ensemble", "embed", "prototypes")
+  np.testing.assert_array_equal(stacked[...][0], single[...])  # member m: seed m's draw
+  assert not np.allclose(stacked[...][1], single[...])
+  assert 0.5 < float(np.std(single[...])) * np.sqrt(32) < 1.5  # std about 1 / sqrt(D)
+
+
 def test_swav_hook_without_dropout_matches_numpy_scores():
-  m, batch = model(num_prototypes=5), plain_batch()
-  assert m.prototypes.shape == (32, 5) and m.prototypes.get_metadata()["axes"] == (
-      "embed", "prototypes")
+  m, batch, params = model(), plain_batch(), {"prototypes": prototypes()}
   h_c, h_r = rm_step.pair_hidden(m, batch)
   aux = contrastive_aux.make_aux_loss(section(kind="swav", prototypes=5))
-  loss, metrics = aux(m, batch, jax.random.key(1), h_c, h_r)
+  loss, metrics = aux(m, params, batch, jax.random.key(1), h_c, h_r)
   items = np.asarray(contrastive.difference_views(h_c, h_r), np.float64)
-  protos = np.asarray(m.prototypes[...], np.float64)
+  protos = np.asarray(params["prototypes"][...], np.float64)
   scores = ((items / np.linalg.norm(items, axis=1, keepdims=True))
             @ (protos / np.linalg.norm(protos, axis=0, keepdims=True)))
   expected = contrastive.swav_loss(scores, scores, 0.1, 0.05, 3)
@@ -106,13 +122,15 @@ def test_swav_hook_without_dropout_matches_numpy_scores():
 def test_swav_without_prototypes_says_so():
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
-  with pytest.raises(ValueError, match="num_prototypes"):
-    contrastive_aux.make_aux_loss(section(kind="swav"))(m, batch, jax.random.key(0), h_c, h_r)
+  with pytest.raises(ValueError, match="needs its prototypes among the params"):
+    contrastive_aux.make_aux_loss(section(kind="swav"))(m, {}, batch, jax.random.key(0), h_c,
+                                                        h_r)
 
 
 def test_loss_fn_adds_the_weighted_term_and_its_gradient_reaches_the_prototypes():
-  m, batch = model(num_prototypes=5), plain_batch()
-  graphdef, params = nnx.split(m)
+  m, batch = model(), plain_batch()
+  graphdef, state = nnx.split(m)
+  params = {rm_step.MODEL: state, "prototypes": prototypes()}
   loss_cfg, key = train_rm.get_config().loss, jax.random.key(2)
   aux = contrastive_aux.make_aux_loss(section(kind="swav", prototypes=5))
   bt_only, _ = rm_step.make_loss_fn(graphdef, loss_cfg)(params, batch, key)
@@ -187,7 +205,8 @@ def test_goal_hook_is_the_goal_conditioned_loss_at_the_drawn_state():
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
   key = jax.random.key(5)
-  loss, metrics = contrastive_aux.make_aux_loss(section(kind="goal"))(m, batch, key, h_c, h_r)
+  loss, metrics = contrastive_aux.make_aux_loss(section(kind="goal"))(m, {}, batch, key, h_c,
+                                                                      h_r)
   index = contrastive_aux.goal_source_index(batch, jax.random.split(key)[0])
   full, _ = m(batch[schema.CHOSEN_TOKENS], batch[schema.CHOSEN_MASK])
   h_s = full[np.arange(4), index]
@@ -209,8 +228,9 @@ def test_defaults_and_model_fields():
   assert (swav.beta, swav.temperature, swav.prototypes) == (0.1, 0.1, 50)
   assert contrastive_aux.resolve(section(kind="goal")).beta == 0.5
   assert contrastive_aux.resolve(section(kind="swav", beta=0.0)).beta == 0.0
-  assert contrastive_aux.model_fields(section(kind="swav")) == {
-      "dropout_rate": 0.05, "num_prototypes": 20}
+  assert contrastive_aux.model_fields(section(kind="swav")) == {"dropout_rate": 0.05}
+  assert contrastive_aux.prototype_count(contrastive_aux.resolve(section(kind="swav"))) == 20
+  assert contrastive_aux.prototype_count(simcse) == 0
   assert contrastive_aux.model_fields(section(kind="simcse")) == {"dropout_rate": 0.05}
   assert contrastive_aux.model_fields(section(kind="goal")) == {}
 
@@ -234,10 +254,6 @@ def test_unknown_field_is_named():
   with pytest.raises(ValueError, match="unknown fields \\['tau'\\]"):
     contrastive_aux.resolve({"kind": "simcse", "tau": 0.1})
 
-
-def test_negative_prototypes_in_model_config():
-  with pytest.raises(ValueError, match="num_prototypes=-1"):
-    C.tiny_llama(num_prototypes=-1)
 
 
 # ---------------------------------------------------------------- train-rm runs
@@ -271,19 +287,44 @@ def test_trainer_logs_the_contrastive_loss(tmp_path, kind, shared):
   assert all(r["contrastive_loss"] > 0 for r in rows)
 
 
+def stored_params(workdir, step):
+  """The params of a checkpoint step as written (nothing dropped): nested dicts."""
+  return PyTreeCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"))[
+      "params"]
+
+
 @pytest.mark.slow
 def test_swav_run_trains_its_prototypes_and_its_checkpoint_loads(tmp_path):
   config = run_config(tmp_path, "swav", prototypes=6)
   rm_trainer.train(config)
   assert all(np.isfinite(r["contrastive_loss"]) for r in train_rows(tmp_path))
-  loaded, run = load_trained_rm(tmp_path)
+  stored = stored_params(tmp_path, 2)
+  assert set(stored) == {"model", "prototypes"}  # the loss's parameters beside the model's
+  trained = stored["prototypes"]["value"]
+  assert trained.shape == (32, 6)
+  assert not np.allclose(trained, prototypes(6)[...])  # trained from their initial draw
+  loaded, run = load_trained_rm(tmp_path)  # the scorer: the model alone
   assert run.loss.contrastive.kind == "swav"
-  assert loaded.prototypes.shape == (32, 6)
-  assert loaded.cfg.dropout_rate == 0.05 and loaded.cfg.num_prototypes == 6
+  assert loaded.cfg.dropout_rate == 0.05
+  assert "prototypes" not in nnx.to_pure_dict(nnx.state(loaded))
+  np.testing.assert_array_equal(loaded.embed[...], stored["model"]["embed"]["value"])
+
+
+def test_a_checkpoint_with_prototypes_inside_the_model_still_loads(tmp_path):
+  """Runs written before the prototypes left the model kept them in its state."""
+  config = run_config(tmp_path, "swav", prototypes=6)
   mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-  initial = rm_build.build_model(config.model, loaded.cfg.vocab_size, 0, mesh,
-                                   **contrastive_aux.run_model_fields(config))
-  assert not np.allclose(loaded.prototypes[...], initial.prototypes[...])  # trained
+  model = rm_build.build_model(config.model, 64, 0, mesh)
+  state = nnx.state(model)
+  state["prototypes"] = prototypes(6)
+  with Checkpointer(tmp_path / "checkpoints", keep=1, interval=1,
+                    provenance=provenance(config, "hash")) as checkpointer:
+    checkpointer.save(3, {"params": state, "step": jnp.asarray(3, jnp.int32)}, {}, force=True)
+    checkpointer.wait()
+  loaded, _ = load_trained_rm(tmp_path)
+  batch = plain_batch()
+  for a, b in zip(rm_step.pair_rewards(loaded, batch), rm_step.pair_rewards(model, batch)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -298,5 +339,6 @@ def test_ensembles_train_with_a_contrastive_loss(tmp_path, kind, shared_backbone
     assert all(np.isfinite(r["contrastive_loss/1"]) for r in rows)
   scorer, _ = load_ensemble(tmp_path)
   assert scorer.k == 2
-  if kind == "swav":
-    assert scorer.params["prototypes"].shape == (2, 32, 20)
+  if kind == "swav":  # one set of prototypes per member, in the checkpoint only
+    assert stored_params(tmp_path, 2)["prototypes"]["value"].shape == (2, 32, 20)
+    assert "prototypes" not in nnx.to_pure_dict(scorer.params)

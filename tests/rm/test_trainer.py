@@ -11,6 +11,7 @@ import pytest
 from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax.configs import train_rm
+from rmjax.rm import step as rm_step
 from rmjax.rm import trainer as rm_trainer
 from rmjax.runtime.checkpoint import Checkpointer
 
@@ -36,7 +37,7 @@ def test_learns_well_above_chance(tmp_path):
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  real = rm_trainer.make_train_step
+  real = rm_step.make_train_step
 
   def poisoned(*args):
     step = real(*args)
@@ -48,7 +49,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, mo
       return state, metrics
     return wrapped
 
-  monkeypatch.setattr(rm_trainer, "make_train_step", poisoned)
+  monkeypatch.setattr(rm_step, "make_train_step", poisoned)  # the step rm.build makes
   with pytest.raises(FloatingPointError, match="at step 26"):
     rm_trainer.train(tiny_config(tmp_path, steps=40))
   steps = Checkpointer(tmp_path / "checkpoints").all_steps()
