@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
   debug = debug_wanted(argv)
   argv = [a for a in argv if a != "--debug"]
   if len(argv) < 2 or argv[1] in HELP_WORDS:
-    if len(argv) > 2 and argv[2] in COMMANDS:  # rmjax help <command>
+    if len(argv) > 2:  # rmjax help <command>
       argv = [argv[0], argv[2], "--help"]
     else:
       print(usage())

@@ -70,3 +70,5 @@ def test_help_command_form():
   result = _run("help", "score")
   assert result.returncode == 0, result.stderr
   assert "  --config.input=''" in result.stdout
+  result = _run("help", "nonsense")
+  assert result.returncode == 2 and "unknown command 'nonsense'" in result.stderr
