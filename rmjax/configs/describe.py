@@ -34,6 +34,33 @@ OPTIM = {
     "clip_norm": "clip the global gradient norm to this; 0 = no clipping",
     "grad_accum": "micro-batches whose gradients are averaged into one update",
 }
+# Any ModelConfig field (rmjax/models/config.py) a config's model section may set on top
+# of its preset; used for model fields a config file adds beyond the embedded ones.
+MODEL = {
+    "preset": "model preset (rmjax.models.config.PRESETS) the other fields modify",
+    "family": "architecture family (llama, gemma, gpt2, ...)",
+    "vocab_size": "token ids of the embedding",
+    "d_model": "width of the residual stream",
+    "n_layers": "transformer blocks",
+    "n_heads": "attention (query) heads",
+    "n_kv_heads": "key/value heads (grouped-query attention; divides n_heads)",
+    "head_dim": "width of one attention head; None = d_model // n_heads",
+    "d_ff": "hidden width of the MLP",
+    "max_seq_len": "longest sequence the model takes (positions)",
+    "rope_theta": "RoPE base frequency",
+    "rope_scaling": "RoPE scaling (e.g. Llama 3's), as (name, value) pairs",
+    "norm_eps": "epsilon of the normalisation layers",
+    "qkv_bias": "biases on the query/key/value projections",
+    "tie_embeddings": "the LM head reuses the input embedding",
+    "dropout_rate": "dropout rate inside the blocks",
+    "dtype": "compute dtype (\"bfloat16\" for mixed precision)",
+    "param_dtype": "dtype the parameters are stored in",
+    "remat": "rematerialise each block in the backward pass (less memory, more compute)",
+    "init_std": "standard deviation of the random initialisation",
+    "init_from": "a GGUF file or Hugging Face folder whose backbone replaces the preset",
+    **LORA,
+}
+
 # The ``dry_run`` section that turns a train-rm or ppo config into a dry-run config
 # (``rmjax/configs/dry_run.py``).
 DRY_RUN = {
@@ -84,10 +111,21 @@ def leaves(config, prefix: str = "") -> Iterator[tuple[str, object]]:
       yield dotted, value
 
 
+def meaning_of(name: str, meanings: Mapping[str, str]) -> str:
+  """``meanings[name]``; for a model section's field a config file adds (``model.X``,
+  ``dry_run.model.X``), the ModelConfig field's meaning; else "(no description)"."""
+  if name in meanings:
+    return meanings[name]
+  section_name, _, field = name.rpartition(".")
+  if section_name.rpartition(".")[2] == "model" and field in MODEL:
+    return MODEL[field]
+  return "(no description)"
+
+
 def format_help(config, meanings: Mapping[str, str]) -> str:
-  """One block per field: ``name = default`` and, indented below, its meaning."""
+  """One block per field: ``--config.name=default`` and, indented below, its meaning."""
   lines = []
   for name, value in leaves(config):
     lines.append(f"  --config.{name}={value!r}")
-    lines.append(f"      {meanings.get(name, '(no description)')}")
+    lines.append(f"      {meaning_of(name, meanings)}")
   return "\n".join(lines)

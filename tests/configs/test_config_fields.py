@@ -72,3 +72,24 @@ def test_help_command_form():
   assert "  --config.input=''" in result.stdout
   result = _run("help", "nonsense")
   assert result.returncode == 2 and "unknown command 'nonsense'" in result.stderr
+
+
+POD_CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "experiments", "configs"))
+                     if f.startswith("pod_") and f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", POD_CONFIGS)
+def test_dry_run_pod_configs_are_fully_described(name):
+  """``rmjax dry-run --config=experiments/configs/pod_*.py --help`` explains every field,
+  the ModelConfig fields such a config adds to its model sections included."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      f"pod_config_{name[:-3]}", os.path.join(ROOT, "experiments", "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  meanings = describe.meanings("dry-run")
+  missing = [n for n, _ in describe.leaves(module.get_config())
+             if describe.meaning_of(n, meanings) == "(no description)"]
+  assert not missing, missing
+  assert describe.meaning_of("dry_run.model.rope_theta", meanings) == describe.MODEL["rope_theta"]
