@@ -13,6 +13,7 @@ mid-run checkpoint to resume from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -29,8 +30,8 @@ from rmjax.rm import contrastive_terms as contrastive_aux
 from rmjax.rm import feature_cache
 from rmjax.rm.evaluate import evaluate
 from rmjax.rm.step import make_eval_step, make_train_step
+from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, provenance
-from rmjax.runtime.loop import check_finite
 from rmjax.runtime.metrics import MetricsWriter, Progress
 from rmjax.runtime.optim import make_optimizer
 from rmjax.runtime.plots import plot_training_curves
@@ -100,8 +101,11 @@ def train_top(model: Transformer, start: int, train: dict, evaluation: dict, con
   """Train ``TopModel(model, start)`` on ``pair_arrays`` dicts; ``model`` is updated in place.
 
   ``config``: seed, optim (``make_optimizer`` fields), loss (``rm_step``), train (steps,
-  batch_size, log_every, eval_every). Writes metrics.jsonl, TensorBoard and
-  training_curves.png to ``workdir``. Returns final eval metrics and the wall time.
+  batch_size, log_every, eval_every). Runs on ``rmjax.runtime.loop.run`` (its finiteness
+  check, logging windows and evaluations; no checkpoint is saved or resumed). Writes
+  metrics.jsonl, TensorBoard and training_curves.png to ``workdir``. Returns {"eval": the
+  final eval metrics, "train_seconds": the loop's wall time, "eval_fn": the jitted eval
+  step, "params": the trained top's parameters}.
   """
   tc = config.train
   unsupported = [name for name, on in (
@@ -125,29 +129,40 @@ def train_top(model: Transformer, start: int, train: dict, evaluation: dict, con
                                      shardings, batch_ndims)
   eval_fn = jax.jit(make_eval_step(graphdef))
   writer = MetricsWriter(workdir)
-  progress = Progress(0, tc.steps)
-  t0, window, eval_metrics = time.perf_counter(), [], {}
-  for step in range(tc.steps):
-    state, metrics = train_step(state, parallel.shard_batch(next_batch(step), mesh))
-    metrics = jax.device_get(metrics)
-    check_finite(float(metrics["loss"]), step + 1)
-    window.append(metrics)
-    done = step + 1
-    if done % tc.log_every == 0 or done == tc.steps:
-      means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-      window = []
-      writer.write(done, "train", means)
-      progress.update(done, {k: means[k] for k in ("loss", "accuracy")})
-    if done % tc.eval_every == 0 or done == tc.steps:
-      eval_metrics = evaluate(eval_fn, state["params"], evaluation, tc.batch_size, mesh)
-      writer.write(done, "eval", eval_metrics)
+  t0 = time.perf_counter()
+  result = loop.run(
+      state=state, step_fn=train_step, steps=tc.steps,
+      batches=lambda step: parallel.shard_batch(next_batch(step), mesh),
+      checkpointer=NoCheckpoints(), writer=writer, progress=Progress(0, tc.steps),
+      log_every=tc.log_every, eval_every=tc.eval_every,
+      evaluate=lambda s: evaluate(eval_fn, s["params"], evaluation, tc.batch_size, mesh),
+      progress_keys=("loss", "accuracy"))
   seconds = time.perf_counter() - t0
-  writer.close()
-  nnx.update(top, jax.device_get(state["params"]))  # the trained top into the full model
+  params = result.state["params"]
+  nnx.update(top, jax.device_get(params))  # the trained top into the full model
   plot_training_curves(writer.jsonl_path, os.path.join(workdir, "training_curves.png"),
                        panels=(("loss",), ("accuracy",)))
-  return {"eval": eval_metrics, "train_seconds": seconds, "eval_fn": eval_fn,
-          "params": state["params"]}
+  return {"eval": result.eval, "train_seconds": seconds, "eval_fn": eval_fn, "params": params}
+
+
+class NoCheckpoints:
+  """The checkpointer of a run that saves nothing while it trains (``loop.run`` asks every
+  run for one): a run on cached features saves only its final full model
+  (``save_full_model``), and SIGTERM stops it as it would any process."""
+
+  preempted = False
+
+  def install_sigterm_handler(self):
+    return contextlib.nullcontext()
+
+  def save(self, *args, **kwargs) -> bool:
+    return False
+
+  def wait(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 def save_full_model(model: Transformer, workdir: str, run_config, data_hash: str,

@@ -127,6 +127,59 @@ def test_cached_features_train_the_plain_bt_loss_only(tmp_path):
     feature_train.train_top(_model(), N_LAYERS, {}, {}, config, str(tmp_path), None)
 
 
+def _top_run(tmp_path, steps=4):
+  """A model, the cached features of n = 1 and a config training its top for ``steps``."""
+  from rmjax.configs import train_rm
+  model = _model()
+  entry = feature_cache.build(model, {"set": _pairs()}, (1,), tmp_path / "cache",
+                              dtype="float32", batch_size=4)["set", 1]
+  config = train_rm.get_config()
+  config.optim.warmup_steps = 1
+  config.train.update(steps=steps, batch_size=2, log_every=2, eval_every=2)
+  return model, pair_arrays(entry), config
+
+
+def test_train_top_runs_on_the_loop_and_trains_the_full_model_in_place(tmp_path):
+  from rmjax.rm import feature_trainer as feature_train
+  from rmjax.rm.load import single_device_mesh
+  model, arrays, config = _top_run(tmp_path)
+  head, bottom = np.array(model.reward_head[...]), np.array(model.blocks[0].mlp.down[...])
+  out = feature_train.train_top(model, N_LAYERS - 1, arrays, arrays, config,
+                                str(tmp_path / "run"), single_device_mesh())
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  train = [r for r in rows if r["split"] == "train"]
+  evals = [r for r in rows if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [2, 4] and [r["step"] for r in evals] == [2, 4]
+  assert all(np.isfinite(r["loss"]) and "finite" not in r for r in train)
+  assert out["eval"]["accuracy"] == evals[-1]["accuracy"]
+  assert out["train_seconds"] > 0
+  assert not np.allclose(model.reward_head[...], head)  # trained, in the full model
+  np.testing.assert_array_equal(model.reward_head[...], out["params"]["reward_head"][...])
+  np.testing.assert_array_equal(model.blocks[0].mlp.down[...], bottom)  # the frozen prefix
+  assert (tmp_path / "run" / "training_curves.png").stat().st_size > 0
+
+
+def test_train_top_stops_at_a_non_finite_loss_naming_the_step(tmp_path, monkeypatch):
+  from rmjax.rm import feature_trainer as feature_train
+  from rmjax.rm.load import single_device_mesh
+  real = feature_train.make_train_step
+
+  def poisoned(*args):
+    step = real(*args)
+
+    def wrapped(state, batch):
+      state, metrics = step(state, batch)
+      metrics["loss"] = jnp.where(state["step"] >= 3, jnp.nan, metrics["loss"])
+      return state, metrics
+    return wrapped
+
+  monkeypatch.setattr(feature_train, "make_train_step", poisoned)
+  model, arrays, config = _top_run(tmp_path)
+  with pytest.raises(FloatingPointError, match="non-finite loss nan at step 3"):
+    feature_train.train_top(model, N_LAYERS - 1, arrays, arrays, config,
+                            str(tmp_path / "run"), single_device_mesh())
+
+
 @pytest.mark.parametrize("n", [0, 2])
 def test_gradient_from_cached_features_equals_the_full_models(tmp_path, n):
   model, arrays = _model(), _pairs()
