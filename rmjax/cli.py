@@ -110,6 +110,15 @@ def message(error: BaseException) -> str:
   return " ".join(str(error).split("\n")).strip() or type(error).__name__
 
 
+def _print_and_exit(text: str) -> None:
+  """Print help and exit 0, also when a pager or ``head`` closed the pipe early."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:  # the reader has what it wanted; silence the final flush
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
+
+
 def debug_wanted(argv: list[str]) -> bool:
   return "--debug" in argv or os.environ.get("RMJAX_DEBUG", "") not in ("", "0", "false")
 
@@ -122,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) > 2:  # rmjax help <command>
       argv = [argv[0], argv[2], "--help"]
     else:
-      print(usage())
-      sys.exit(0)
+      _print_and_exit(usage())
   if argv[1] not in COMMANDS:
     print(f"rmjax: unknown command {argv[1]!r}\n{usage()}", file=sys.stderr)
     sys.exit(USER_ERROR)
@@ -148,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
           file=sys.stderr)
     sys.exit(USER_ERROR)
   if want_help:
-    print(command_help(command, config))
-    sys.exit(0)
+    _print_and_exit(command_help(command, config))
   problems = ranges.check(config)
   if problems:  # before the command creates or loads anything
     print(f"rmjax {command}: " + "; ".join(problems), file=sys.stderr)
