@@ -93,3 +93,13 @@ def test_dry_run_pod_configs_are_fully_described(name):
              if describe.meaning_of(n, meanings) == "(no description)"]
   assert not missing, missing
   assert describe.meaning_of("dry_run.model.rope_theta", meanings) == describe.MODEL["rope_theta"]
+
+
+def test_help_into_a_closed_pipe_exits_0():
+  """``rmjax train-rm --help | head -1``: the reader leaves early; no BrokenPipe traceback."""
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.Popen([sys.executable, "-m", "rmjax.cli", "train-rm", "--help"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  proc.stdout.close()  # before the child (still importing) writes anything
+  stderr = proc.stderr.read()
+  assert proc.wait(timeout=120) == 0 and "BrokenPipe" not in stderr, stderr
