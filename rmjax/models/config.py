@@ -57,8 +57,9 @@ class ModelConfig:
   lm_head: bool = True
   num_reward_heads: int = 0
   value_head: bool = False
-  # K > 0: learned prototypes [d_model, K] (SwAV's codebook for the contrastive
-  # auxiliary loss, ``rmjax/rm/contrastive_terms.py``); no head reads them.
+  # Unused by rmjax: SwAV's prototypes are the contrastive loss's own parameters
+  # (``rmjax/rm/contrastive_terms.py``). Kept at 0 only while ``Transformer.__init__``
+  # still reads it; to be removed with that read.
   num_prototypes: int = 0
   init_std: float = 0.02
   # LoRA (rmjax/models/lora.py): rank 0 = off; each adapted projection W gains

@@ -147,6 +147,22 @@ def test_trainable_mask_and_grad_norm_see_adapters_and_heads_only():
   np.testing.assert_array_equal(lora.frozen_zeroed(grads)["reward_head"][...], 1.0)
 
 
+def test_parameters_beside_the_model_train_with_its_adapters_and_heads():
+  """A params dict holding the model's state and a loss's own parameter (SwAV's
+  prototypes): only the base's parts are frozen, whatever their depth in the tree."""
+  params = {"model": nnx.state(_build(LLAMA.replace(lora_rank=4))),
+            "prototypes": nnx.Param(jnp.ones((32, 3)))}
+  mask = lora.trainable_mask(params)
+  assert mask["prototypes"] and mask["model"]["reward_head"]
+  assert not mask["model"]["embed"] and not mask["model"]["final_norm"]["scale"]
+  assert not mask["model"]["blocks"][0]["attn"]["qkv"]
+  assert mask["model"]["blocks"][0]["attn"]["qkv_lora"]["a"]
+  assert sum(jax.tree.leaves(mask)) == 2 * 4 + 1 + 1  # adapters, the head, the prototypes
+  grads = jax.tree.map(jnp.ones_like, params)
+  np.testing.assert_array_equal(lora.frozen_zeroed(grads)["prototypes"][...], 1.0)
+  np.testing.assert_array_equal(lora.frozen_zeroed(grads)["model"]["embed"][...], 0.0)
+
+
 def test_adapters_shard_like_their_projection(eight_devices):
   mesh = parallel.make_mesh((2, 2, 2), devices=eight_devices)
   model = parallel.init_sharded(
