@@ -4,6 +4,7 @@ fake devices (data 2 x fsdp 2 x tensor 2); exact bytes against really sharded ar
 import collections
 import json
 
+import gguf
 import jax
 import ml_collections
 import pytest
@@ -209,6 +210,28 @@ def test_a_pretrained_backbone_gives_its_shapes_without_its_weights(tmp_path, ei
   config.dry_run.vocab_size = 97
   with pytest.raises(ValueError, match="has 96 token ids but the data's tokenizer has 97"):
     programs.build(config, mesh)
+
+
+def test_a_gguf_backbone_gives_its_shapes_from_its_metadata(tmp_path, eight_devices):
+  """A GGUF file holding metadata only (no tensor, which loading would need)."""
+  path = tmp_path / "metadata_only.gguf"
+  writer = gguf.GGUFWriter(str(path), "llama")
+  for add, value in ((writer.add_block_count, 2), (writer.add_context_length, 64),
+                     (writer.add_embedding_length, 16), (writer.add_feed_forward_length, 48),
+                     (writer.add_head_count, 2), (writer.add_head_count_kv, 1)):
+    add(value)
+  writer.add_token_list([f"t{i}" for i in range(80)])
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  config = rm_config()
+  config.model.init_from = str(path)
+  plan = programs.build(config, _mesh(config, eight_devices))
+  params = plan.resident["params"][1]
+  assert params["embed"].shape == (80, 16) and len(params["blocks"]) == 2
+  assert params["blocks"][0]["mlp"]["down"].shape == (48, 16)
+  plan.programs[0].jitted.lower(*plan.programs[0].args).compile()
 
 
 def test_metarm_steps_compile_with_their_meta_batch(eight_devices):
