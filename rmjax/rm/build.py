@@ -134,9 +134,17 @@ def build_model_config(cfg, vocab_size: int, heads: int = 1,
       **{**fields, **overrides}, vocab_size=vocab_size, num_reward_heads=heads, lm_head=False)
 
 
+# ModelConfig fields of a model section that set how a pretrained backbone runs, not its
+# architecture (which is the file's): applied on top of the file's config when present.
+RUN_FIELDS = ("dtype", "param_dtype", "remat", "dropout_rate")
+
+
 def _pretrained_options(cfg, heads: int, overrides: dict) -> dict:
-  """The ModelConfig fields a pretrained backbone is loaded with on top of its file's."""
-  return dict(num_reward_heads=heads, lm_head=False, **lora.config_fields(cfg), **overrides)
+  """The ModelConfig fields a pretrained backbone is loaded with on top of its file's: the
+  section's ``RUN_FIELDS`` and LoRA fields, the heads, then ``overrides``."""
+  run = {k: cfg[k] for k in RUN_FIELDS if k in cfg}
+  return {**run, **lora.config_fields(cfg), "num_reward_heads": heads, "lm_head": False,
+          **overrides}
 
 
 def pretrained_config(cfg, heads: int = 1, **overrides) -> model_config_lib.ModelConfig:

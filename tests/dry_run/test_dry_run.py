@@ -6,6 +6,7 @@ import json
 
 import gguf
 import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from flax import nnx
@@ -210,6 +211,22 @@ def test_a_pretrained_backbone_gives_its_shapes_without_its_weights(tmp_path, ei
   config.dry_run.vocab_size = 97
   with pytest.raises(ValueError, match="has 96 token ids but the data's tokenizer has 97"):
     programs.build(config, mesh)
+
+
+def test_a_pretrained_backbone_runs_with_the_sections_dtypes_and_remat(tmp_path, eight_devices):
+  """The file gives the architecture; the section's run fields (the pod configs' bfloat16
+  and remat) still apply, in the trainer's program and the dry run's alike."""
+  config = rm_config()
+  config.model.update(init_from=str(_hf_folder(tmp_path / "hf", weights=True)),
+                      dtype="bfloat16", param_dtype="bfloat16", remat=True)
+  mesh = _mesh(config, eight_devices)
+  real = rm_build.build(config, 64, mesh)
+  assert (real.model_cfg.dtype, real.model_cfg.param_dtype, real.model_cfg.remat) == (
+      "bfloat16", "bfloat16", True)
+  assert real.model_cfg.n_layers == 3  # the file's
+  assert real.state["params"]["embed"].dtype == jnp.bfloat16
+  assert _structure(rm_build.build(config, 64, mesh, abstract=True).state) == _structure(
+      real.state)
 
 
 def test_a_gguf_backbone_gives_its_shapes_from_its_metadata(tmp_path, eight_devices):
