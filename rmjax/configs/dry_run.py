@@ -22,9 +22,10 @@ def section(**fields) -> ml_collections.ConfigDict:
       # (rmjax/dry_run/launch.py says why there are two)
       cpu_scheduler="memory",
       # Shapes the data would supply: token ids, row width (train-rm: each side, or the
-      # packed row with train.shared_prompt; ppo: prompt_len + response_len, response_len
-      # 0 = ppo.max_new_tokens) and rows per step (0 = train.batch_size, or the PPO
-      # minibatch). A ppo config also gives model (train-rm's model section's form): the
+      # packed row with train.shared_prompt, and MetaRM's meta responses; ppo: prompt_len +
+      # response_len, response_len 0 = ppo.max_new_tokens) and rows per step (0 =
+      # train.batch_size, or the PPO minibatch). A train-rm model.init_from gives the
+      # model's shapes from its config.json or GGUF metadata (no weight is read). A ppo config also gives model (train-rm's model section's form): the
       # policy's and reward model's shape, which a real run takes from the reward model.
       vocab_size=128, seq_len=64, prompt_len=0, response_len=0, batch_size=0,
       report="")  # also write the report as JSON here
