@@ -145,12 +145,6 @@ def init_prototypes(seeds: list[int], d_model: int, k: int, dtype,
   return ensemble.with_member_axis(jax.vmap(one)(jnp.asarray(seeds, jnp.int32)))
 
 
-def run_model_fields(run_config) -> dict:
-  """``model_fields`` of a ``train-rm`` run config (one without the section: {})."""
-  loss = run_config.get("loss") or {}
-  return model_fields(loss.get("contrastive"))
-
-
 def make_aux_loss(cfg):
   """The ``make_loss_fn`` hook of a ``loss.contrastive`` section (or its resolved
   ``Options``), or None for "none"."""
