@@ -1,7 +1,7 @@
 """PPO's score pipeline: reward sources → per-member normalisation → ensemble objective →
 transform → running normalisation → clip.
 
-One order, as the algorithms notes' §5 fixes it (§3 for the normalisation). Each of J
+One order, as ``docs/algorithms.md`` §5 fixes it (§3 for the normalisation). Each of J
 reward sources (``rmjax.rm.reward_source``) gives [B, K_j] member rewards. Every member is
 first normalised to zero mean and unit std with statistics measured once on samples of
 the initial policy (``member_stats``; Coste et al.), so that members on different scales

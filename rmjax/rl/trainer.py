@@ -4,7 +4,7 @@ run by the one training loop (``rmjax.runtime.loop.run``).
 The whole run is one carry, ``state``, passed through ``PPOTrainer.step(state, i) ->
 (state, metrics)``: actor, critic, both optimizer states, the update counter, the KL
 controller, the running reward moments and the per-member normalisation statistics
-(measured once on initial-policy samples). Iteration i (algorithms notes §5):
+(measured once on initial-policy samples). Iteration i (``docs/algorithms.md`` §5):
   1. prompts drawn from key fold_in(seed, i), each sampled ``samples_per_prompt`` times
      with the KV-cache sampler; its log-probs are the old log-probs;
   2. reference log-probs, critic values and the score through the pipeline of
