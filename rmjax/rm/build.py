@@ -239,8 +239,7 @@ def check_layout(layout: ensemble.Layout, mesh) -> None:
 
 
 def check_mesh(spec: RMSpec, mesh) -> None:
-  """The layout fits the mesh and the batch (and MetaRM's meta prompts) split over its
-  data-parallel devices."""
+  """The layout fits the mesh and the batch splits over its data-parallel devices."""
   check_layout(spec.layout, mesh)
   data_parallel = parallel.sharding.data_parallel_size(mesh)
   if spec.batch_size % data_parallel:
@@ -253,7 +252,7 @@ def _member_seeds(spec: RMSpec) -> list[int]:
 
 
 def _params(spec: RMSpec, vocab_size: int, mesh, abstract: bool):
-  """(model config, graphdef, params): real and sharded, or abstract with shardings."""
+  """(model config, graphdef, params): real and sharded on ``mesh``, or ShapeDtypeStructs."""
   layout = spec.layout
   mcfg = model_config(spec.model, vocab_size, layout.heads, **spec.model_fields)
   if abstract:
@@ -270,8 +269,6 @@ def _params(spec: RMSpec, vocab_size: int, mesh, abstract: bool):
       prototypes = jax.jit(make, out_shardings=parallel.tree_shardings(
           jax.eval_shape(make), mesh))()
     params = {rm_step.MODEL: params, contrastive_terms.PROTOTYPES: prototypes}
-  if abstract:
-    params = abstract_like(params, parallel.tree_shardings(params, mesh))
   return mcfg, graphdef, params
 
 
@@ -298,14 +295,13 @@ def build(config, vocab_size: int, mesh, abstract: bool = False) -> RMProgram:
   mcfg, graphdef, params = _params(spec, vocab_size, mesh, abstract)
   tx = make_optimizer(spec.optim, spec.updates, lora.trainable_mask(params))
   opt_init = jax.vmap(tx.init) if layout.stacked else tx.init  # one state per member
-  opt_shardings = parallel.tree_shardings(jax.eval_shape(opt_init, params), mesh)
   if abstract:
-    state = {"params": params, "opt_state": abstract_like(jax.eval_shape(opt_init, params),
-                                                          opt_shardings),
+    state = {"params": params, "opt_state": jax.eval_shape(opt_init, params),
              "step": jax.ShapeDtypeStruct((), jnp.int32)}
     shardings = parallel.tree_shardings(state, mesh)
     state = abstract_like(state, shardings)
   else:
+    opt_shardings = parallel.tree_shardings(jax.eval_shape(opt_init, params), mesh)
     state = {"params": params,
              "opt_state": jax.jit(opt_init, out_shardings=opt_shardings)(params),
              "step": jnp.zeros((), jnp.int32)}
