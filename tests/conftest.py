@@ -10,6 +10,13 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+# The team's real preference data, beside the checkout in a development tree; the tests
+# that read it skip with a reason where it is absent (and RMJAX_SHARED_DATA is unset).
+_SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "..", "..", "shared", "data"))
+if "RMJAX_SHARED_DATA" not in os.environ and os.path.isdir(_SHARED_DATA):
+  os.environ["RMJAX_SHARED_DATA"] = _SHARED_DATA
+
 import jax  # noqa: E402  (after the flag)
 import pytest  # noqa: E402
 
