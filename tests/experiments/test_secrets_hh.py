@@ -98,7 +98,7 @@ def test_repetition_on_planted_features(tmp_path, monkeypatch):
   rest); outputs are written."""
   pairs, held, members, folds = 16, 8, 4, 2
   config = _config(tmp_path, members, folds, (0, 1))
-  config.train.update(steps=24, batch_size=4)
+  config.train.update(steps=24, batch_size=4, eval_every=24, log_every=24)
   config.optim.update(learning_rate=3e-2, warmup_steps=2)
   swapped = np.zeros(pairs, bool)
   swapped[[1, 6, 11, 14]] = True  # a quarter of the labels, in both folds
