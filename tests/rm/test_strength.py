@@ -14,6 +14,7 @@ from rmjax.data import schema
 from rmjax.models.config import tiny_llama
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
+from rmjax.objectives import preference_strength as ps
 from rmjax.rm import batches as rm_data
 from rmjax.rm import strength
 from rmjax.rm import trainer as rm_trainer
@@ -175,7 +176,7 @@ def small_config(workdir, **ensemble):
   config = train_rm.get_config()
   config.ensemble.update(**ensemble)
   config.data.synthetic.update(num_train_pairs=96, num_eval_pairs=32, label_noise=0.25)
-  config.model.update(d_model=32, d_ff=64)
+  config.model.update(d_model=32, d_ff=64, n_layers=1)  # one block: half the compile time
   config.train.update(steps=4, batch_size=16, log_every=2, eval_every=4, save_every=4,
                       workdir=str(workdir))
   return config
@@ -194,8 +195,12 @@ def test_score_pairs_then_train_with_the_strength_options(tmp_path):
   config.workdir = str(tmp_path / "ensemble")
   result = score_pairs.run(config)
   assert result["method"] == "out_of_fold" and result["pairs"] == 96
-  assert 0.0 <= result["auroc"] <= 1.0
   scored = strength.load(result["output"])
+  # The reported AUROC is that of −μ in the written file against the split's known swaps
+  # (the sign matters: +μ would give 1 − AUROC).
+  flipped = rm_data.train_pairs(ensemble_config.data)[schema.FLIPPED]
+  assert flipped.sum() == 24
+  assert result["auroc"] == pytest.approx(ps.auroc(-scored.mu, flipped), abs=1e-9)
   # Out of fold: pair i's strength is the Δ of the one member that held its fold out.
   np.testing.assert_allclose(scored.mu, scored.deltas[np.arange(96), scored.pair_fold])
   train_config = small_config(tmp_path / "flip")
