@@ -14,6 +14,7 @@ from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax.configs import ppo as ppo_config
 from rmjax.configs import train_rm
+from rmjax.models import gguf_io
 from rmjax.models.transformer import Transformer
 from rmjax.rl import build
 from rmjax.rl import trainer as ppo_trainer
@@ -213,3 +214,54 @@ def test_the_synthetic_policy_on_token_id_prompts_from_a_file(tmp_path):
   config.prompts.path = str(tmp_path / "text.jsonl")
   with pytest.raises(ValueError, match="holds text prompts, but the synthetic task's policy"):
     build.rollout_task(config, sources)
+
+
+def _gguf_from_hf(folder, path):
+  """The HF llama of ``folder`` as a float32 GGUF, Q and K permuted as llama.cpp does."""
+  import gguf  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  hf = json.loads((folder / "config.json").read_text())
+  tensors = load_file(str(folder / "model.safetensors"))
+  names = {v: k for k, v in gguf_io._LAYER_NAMES.items()}  # pylint: disable=protected-access
+  globals_ = {v: k for k, v in gguf_io._GLOBAL_NAMES.items()}  # pylint: disable=protected-access
+  permute = lambda w, h: w.reshape(h, 2, w.shape[0] // h // 2, *w.shape[1:]).swapaxes(
+      1, 2).reshape(w.shape)
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_block_count(hf["num_hidden_layers"])
+  writer.add_context_length(hf["max_position_embeddings"])
+  writer.add_embedding_length(hf["hidden_size"])
+  writer.add_feed_forward_length(hf["intermediate_size"])
+  writer.add_head_count(hf["num_attention_heads"])
+  writer.add_head_count_kv(hf["num_key_value_heads"])
+  writer.add_rope_freq_base(hf.get("rope_theta", 10_000.0))
+  writer.add_layer_norm_rms_eps(hf["rms_norm_eps"])
+  writer.add_token_list([f"tok{i}" for i in range(hf["vocab_size"])])
+  for name, w in tensors.items():
+    if name in globals_:
+      gguf_name = globals_[name]
+    else:
+      layer = name.split(".")[2]  # model.layers.<layer>.<base>.weight
+      base = name[len(f"model.layers.{layer}."):-len(".weight")]
+      gguf_name = f"blk.{layer}.{names[base]}.weight"
+      if base == "self_attn.q_proj":
+        w = permute(w, hf["num_attention_heads"])
+      elif base == "self_attn.k_proj":
+        w = permute(w, hf["num_key_value_heads"])
+    writer.add_tensor(gguf_name, np.ascontiguousarray(w.astype(np.float32)))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_a_gguf_policy_is_the_same_model_as_its_hf_original(world, tmp_path):
+  _gguf_from_hf(world / "policy", tmp_path / "policy.gguf")
+  config = ppo_config.get_config()
+  config.policy.init_from = str(tmp_path / "policy.gguf")
+  from_gguf = build.policy_model(config, [])
+  config.policy.init_from = str(world / "policy")
+  from_hf = build.policy_model(config, [])
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 9)))
+  logits = lambda m: np.asarray(m.logits(m(tokens)[0]))
+  np.testing.assert_allclose(logits(from_gguf), logits(from_hf), rtol=1e-5, atol=1e-5)
