@@ -57,10 +57,6 @@ class ModelConfig:
   lm_head: bool = True
   num_reward_heads: int = 0
   value_head: bool = False
-  # Unused by rmjax: SwAV's prototypes are the contrastive loss's own parameters
-  # (``rmjax/rm/contrastive_terms.py``). Kept at 0 only while ``Transformer.__init__``
-  # still reads it; to be removed with that read.
-  num_prototypes: int = 0
   init_std: float = 0.02
   # LoRA (rmjax/models/lora.py): rank 0 = off; each adapted projection W gains
   # (lora_alpha / lora_rank) * A B; lora_targets: comma-separated names of LORA_TARGETS.
@@ -100,8 +96,6 @@ class ModelConfig:
         problems.append(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")
     if self.num_reward_heads < 0:
       problems.append(f"num_reward_heads={self.num_reward_heads} must be >= 0")
-    if self.num_prototypes < 0:
-      problems.append(f"num_prototypes={self.num_prototypes} must be >= 0")
     if self.lora_rank < 0:
       problems.append(f"lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
     if self.lora_rank and self.lora_alpha <= 0:

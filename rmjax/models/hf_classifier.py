@@ -67,8 +67,8 @@ def save_classifier(model: Transformer, folder, *, pad_token_id: int = 0,
   """Write config.json and model.safetensors of ``model`` as a sequence classifier.
 
   ``pad_token_id``: the id the classifier treats as padding (rmjax pads with 0);
-  ``heads``: the reward heads to write, as in ``classifier_tensors``. The LM, value and
-  prototype heads are not written."""
+  ``heads``: the reward heads to write, as in ``classifier_tensors``. The LM and value
+  heads are not written."""
   tensors = classifier_tensors(model, heads)
   config = classifier_config(model.cfg, pad_token_id, tensors["score.weight"].shape[0])
   folder = pathlib.Path(folder)

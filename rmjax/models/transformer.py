@@ -247,8 +247,6 @@ class Transformer(nnx.Module):
                               1.0 / (e + 1) ** 0.5) if cfg.num_reward_heads else None)
     self.value_head = (param(rngs, (e,), ("embed",), w, 1.0 / (e + 1) ** 0.5)
                        if cfg.value_head else None)
-    self.prototypes = (param(rngs, (e, cfg.num_prototypes), ("embed", "prototypes"), w,
-                             1.0 / e ** 0.5) if cfg.num_prototypes else None)
     self._block_fn = nnx.remat(_run_block) if cfg.remat else _run_block
     # Adapters come last, so the base and heads draw the same numbers as without LoRA.
     for target in cfg.lora_target_names if cfg.lora_rank else ():

@@ -73,7 +73,7 @@ def _hash_arrays(digest, tree) -> None:
 
 # ModelConfig fields the frozen prefix never reads (heads, training-only settings): a run
 # that changes them, or a new field of this kind, still finds the cached features.
-_NOT_IN_PREFIX = ("lm_head", "num_reward_heads", "value_head", "num_prototypes", "init_std",
+_NOT_IN_PREFIX = ("lm_head", "num_reward_heads", "value_head", "init_std",
                   "dropout_rate", "remat")
 
 

@@ -109,7 +109,7 @@ def test_fingerprint_ignores_head_fields_but_not_the_architecture():
   a field the prefix computes with does not."""
   model = _model()
   base = feature_cache.frozen_fingerprint(model, 2)
-  for changes in (dict(num_prototypes=20, dropout_rate=0.05, num_reward_heads=3),
+  for changes in (dict(dropout_rate=0.05, num_reward_heads=3),
                   dict(norm_eps=1e-6)):
     other = _model()
     other.cfg = model.cfg.replace(**changes)
