@@ -10,17 +10,24 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="session")
+def experiment_jax_cache(tmp_path_factory):
+  """One persistent compilation cache for every experiment run of the session: the runs
+  inside an experiment repeat their programs, and every experiment builds the same
+  synthetic task (its sampler and gold reward compile once, not once per test)."""
+  return tmp_path_factory.mktemp("experiment_jax_cache")
+
+
 @pytest.fixture
-def run_experiment(tmp_path):
+def run_experiment(experiment_jax_cache):
   """``run(name, flags, timeout)``: ``experiments/<name>.py`` with its own config and
   ``--config.<k>=<v>`` flags, in a subprocess on one CPU device (the suite's eight fake
-  devices would only split tiny batches) with a persistent compilation cache (the runs
-  inside an experiment repeat their programs). Fails with its stderr unless it exits 0;
-  returns the completed process."""
+  devices would only split tiny batches) with the session's persistent compilation cache.
+  Fails with its stderr unless it exits 0; returns the completed process."""
 
   def run(name: str, flags: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    env.update(JAX_COMPILATION_CACHE_DIR=str(experiment_jax_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     cmd = [sys.executable, str(ROOT / "experiments" / f"{name}.py"),
