@@ -16,8 +16,8 @@ compute the whole batch and the same step needed 691 GiB.
 
 Train on the pod (``tpu/README.md``) with ``rmjax train-rm`` and the same file, after
 pointing ``data.files`` at preference files and a Llama-3 tokenizer folder, and
-``model.init_from`` at a Llama-3-8B Hugging Face folder (the dry run builds the same
-shapes from the fields below and refuses ``init_from``: pass ``--config.model.init_from=``).
+``model.init_from`` at a Llama-3-8B Hugging Face folder (the dry run reads the same shapes
+from that folder's config.json, or from the fields below when ``init_from`` is empty).
 """
 
 import ml_collections

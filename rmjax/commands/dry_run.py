@@ -11,10 +11,7 @@ from rmjax.dry_run import launch, report
 
 
 def run(config) -> dict:
-  try:
-    result = launch.run(config)
-  except ValueError as error:
-    sys.exit(f"rmjax dry-run: {error}")
+  result = launch.run(config)  # a bad config raises, and the CLI reports it (exit 2)
   print(report.format_table(result))
   if config.dry_run.get("report"):
     with open(config.dry_run.report, "w") as f:

@@ -28,13 +28,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from rmjax import parallel
 from rmjax.data.tokenize import load_tokenizer
 from rmjax.models import hf_io, lora
 from rmjax.models.hf_classifier import save_classifier
 from rmjax.models.transformer import Transformer
+from rmjax.rl import build as rl_build
 from rmjax.rm import load as load_rm
-from rmjax.runtime.checkpoint import abstract_like
 from rmjax.tasks import preference as synthetic
 
 KINDS = ("auto", "reward", "policy")
@@ -73,31 +72,6 @@ def reward_models(workdir, step: int | None, member: int):
   members = range(k) if member < 0 else [member]
   subfolder = lambda m: f"member_{m}" if member < 0 else ""
   return [(subfolder(m), _member(scorer, m), None) for m in members], run_config
-
-
-def _policy_config(rm_workdir):
-  """The synthetic task config of the train-rm run a ppo run optimised against."""
-  try:
-    _, rm = read_provenance(rm_workdir)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"the ppo run's reward model {rm_workdir} is gone; its synthetic "
-                            f"task defines the policy's architecture ({e})") from None
-  return synthetic.SyntheticConfig(**rm["config"]["data"]["synthetic"])
-
-
-def ppo_actor(workdir, step: int | None, run_config) -> Transformer:
-  """The actor of a ppo run's checkpoint step (``state["actor"]``; nothing else is read)."""
-  workdirs = run_config["reward"]["workdirs"]
-  cfg = _policy_config(workdirs[0]).policy_config().replace(
-      **lora.config_fields(run_config.get("actor")))  # a LoRA actor's adapters
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-  shardings = parallel.tree_shardings(abstract, load_rm.single_device_mesh())
-  target = {"actor": abstract_like(abstract, shardings)}
-  with load_rm.opened_step(workdir, step) as (manager, step):
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-  return nnx.merge(graphdef, restored.state["actor"])
 
 
 def base_policy(run_config, where) -> Transformer:
@@ -186,7 +160,7 @@ def run(config) -> dict:
     where = f"{load_rm.checkpoint_dir(config.workdir)}/{step}"
     if "model" not in run_config and not is_ppo:
       raise ValueError(f"{where}: the provenance holds no train-rm or ppo run config")
-    model = (ppo_actor(config.workdir, step, run_config) if is_ppo
+    model = (rl_build.ppo_actor(config.workdir, step) if is_ppo
              else base_policy(run_config, where))
     models = [("", model, None)]
   spec = tokenizer_spec(run_config)

@@ -13,7 +13,7 @@ jitted programs it runs, each with the abstract arguments to lower it with.
 * ``ppo``: actor, critic, both optimizer states, the frozen reference and one reward
   model (LoRA adapters from the ``actor`` and ``critic`` sections, as ``rmjax ppo``
   adds them); two programs, the minibatch update (``ppo_step.make_update``, as
-  ``PPOTrainer.compile_update`` jits it) on [minibatch, P + N] episodes, and the
+  ``PPOTrainer.update_fn`` jits it) on [minibatch, P + N] episodes, and the
   rollout's forward (reference log-probs and critic values) on [episodes, P + N]. The
   sampler's KV-cache generation is not compiled here.
 

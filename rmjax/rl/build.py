@@ -152,8 +152,10 @@ def _read_provenance(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(run or {})
 
 
-def _ppo_actor(workdir) -> Transformer:
-  """The actor of an ``rmjax ppo`` run's latest checkpoint, LoRA adapters merged."""
+def ppo_actor(workdir, step: int | None = None) -> Transformer:
+  """The actor of an ``rmjax ppo`` run's checkpoint ``step`` (None: the latest), with its
+  LoRA adapters as trained (``lora.merged`` folds them in); its architecture is the run's
+  own ``policy_model``, so a run whose policy came from a file rebuilds the same model."""
   run = _read_provenance(workdir)
   if "ppo" not in run:
     raise ValueError(f"policy.init_from={workdir}: not an rmjax ppo run (a train-rm run's "
@@ -163,11 +165,11 @@ def _ppo_actor(workdir) -> Transformer:
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   target = {"actor": abstract_like(abstract, parallel.tree_shardings(
       abstract, load_rm.single_device_mesh()))}
-  with load_rm.opened_step(workdir) as (manager, step):
+  with load_rm.opened_step(workdir, step) as (manager, step):
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)))
-  return lora.merged(nnx.merge(graphdef, restored.state["actor"]))
+  return nnx.merge(graphdef, restored.state["actor"])
 
 
 def policy_model(config, sources) -> Transformer:
@@ -190,7 +192,7 @@ def policy_model(config, sources) -> Transformer:
   if (path / "config.json").is_file():
     return hf_io.load_hf(path, lm_head=True)
   if path.is_dir():
-    return _ppo_actor(path)
+    return lora.merged(ppo_actor(path))
   raise FileNotFoundError(f"policy.init_from={init_from}: not a .gguf file, a Hugging Face "
                           "folder (config.json) or an rmjax ppo workdir")
 

@@ -128,7 +128,7 @@ def test_ppo_dry_run_over_the_limit_fails_naming_it(tmp_path):
 
 def test_mesh_not_filling_the_devices_is_a_clear_error():
   config = rm_config(data=3, fsdp=1, tensor=1)
-  with pytest.raises(SystemExit, match="needs 3 devices but 8 are available"
+  with pytest.raises(ValueError, match="needs 3 devices but 8 are available"
                                        r" \(dry_run.devices=8\)"):
     command.run(config)
 
@@ -136,7 +136,7 @@ def test_mesh_not_filling_the_devices_is_a_clear_error():
 def test_unknown_cpu_scheduler_is_a_clear_error():
   config = rm_config()
   config.dry_run.cpu_scheduler = "fastest"
-  with pytest.raises(SystemExit, match="dry_run.cpu_scheduler='fastest' is not one of"):
+  with pytest.raises(ValueError, match="dry_run.cpu_scheduler='fastest' is not one of"):
     command.run(config)
 
 

@@ -25,6 +25,7 @@ from rmjax.data import schema
 from rmjax.models import config as model_config
 from rmjax.models import lora
 from rmjax.models.transformer import Transformer
+from rmjax.rl import build as rl_build
 from rmjax.rl import trainer as ppo_trainer
 from rmjax.rm import build as rm_build
 from rmjax.rm import load as load_rm
@@ -182,8 +183,7 @@ def test_ppo_with_lora_actor_and_critic_keeps_both_bases_frozen(rm_run, tmp_path
                          starts["critic"]["reward_head"][:, 0])  # the value head trains
   # The actor exported as a causal LM, adapters merged: transformers' logits match ours.
   tokens, mask = _batch()
-  _, run = export_hf.read_provenance(tmp_path / "ppo")
-  actor = export_hf.ppo_actor(tmp_path / "ppo", None, run["config"])
+  actor = rl_build.ppo_actor(tmp_path / "ppo")
   assert actor.cfg.lora_rank == 4
   _export(tmp_path / "ppo", tmp_path / "actor", kind="policy")
   theirs = _hf_logits(transformers.LlamaForCausalLM, tmp_path / "actor", tokens, mask)
