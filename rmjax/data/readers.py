@@ -93,7 +93,7 @@ def read_pairs(path: str | os.PathLike, format: str | None = None, *, skip_bad_r
   if format is not None and format not in FORMATS:
     raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
   name = os.fspath(path)
-  records = list(_records(name))
+  records = list(read_records(name))
   if not records:
     raise DataError(f"{name}: the file has no rows")
   fmt = format or _detect(name, records)
@@ -171,7 +171,11 @@ def llmbar_subsets(root: str | os.PathLike | None = None) -> dict[str, Path]:
 _WS = re.compile(r"[ \t\n\r]*")
 
 
-def _records(name: str) -> Iterator[tuple[str, str, Any]]:
+def read_records(name: str) -> Iterator[tuple[str, str, Any]]:
+  """(source, where, value) of every record of a JSONL, JSON-list or Parquet file (gzip
+  allowed), in file order: ``source`` names the record ("file:line", "file:[i]"),
+  ``where`` is how an error message points at it (a JSON list adds its line); a record that
+  does not parse comes with its error as the value, for the caller to report or skip."""
   raw = Path(name).read_bytes()
   if raw[:2] == b"\x1f\x8b":
     try:

@@ -204,7 +204,7 @@ def _prompt_rows(path: str, format: str, skip_bad_rows: bool) -> list:
   prompts file (JSONL, JSON list or Parquet rows {"prompt": ...}), or the prompts of any
   preference format ``readers.read_pairs`` knows (repeated prompts kept once)."""
   if not format or format == "prompts":
-    records = list(readers._records(path))  # pylint: disable=protected-access
+    records = list(readers.read_records(path))
     first = next((row for _, _, row in records if isinstance(row, dict)), None)
     if format == "prompts" or (first is not None and "prompt" in first
                                and "chosen" not in first):
