@@ -52,7 +52,11 @@ def test_small_run_finds_swapped_labels_and_every_method_learns(tmp_path, run_ex
       assert seed[f"{method}/gold_agreement"] >= 0.58, (method, seed)
   assert seed["simcse/gold_agreement"] < seed["bt/gold_agreement"] - 0.05, seed
   assert seed["shifted_pairs"] == 16
-  assert 0.0 <= seed["metarm/shifted_accuracy"] <= 1.0
+  # MetaRM trains on BT's data from BT's seed; only the meta step differs (with η = 0 it
+  # is BT's run), so its model must score differently from BT's.
+  model_figures = lambda name: [seed[f"{name}/{k}"] for k in
+                                ("gold_agreement", "accuracy", "shifted_accuracy")]
+  assert model_figures("metarm") != model_figures("bt"), seed
   assert (workdir / "strength_vs_spread.png").stat().st_size > 0
   text = (workdir / "results.md").read_text()
   assert "## metarm" in text and "MetaRM" in text
