@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, hh_rlhf_rm, report, stats  # noqa: E402
 from rmjax import parallel  # noqa: E402
 from rmjax.data import schema, tokenize  # noqa: E402
-from rmjax.data.array_source import eval_batches  # noqa: E402
+from rmjax.data.array_source import padded_batches  # noqa: E402
 from rmjax.objectives import bt, preference_strength  # noqa: E402
 from rmjax.rm import feature_cache, strength
 from rmjax.rm import feature_trainer as feature_train
@@ -76,7 +76,7 @@ def member_seed(base: int, member: int, members: int) -> int:
 def pair_deltas(eval_fn, params, arrays: dict, batch_size: int, mesh) -> np.ndarray:
   """Δ = r(chosen) − r(rejected) [pairs] of one trained model on ``arrays``' pairs."""
   parts = []
-  for batch, real in eval_batches(arrays, batch_size):
+  for batch, real in padded_batches(arrays, batch_size):
     out = eval_fn(params, parallel.shard_batch(batch, mesh))
     parts.append(np.asarray(out["r_chosen"] - out["r_rejected"], np.float32)[:real, 0])
   return np.concatenate(parts)

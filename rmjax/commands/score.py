@@ -21,7 +21,7 @@ import numpy as np
 
 from rmjax import parallel
 from rmjax.data import schema
-from rmjax.data.array_source import eval_batches
+from rmjax.data.array_source import padded_batches
 from rmjax.data.schema import DataError, PreferencePair
 from rmjax.data.tokenize import (
   check_token_ids,
@@ -119,14 +119,14 @@ def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int |
   return tokens, mask, slots
 
 
-def sequence_rewards(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
+def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
                      mesh) -> np.ndarray:
   """float32 [n, K] member rewards of tokens/mask [n, seq], batched on ``mesh``.
 
   ``scorer``: ``(tokens, mask) -> [B, K]`` (``load_rm.load_ensemble``).
   """
   out = []
-  for batch, real in eval_batches({"tokens": tokens, "mask": mask}, batch_size):
+  for batch, real in padded_batches({"tokens": tokens, "mask": mask}, batch_size):
     batch = parallel.shard_batch(batch, mesh)
     out.append(np.asarray(jax.device_get(scorer(batch["tokens"], batch["mask"])))[:real])
   return np.concatenate(out) if out else np.zeros((0, scorer.k), np.float32)
@@ -169,7 +169,7 @@ def run(config) -> dict:
                                     enc.max_response_len)
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
-  members = sequence_rewards(model, tokens, mask, batch_size, mesh)
+  members = score_in_batches(model, tokens, mask, batch_size, mesh)
   rewards = members.mean(1)
   out_rows = [dict(row) for _, row in rows]
   for (i, field), reward, member in zip(slots, rewards, members):

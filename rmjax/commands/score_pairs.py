@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from rmjax import parallel
-from rmjax.commands.score import sequence_rewards
+from rmjax.commands.score import score_in_batches
 from rmjax.data import schema
 from rmjax.objectives import preference_strength as ps
 from rmjax.parallel.sharding import data_parallel_size
@@ -28,7 +28,7 @@ from rmjax.rm.load import load_ensemble
 
 def member_deltas(scorer, arrays: dict, batch_size: int, mesh) -> np.ndarray:
   """float32 [N, K]: every member's Δ for the pairs ``arrays`` (schema keys)."""
-  score = lambda side: sequence_rewards(scorer, arrays[f"{side}_tokens"],
+  score = lambda side: score_in_batches(scorer, arrays[f"{side}_tokens"],
                                         arrays[f"{side}_mask"], batch_size, mesh)
   return score("chosen") - score("rejected")
 

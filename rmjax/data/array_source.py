@@ -43,7 +43,7 @@ class ArraySource:
     return {k: v[rows] for k, v in self.arrays.items()}
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int):
+def padded_batches(arrays: dict[str, np.ndarray], batch_size: int):
   """Every row once, in order; the last batch is padded by repeating its first row.
 
   Yields (batch, number of real rows).

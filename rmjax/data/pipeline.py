@@ -230,7 +230,7 @@ class PairIterator(grain.DatasetIterator):
 
 def eval_batches(source, batch_size: int, seq_len: int, **config) -> Iterator[tuple[dict, int]]:
   """Every record once, in order, unsharded; the last batch is padded by repeating its first
-  row. Yields (batch, number of real rows), like ``array_source.eval_batches``."""
+  row. Yields (batch, number of real rows), like ``array_source.padded_batches``."""
   cfg = PipelineConfig(batch_size=batch_size, seq_len=seq_len, shuffle=False, num_epochs=1,
                        drop_remainder=False, **config)
   pipe = PairPipeline(source, cfg, grain.sharding.NoSharding())

@@ -125,7 +125,7 @@ def transform(scores: np.ndarray, r_ref: np.ndarray | None, cfg: ScoreConfig) ->
   return scores.sum(-1)
 
 
-def normalize(scores: np.ndarray, moments, cfg: ScoreConfig):
+def running_normalize(scores: np.ndarray, moments, cfg: ScoreConfig):
   """(processed [B], updated moments): running normalisation then clipping."""
   clip = cfg.clip or None
   if not cfg.normalize:

@@ -211,7 +211,7 @@ class PPOTrainer:
           ref_scores.reshape(self.c.prompts, samples, -1), self.score_cfg)
       r_ref = np.repeat(levels, self.c.samples_per_prompt, axis=0)
     combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
-    processed, moments = ppo_rewards.normalize(combined, state["moments"], self.score_cfg)
+    processed, moments = ppo_rewards.running_normalize(combined, state["moments"], self.score_cfg)
     kl_state = state["kl"]
     rewards = ppo.per_token_rewards(processed, old_logprobs, ref_logprobs, response_mask,
                                     kl_state.beta, self.c.kl_estimator)

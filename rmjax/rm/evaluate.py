@@ -6,7 +6,7 @@ import numpy as np
 
 from rmjax import parallel
 from rmjax.data import schema
-from rmjax.data.array_source import eval_batches
+from rmjax.data.array_source import padded_batches
 from rmjax.objectives import bt
 
 
@@ -19,7 +19,7 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
   accuracy and gold agreement as "member_accuracy" and "member_gold_agreement".
   """
   parts = []
-  for batch, real in eval_batches(arrays, batch_size):
+  for batch, real in padded_batches(arrays, batch_size):
     out = parallel.sharding.to_host(eval_fn(params, parallel.shard_batch(batch, mesh)))
     parts.append({k: v[:real] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
