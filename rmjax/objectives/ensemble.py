@@ -19,6 +19,8 @@ import numbers
 
 import jax.numpy as jnp
 
+from rmjax.objectives.precision import at_least_f32
+
 # UWO's λ: Coste et al. 2023 used 0.5 in their best-of-n experiments and 0.1 in PPO (the
 # paper is inconsistent, §3); each program's default is the value of its own setting.
 UWO_LAM_BON = 0.5
@@ -28,15 +30,9 @@ UWO_LAM_PPO = 0.1
 BRME_LAM = 0.5
 
 
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 rewards are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 def _members(rewards):
   """``rewards`` as float [..., K], K >= 1, or a ValueError naming the shape."""
-  r = _float(rewards)
+  r = at_least_f32(rewards)
   if r.ndim < 1 or r.shape[-1] < 1:
     raise ValueError(f"rewards must be [..., K] with K >= 1 members on the last axis; got "
                      f"shape {r.shape}")
@@ -105,7 +101,7 @@ def brme(rewards, lam=BRME_LAM, stds=None):
   if stds is None:
     nominal = jnp.mean(r, axis=-1)
   else:
-    s = _float(stds)
+    s = at_least_f32(stds)
     if s.shape != r.shape:
       raise ValueError(f"stds must have the shape of rewards {r.shape}; got {s.shape}")
     best = jnp.argmin(s, axis=-1)
@@ -151,7 +147,7 @@ def normalize(rewards, mu, sigma):
   """(R_i − μ_i) / σ_i per member (§3). rewards [..., K]; μ, σ [K] from
   ``normalization_stats`` → [..., K]."""
   r = _members(rewards)
-  mu, sd = _float(mu), _float(sigma)
+  mu, sd = at_least_f32(mu), at_least_f32(sigma)
   k = r.shape[-1]
   if mu.shape != (k,) or sd.shape != (k,):
     raise ValueError(f"mu and sigma must be [K]=[{k}] (one per member of rewards "

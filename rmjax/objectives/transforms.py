@@ -42,11 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-
-def _float(x):
-  """``x`` as an array of at least float32 precision (bf16 rewards are upcast)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+from rmjax.objectives.precision import at_least_f32
 
 
 def _concrete(x):
@@ -84,7 +80,7 @@ def reference_quantile(ref_rewards, q=0.85, method="empirical"):
   Returns:
     [P] (generally [...]) float32 r_ref.
   """
-  r = _float(ref_rewards)
+  r = at_least_f32(ref_rewards)
   if r.ndim < 1 or r.shape[-1] < 1:
     raise ValueError(f"ref_rewards must be [P, N] with N >= 1 reference samples per prompt on "
                      f"the last axis; got shape {r.shape}")
@@ -117,7 +113,7 @@ def lsc(rewards, r_ref):
   Returns:
     float32 (at least) u with the shape of ``rewards``.
   """
-  r, ref = _float(rewards), _float(r_ref)
+  r, ref = at_least_f32(rewards), at_least_f32(r_ref)
   if r.ndim < 1 or ref.shape != r.shape[:1]:
     raise ValueError(f"rewards must be [B] or [B, ...] and r_ref [B] (one reference per "
                      f"leading row); got rewards {r.shape} and r_ref {ref.shape}")
@@ -141,7 +137,7 @@ def and_combine(rewards, r_refs):
   Returns:
     [B] (generally [B, ...]) float32 sum over the J models; each term is ≤ 0.
   """
-  r, ref = _float(rewards), _float(r_refs)
+  r, ref = at_least_f32(rewards), at_least_f32(r_refs)
   if r.ndim < 2 or r.shape[-1] < 1:
     raise ValueError(f"rewards must be [B, J] (or [B, ..., J]) with J >= 1 reward models on "
                      f"the last axis; got shape {r.shape}")
@@ -164,7 +160,7 @@ def weighted_sum(rewards, weights):
   Returns:
     [...] float32 Σ_j w_j r_j.
   """
-  r, w = _float(rewards), _float(weights)
+  r, w = at_least_f32(rewards), at_least_f32(weights)
   if r.ndim < 1 or w.shape != r.shape[-1:]:
     raise ValueError(f"weights must be [J] with J = the last axis of rewards {r.shape}; got "
                      f"weights {w.shape}")
@@ -179,7 +175,7 @@ def ema_init(value=0.0):
   §4 does not fix r̄'s starting value; 0.0 is the default here. To start from the data
   instead, pass the first batch's mean reward (``ema_init(rewards.mean())``).
   """
-  v = _float(value)
+  v = at_least_f32(value)
   if v.shape != ():
     raise ValueError(f"the EMA state is a scalar; got value of shape {v.shape}")
   return v
@@ -197,8 +193,8 @@ def ema_update(state, rewards, alpha=0.1):
   Returns:
     [] float32 new r̄.
   """
-  mean = _float(state)
-  r = _float(rewards)
+  mean = at_least_f32(state)
+  r = at_least_f32(rewards)
   if mean.shape != ():
     raise ValueError(f"state must be the scalar r̄ (shape ()); got shape {mean.shape}")
   if r.size == 0:
@@ -227,7 +223,7 @@ def calibrated_reward(rewards, confidence, mean, w=2.0):
   Returns:
     float32 (at least) r' with the shape of ``rewards``.
   """
-  r, c, m = _float(rewards), _float(confidence), _float(mean)
+  r, c, m = at_least_f32(rewards), at_least_f32(confidence), at_least_f32(mean)
   if c.shape != r.shape:
     raise ValueError(f"confidence must have the shape of rewards {r.shape}; got {c.shape}")
   try:
