@@ -123,7 +123,7 @@ RANGES: dict[str, Range] = {
     "metarm.num_prompts": AT_LEAST_1,
     "metarm.temperature": POSITIVE,
     "metarm.top_k": AT_LEAST_0,
-    "metarm.best_of": AT_LEAST_1,
+    "metarm.best_of": Range(2),  # selection needs a choice
     # export-hf
     "step": OPTIONAL_INDEX, "member": OPTIONAL_INDEX, "pad_token_id": OPTIONAL_INDEX,
     # ppo

@@ -54,7 +54,7 @@ from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import sequence_rewards
 from rmjax.objectives.preference_strength import metarm_difference_loss
 from rmjax.rm import members as ensemble
-from rmjax.rm.step import pair_metrics
+from rmjax.rm.step import batch_metrics, model_params
 from rmjax.tasks import preference as synthetic
 
 META_TOKENS = "meta_tokens"  # int32 [P, k, T]
@@ -75,7 +75,7 @@ def make_meta_objective(graphdef):
   loss on the meta responses [P, k, T]."""
 
   def objective(params, tokens, mask):
-    rewards = meta_rewards(nnx.merge(graphdef, params), tokens, mask)
+    rewards = meta_rewards(nnx.merge(graphdef, model_params(params)), tokens, mask)
     return jnp.mean(jax.vmap(metarm_difference_loss, in_axes=2)(rewards))
 
   return objective
@@ -111,7 +111,7 @@ def make_meta_update(graphdef, tx: optax.GradientTransformation, loss_fn, eta: f
         lookahead_loss, has_aux=True)(params, pairs, meta, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {**pair_metrics(aux), "grad_norm": lora.grad_norm(grads),
+    return params, opt_state, {**batch_metrics(aux), "grad_norm": lora.grad_norm(grads),
                                "meta_difference": meta_value, "meta_grad_norm": meta_norm}
 
   return update

@@ -138,7 +138,7 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
   return loss_fn
 
 
-def pair_metrics(aux) -> dict:
+def batch_metrics(aux) -> dict:
   """Training metrics of a ``loss_fn`` aux: per-head [H] (scalars for one head)."""
   per_head = lambda fn: jax.vmap(fn, in_axes=(1, 1))(aux["r_chosen"], aux["r_rejected"])
   metrics = {"loss": aux["losses"], "accuracy": per_head(bt.pairwise_accuracy),
@@ -155,7 +155,7 @@ def make_member_update(tx: optax.GradientTransformation, loss_fn):
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {**pair_metrics(aux), "grad_norm": lora.grad_norm(grads)}
+    return params, opt_state, {**batch_metrics(aux), "grad_norm": lora.grad_norm(grads)}
 
   return update
 

@@ -314,3 +314,15 @@ def test_train_rm_with_metarm_on_separate_members_with_shared_prompts(tmp_path):
   members = [row[f"meta_difference/{m}"] for m in range(2)]
   assert all(0.25 <= j < 0.5 for j in members) and members[0] != members[1]
   np.testing.assert_allclose(row["meta_difference"], np.mean(members), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_rm_with_metarm_and_swav_prototypes(tmp_path):
+  """The lookahead merges only the model's part of params that also hold the loss's own
+  parameters (SwAV's prototypes); both terms act."""
+  config = metarm_run_config(tmp_path, steps=2)
+  config.loss.contrastive.kind = "swav"
+  rm_trainer.train(config)
+  row = read_train_metrics(tmp_path)[2]
+  assert 0.25 <= row["meta_difference"] < 0.5 and row["meta_grad_norm"] > 0
+  assert np.isfinite(row["contrastive_loss"]) and row["contrastive_loss"] > 0
