@@ -25,7 +25,7 @@ What :meth:`Checkpointer.restore_latest` checks before it resumes, newest step f
 
 - the format (``FORMAT_VERSION`` in the provenance item): another one is a one-line error;
 - the run: the stored config and data hash against the current ones (``provenance``);
-  fields in ``HARMLESS_FIELDS`` may differ, any other difference is a ``ValueError``
+  fields in ``run_identity.HARMLESS_FIELDS`` may differ, any other difference is a ``ValueError``
   naming the fields (``model.d_model: 64 -> 128``);
 - the shapes: the stored array metadata against ``abstract_state``, so that another
   model or parameter tree is named leaf by leaf instead of failing inside Orbax;
@@ -51,111 +51,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rmjax.runtime.run_identity import run_differences, shape_differences
+
 # The checkpoint layout this module writes, stored as ``provenance["format"]``.
 # 1: before the format was recorded; the same three items and state tree, so it is read
 #    as is (nothing to convert). 2: the format recorded; the run is compared on resume.
 FORMAT_VERSION = 2
 _READABLE_FORMATS = (1, 2)
-
-# Config fields that may differ between a checkpoint and the run that resumes from it,
-# because they do not change what the run computes; a name covers the whole section
-# under it. Every other field must be equal (see ``Checkpointer.restore_latest``).
-HARMLESS_FIELDS = {
-    # Where the run stops: raising it continues the same run. (The learning-rate
-    # schedule of runtime/optim.py spans the run's length, so the steps after the resume
-    # follow the schedule of the new length.)
-    "train.steps": "where the run stops",
-    "ppo.iterations": "where a PPO run stops (train.steps of PPO)",
-    # When things are written, not what is computed.
-    "train.log_every": "how often means are logged",
-    "train.eval_every": "how often the model is evaluated (evaluation does not train)",
-    "train.save_every": "how often checkpoints are saved",
-    "train.keep_checkpoints": "how many checkpoints are kept",
-    # Where the run's files are: the workdir may be moved or renamed.
-    "train.workdir": "where metrics and checkpoints are written",
-    "train.checkpoint_dir": "where checkpoints are written",
-    # Where arrays live: restore_latest reshards onto the current mesh, and the step
-    # computes the same values on any mesh (up to the order of floating-point sums).
-    "mesh": "how devices are arranged",
-    # The ahead-of-time dry run and how processes find each other: no effect on a step.
-    "dry_run": "settings of rmjax dry-run only",
-    "distributed": "how the processes of a multi-host run connect",
-}
-
-
-def harmless(name: str) -> bool:
-  """True if the dotted config field ``name`` may change on resume (``HARMLESS_FIELDS``)."""
-  return any(name == field or name.startswith(field + ".") for field in HARMLESS_FIELDS)
-
-
-_ABSENT = object()
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-  """Nested dicts as ``{dotted name: leaf}`` (lists are leaves)."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-  return out
-
-
-def _shown(value) -> str:
-  text = "<absent>" if value is _ABSENT else repr(value)
-  return text if len(text) <= 60 else text[:57] + "..."
-
-
-def run_differences(stored: dict, now: dict) -> list[str]:
-  """``name: stored -> now`` for each field of two provenances that changes the run.
-
-  Compares the configs (fields in ``HARMLESS_FIELDS`` excepted; a field present on one
-  side only differs) and the data hashes. A side without a config or data hash (None:
-  unknown) is not compared.
-  """
-  out = []
-  if stored.get("config") is not None and now.get("config") is not None:
-    a, b = _flatten(stored["config"]), _flatten(now["config"])
-    for name in sorted(set(a) | set(b)):
-      old, new = a.get(name, _ABSENT), b.get(name, _ABSENT)
-      if old != new and not harmless(name):
-        out.append(f"{name}: {_shown(old)} -> {_shown(new)}")
-  if None not in (stored.get("data_hash"), now.get("data_hash")) and (
-      stored["data_hash"] != now["data_hash"]):
-    out.append(f"data_hash: {_shown(stored['data_hash'])} -> {_shown(now['data_hash'])}")
-  return out
-
-
-def _leaf_name(path) -> str:
-  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-                  for k in path)
-
-
-def _expected_shape(x) -> tuple:
-  """The stored shape of a leaf: a typed PRNG key is stored as its key data."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return tuple(jax.eval_shape(jax.random.key_data,
-                                jax.ShapeDtypeStruct(x.shape, x.dtype)).shape)
-  return tuple(x.shape)
-
-
-def shape_differences(stored_tree, abstract_state) -> list[str]:
-  """``leaf: stored shape vs expected shape`` for each leaf whose shape differs or that
-  exists on one side only (``stored_tree``: Orbax's array metadata of the state item)."""
-  stored = {_leaf_name(p): getattr(m, "shape", None)
-            for p, m in jax.tree_util.tree_leaves_with_path(stored_tree)}
-  expected = {_leaf_name(p): _expected_shape(x)
-              for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
-  out = []
-  for name in sorted(set(stored) | set(expected)):
-    if name not in stored:
-      out.append(f"{name}: not stored vs expected {expected[name]}")
-    elif name not in expected:
-      out.append(f"{name}: stored {tuple(stored[name])} vs not expected")
-    elif stored[name] is not None and tuple(stored[name]) != expected[name]:
-      out.append(f"{name}: stored {tuple(stored[name])} vs expected {expected[name]}")
-  return out
-
 
 def _one_line(error: Exception, limit: int = 200) -> str:
   text = " ".join(str(error).split())
@@ -363,8 +265,11 @@ class Checkpointer:
   def _check_run(self, step: int, stored: dict) -> None:
     differences = run_differences(stored, self._provenance)
     if differences:
+      older = stored.get("format", 1) < FORMAT_VERSION
+      what = (f"was written by an older rmjax (checkpoint format {stored.get('format', 1)}) "
+              "for another config" if older else "holds another run")
       raise _RunMismatch(
-          f"{self.directory}/{step} holds another run: {'; '.join(differences)} (stored -> "
+          f"{self.directory}/{step} {what}: {'; '.join(differences)} (stored -> "
           "now); resume with the stored values or start a new workdir")
 
   def _check_shapes(self, step: int, stored_tree, abstract_state) -> None:
