@@ -28,6 +28,7 @@ MetaRM's meta responses (prompt and response joined) are ``seq_len`` wide too.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -164,6 +165,23 @@ def rm_plan(config, mesh) -> Plan:
               [Program("train_step", jitted, (state, batch), batch)])
 
 
+def _policy_config(config, section, vocab_size: int):
+  """The actor's architecture: that of ``policy.init_from`` (a Hugging Face folder's
+  config.json or a GGUF file's metadata; no weight is read) with the section's run fields
+  (dtype, remat, ...), else the model section's. The reward model and critic keep the
+  model section's shapes."""
+  init_from = str((config.get("policy") or {}).get("init_from", "") or "")
+  if not init_from:
+    return rm_build.build_model_config(section, vocab_size, 0)
+  if not init_from.endswith(".gguf") and not (pathlib.Path(init_from) / "config.json").is_file():
+    raise ValueError(f"policy.init_from={init_from}: the dry run reads a policy's shapes from "
+                     "a Hugging Face folder or a GGUF file; for an rmjax ppo workdir leave "
+                     "policy.init_from empty and give its shapes in dry_run.model")
+  run = {k: section[k] for k in rm_build.RUN_FIELDS if k in section}
+  return rm_build.pretrained_config(ml_collections.ConfigDict({"init_from": init_from, **run}),
+                                    heads=0)
+
+
 def ppo_plan(config, mesh) -> Plan:
   """PPO's minibatch update and rollout forward of ``config`` (a ``ppo`` config)."""
   dr, c = config.dry_run, config.ppo
@@ -180,7 +198,7 @@ def ppo_plan(config, mesh) -> Plan:
   _check_rows("the PPO minibatch (dry_run.batch_size or episodes / ppo.minibatches)", rows, mesh)
   _check_rows("ppo.prompts x samples_per_prompt", episodes, mesh)
   section = _model_section(config)
-  actor_cfg = rm_build.build_model_config(section, dr.vocab_size, 0).replace(
+  actor_cfg = _policy_config(config, section, dr.vocab_size).replace(
       lm_head=True, **lora.config_fields(config.get("actor")))
   reward_cfg = rm_build.build_model_config(section, dr.vocab_size, 1)
   critic_cfg = reward_cfg.replace(value_head=True, **lora.config_fields(config.get("critic")))

@@ -293,3 +293,25 @@ def test_metarm_init_from_and_lora_through_the_child_process(tmp_path):
   assert groups["params"]["count"] == base + adapters + head
   assert groups["opt_state"]["count"] == 2 * (adapters + head) + 2  # mu, nu, counts
   assert set(result["programs"]) == {"train_step"}
+
+
+def test_a_ppo_policy_from_a_hugging_face_folder_gives_the_actor_its_shapes(tmp_path):
+  """``policy.init_from``: the actor (and the reference, its copy) are the folder's 3-layer,
+  96-token model, read from config.json alone; the critic keeps the model section's."""
+  config = ppo_config()
+  config.policy.init_from = str(_hf_folder(tmp_path / "hf", weights=False))
+  groups = launch.run(config, timeout_s=300)["groups"]
+  block = 16 * 16 + 2 * 8 * 16 + 16 * 16 + 3 * 16 * 32 + 2 * 16  # qkv, o, gate_up, down, norms
+  untied_lm_head = 96 * 16 if not rm_build.build_model_config(
+      rm_config().model, 96).tie_embeddings else 0
+  assert groups["actor"]["count"] == 96 * 16 + 3 * block + 16 + untied_lm_head
+  assert groups["reference"]["count"] == groups["actor"]["count"]
+  # the section's 1-layer model on 64 ids: final norm, reward head and value head
+  assert groups["critic"]["count"] == 64 * 16 + 1 * block + 16 + 16 + 16
+
+
+def test_a_ppo_policy_from_an_rmjax_workdir_is_refused_by_name(tmp_path, eight_devices):
+  config = ppo_config()
+  config.policy.init_from = str(tmp_path)
+  with pytest.raises(ValueError, match=rf"policy.init_from={tmp_path}: the dry run reads"):
+    programs.ppo_plan(config, _mesh(config, eight_devices))
