@@ -36,7 +36,7 @@ from rmjax.commands import eval_rm  # noqa: E402
 from rmjax.configs import eval_rm as eval_rm_config  # noqa: E402
 from rmjax.data import readers, tfds_builder, tokenize  # noqa: E402
 from rmjax.models import gguf_io  # noqa: E402
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import feature_cache
 from rmjax.rm import feature_trainer as feature_train
 from rmjax.rm.build import build_model
@@ -213,7 +213,7 @@ def run(config) -> dict:
   mesh = single_device_mesh()
   tokenizer = tokenize.load_tokenizer(config.data.files.tokenizer)
   sets, notes = load_sets(config, tokenizer)
-  data_hash = rm_data.arrays_hash(sets["train"], sets[HELD_OUT])
+  data_hash = rm_batches.arrays_hash(sets["train"], sets[HELD_OUT])
   model = build_model(config.model, len(tokenizer), 0, mesh)
   t0 = time.perf_counter()
   entries = feature_cache.build(model, sets, tuple(config.ns), config.cache.dir,

@@ -37,8 +37,7 @@ from experiments import cli, report, stats  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.objectives import bon
 from rmjax.objectives import ensemble as objectives
-from rmjax.rl import best_of_n as bon_sampling
-from rmjax.rl import rewards
+from rmjax.rl import best_of_n, rewards
 from rmjax.rm import load as load_rm
 from rmjax.rm import trainer as rm_trainer
 from rmjax.tasks import preference as synthetic
@@ -133,7 +132,7 @@ def run_seed(c, task, prompts, prompt_mask, ns, seed: int) -> tuple[dict, dict]:
     return out | {str(noise): scorer(tokens, mask) for noise, scorer in scorers.items()}
 
   start = time.time()
-  scores = bon_sampling.best_of_n_scores(
+  scores = best_of_n.best_of_n_scores(
       jax.random.key(seed), task.policy, task.sampling, prompts, prompt_mask,
       c.bon.num_samples, score, chunk_size=c.bon.chunk_size)
   print(f"seed {seed}: {prompts.shape[0]} x {c.bon.num_samples} responses sampled and "

@@ -46,7 +46,7 @@ from rmjax.commands import score_pairs  # noqa: E402
 from rmjax.configs import score_pairs as score_pairs_config  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.data import schema
-from rmjax.rl import best_of_n as bon_sampling
+from rmjax.rl import best_of_n
 from rmjax.rm import load as load_rm
 from rmjax.rm import strength
 from rmjax.rm import trainer as rm_trainer
@@ -133,9 +133,9 @@ def ranked_samples(c, task, proxy, key, prompts: int):
     gold = task.gold_reward(seq, mask, prompt_len)["total"]
     return {"tokens": seq, "mask": mask, "gold": gold, "proxy": proxy(seq, mask)[:, 0]}
 
-  out = bon_sampling.best_of_n_scores(jax.random.fold_in(key, 1), task.policy, task.sampling,
-                                      tokens, prompt_mask, c.metarm.num_samples, score,
-                                      chunk_size=c.metarm.chunk_size)
+  out = best_of_n.best_of_n_scores(jax.random.fold_in(key, 1), task.policy, task.sampling,
+                                   tokens, prompt_mask, c.metarm.num_samples, score,
+                                   chunk_size=c.metarm.chunk_size)
   order = np.argsort(-out["proxy"], axis=1, kind="stable")
   take = lambda x: np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)
   return {k: take(v) for k, v in out.items()}

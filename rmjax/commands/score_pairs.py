@@ -21,7 +21,7 @@ from rmjax.commands.score import score_in_batches
 from rmjax.data import schema
 from rmjax.objectives import preference_strength as ps
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import strength
 from rmjax.rm.load import load_ensemble
 
@@ -49,8 +49,8 @@ def run(config) -> dict:
                      "needs an ensemble (train-rm --config.ensemble.k=M)")
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
-  data = rm_data.load(run_config.data, batch_size, run_config.seed)
-  arrays = rm_data.train_pairs(run_config.data)
+  data = rm_batches.load(run_config.data, batch_size, run_config.seed)
+  arrays = rm_batches.train_pairs(run_config.data)
   deltas = member_deltas(scorer, arrays, batch_size, mesh)
   scored = strength.Strength.from_deltas(deltas, scorer.layout.folds, run_config.seed,
                                          data.data_hash, config.in_sample)

@@ -26,8 +26,7 @@ from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import ArraySource
 from rmjax.models.transformer import Transformer, attention_mask, default_positions
-from rmjax.rm import contrastive_terms as contrastive_aux
-from rmjax.rm import feature_cache
+from rmjax.rm import contrastive_terms, feature_cache
 from rmjax.rm.evaluate import evaluate
 from rmjax.rm.step import make_eval_step, make_train_step
 from rmjax.runtime import loop
@@ -109,7 +108,8 @@ def train_top(model: Transformer, start: int, train: dict, evaluation: dict, con
   """
   tc = config.train
   unsupported = [name for name, on in (
-      ("loss.contrastive", contrastive_aux.resolve(config.loss.get("contrastive")).kind != "none"),
+      ("loss.contrastive",
+       contrastive_terms.resolve(config.loss.get("contrastive")).kind != "none"),
       ("metarm", config.get("metarm", {}).get("enabled", False)),
       ("data.strength", bool(config.get("data", {}).get("strength", {}).get("path"))))
       if on]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from rmjax import parallel
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import build as rm_build
 from rmjax.rm import metarm
 from rmjax.rm.evaluate import evaluate
@@ -27,7 +27,7 @@ def train(config) -> dict:
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
   rm_build.check_mesh(spec, mesh)
   tc, layout = config.train, spec.layout
-  data = rm_data.load(config.data, spec.batch_size, spec.seed, layout, spec.shared_prompt)
+  data = rm_batches.load(config.data, spec.batch_size, spec.seed, layout, spec.shared_prompt)
   if spec.metarm is not None:  # each batch also carries meta responses
     data = metarm.attach(data, config, layout, parallel.sharding.data_parallel_size(mesh))
   program = rm_build.build(config, data.vocab_size, mesh)

@@ -8,7 +8,7 @@ from flax import nnx
 from rmjax.data import pipeline, schema, shared_prompt
 from rmjax.models import config as C
 from rmjax.models.transformer import Transformer
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import step as rm_step
 from rmjax.tasks import preference as synthetic
 
@@ -95,5 +95,5 @@ def test_trainer_source_packs_each_batch_to_its_bucket():
     def batch(self, step):
       return batch
 
-  assert rm_data.Packed(Source(), 448, bucket=True).batch(0)["packed_tokens"].shape == (2, 128)
-  assert rm_data.Packed(Source(), 448).batch(0)["packed_tokens"].shape == (2, 448)
+  assert rm_batches.Packed(Source(), 448, bucket=True).batch(0)["packed_tokens"].shape == (2, 128)
+  assert rm_batches.Packed(Source(), 448).batch(0)["packed_tokens"].shape == (2, 448)

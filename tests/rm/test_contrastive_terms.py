@@ -18,7 +18,7 @@ from rmjax.models import config as C
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import contrastive
 from rmjax.rm import build as rm_build
-from rmjax.rm import contrastive_terms as contrastive_aux
+from rmjax.rm import contrastive_terms
 from rmjax.rm import step as rm_step
 from rmjax.rm import trainer as rm_trainer
 from rmjax.rm.load import load_ensemble, load_trained_rm
@@ -62,9 +62,9 @@ def model(**fields):
 def test_simcse_without_dropout_is_info_nce_of_identical_views(view):
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
-  aux = contrastive_aux.make_aux_loss(section(kind="simcse", view=view, beta=2.0))
+  aux = contrastive_terms.make_aux_loss(section(kind="simcse", view=view, beta=2.0))
   loss, metrics = aux(m, {}, batch, jax.random.key(1), h_c, h_r)
-  items = contrastive_aux.VIEWS[view](h_c, h_r)
+  items = contrastive_terms.VIEWS[view](h_c, h_r)
   expected = contrastive.info_nce(items, items, 0.05)
   np.testing.assert_allclose(metrics["contrastive_loss"], expected, rtol=1e-5)
   np.testing.assert_allclose(loss, 2.0 * expected, rtol=1e-5)
@@ -73,7 +73,7 @@ def test_simcse_without_dropout_is_info_nce_of_identical_views(view):
 def test_simcse_second_view_uses_dropout():
   m, batch = model(dropout_rate=0.3), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch, jax.random.key(0))
-  aux = contrastive_aux.make_aux_loss(section(kind="simcse"))
+  aux = contrastive_terms.make_aux_loss(section(kind="simcse"))
   loss, _ = aux(m, {}, batch, jax.random.key(1), h_c, h_r)
   items = contrastive.difference_views(h_c, h_r)
   assert np.isfinite(loss)
@@ -85,12 +85,12 @@ def test_swav_scores_are_cosines_with_the_prototypes():
   items, protos = rng.normal(size=(6, 8)), rng.normal(size=(8, 5))
   expected = ((items / np.linalg.norm(items, axis=1, keepdims=True))
               @ (protos / np.linalg.norm(protos, axis=0, keepdims=True)))
-  np.testing.assert_allclose(contrastive_aux.prototype_scores(items, protos), expected,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(contrastive_terms.prototype_scores(items, protos), expected,
+                               rtol=1e-5, atol=1e-6)
 
 
 def prototypes(k=5, seeds=(0,), stacked=False):
-  return contrastive_aux.init_prototypes(list(seeds), 32, k, jnp.float32, stacked)
+  return contrastive_terms.init_prototypes(list(seeds), 32, k, jnp.float32, stacked)
 
 
 def test_prototypes_are_the_losss_own_parameters():
@@ -107,7 +107,7 @@ def test_prototypes_are_the_losss_own_parameters():
 def test_swav_hook_without_dropout_matches_numpy_scores():
   m, batch, params = model(), plain_batch(), {"prototypes": prototypes()}
   h_c, h_r = rm_step.pair_hidden(m, batch)
-  aux = contrastive_aux.make_aux_loss(section(kind="swav", prototypes=5))
+  aux = contrastive_terms.make_aux_loss(section(kind="swav", prototypes=5))
   loss, metrics = aux(m, params, batch, jax.random.key(1), h_c, h_r)
   items = np.asarray(contrastive.difference_views(h_c, h_r), np.float64)
   protos = np.asarray(params["prototypes"][...], np.float64)
@@ -122,8 +122,8 @@ def test_swav_without_prototypes_says_so():
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
   with pytest.raises(ValueError, match="needs its prototypes among the params"):
-    contrastive_aux.make_aux_loss(section(kind="swav"))(m, {}, batch, jax.random.key(0), h_c,
-                                                        h_r)
+    contrastive_terms.make_aux_loss(section(kind="swav"))(m, {}, batch, jax.random.key(0), h_c,
+                                                          h_r)
 
 
 def test_loss_fn_adds_the_weighted_term_and_its_gradient_reaches_the_prototypes():
@@ -131,7 +131,7 @@ def test_loss_fn_adds_the_weighted_term_and_its_gradient_reaches_the_prototypes(
   graphdef, state = nnx.split(m)
   params = {rm_step.MODEL: state, "prototypes": prototypes()}
   loss_cfg, key = train_rm.get_config().loss, jax.random.key(2)
-  aux = contrastive_aux.make_aux_loss(section(kind="swav", prototypes=5))
+  aux = contrastive_terms.make_aux_loss(section(kind="swav", prototypes=5))
   bt_only, _ = rm_step.make_loss_fn(graphdef, loss_cfg)(params, batch, key)
   grad_fn = jax.jit(jax.value_and_grad(rm_step.make_loss_fn(graphdef, loss_cfg, aux),
                                        has_aux=True))
@@ -157,8 +157,8 @@ def test_goal_positions_lie_inside_the_chosen_response_before_its_end():
   seen = set()
   for seed in range(40):
     key = jax.random.key(seed)
-    index = np.asarray(contrastive_aux.goal_source_index(batch, key))
-    packed_index = np.asarray(contrastive_aux.goal_source_index(packed, key))
+    index = np.asarray(contrastive_terms.goal_source_index(batch, key))
+    packed_index = np.asarray(contrastive_terms.goal_source_index(packed, key))
     for i in range(4):
       assert inside[i, index[i]], (i, index[i])
       assert packed["packed_segments"][i, packed_index[i]] == shared_prompt.CHOSEN
@@ -177,7 +177,7 @@ def test_goal_positions_with_left_padding():
     batch[key] = np.stack([np.roll(row, s) for row, s in zip(batch[key], shift)])
   inside, _ = _chosen_response(plain_batch())
   for seed in range(10):
-    index = np.asarray(contrastive_aux.goal_source_index(batch, jax.random.key(seed)))
+    index = np.asarray(contrastive_terms.goal_source_index(batch, jax.random.key(seed)))
     assert all(inside[i, index[i] - shift[i]] for i in range(4))
 
 
@@ -185,7 +185,7 @@ def test_goal_positions_with_left_padding():
 def test_extra_read_is_the_full_forward_state_and_leaves_the_others(packed):
   m = model()
   batch = shared_prompt.pack(plain_batch(), 20) if packed else plain_batch()
-  index = contrastive_aux.goal_source_index(batch, jax.random.key(3))
+  index = contrastive_terms.goal_source_index(batch, jax.random.key(3))
   h_c, h_r, h_x = rm_step.pair_hidden(m, batch, chosen_extra=index)
   base_c, base_r = rm_step.pair_hidden(m, batch)
   np.testing.assert_allclose(h_c, base_c, rtol=1e-5, atol=1e-6)
@@ -204,9 +204,9 @@ def test_goal_hook_is_the_goal_conditioned_loss_at_the_drawn_state():
   m, batch = model(), plain_batch()
   h_c, h_r = rm_step.pair_hidden(m, batch)
   key = jax.random.key(5)
-  loss, metrics = contrastive_aux.make_aux_loss(section(kind="goal"))(m, {}, batch, key, h_c,
-                                                                      h_r)
-  index = contrastive_aux.goal_source_index(batch, jax.random.split(key)[0])
+  loss, metrics = contrastive_terms.make_aux_loss(section(kind="goal"))(m, {}, batch, key, h_c,
+                                                                        h_r)
+  index = contrastive_terms.goal_source_index(batch, jax.random.split(key)[0])
   full, _ = m(batch[schema.CHOSEN_TOKENS], batch[schema.CHOSEN_MASK])
   h_s = full[np.arange(4), index]
   expected = contrastive.goal_conditioned_loss(h_s, h_c, h_s, h_r)
@@ -218,20 +218,20 @@ def test_goal_hook_is_the_goal_conditioned_loss_at_the_drawn_state():
 
 
 def test_defaults_and_model_fields():
-  assert contrastive_aux.make_aux_loss(section()) is None
-  assert contrastive_aux.make_aux_loss(None) is None
-  assert contrastive_aux.model_fields(None) == {}  # a run config without the section
-  simcse = contrastive_aux.resolve(section(kind="simcse"))
+  assert contrastive_terms.make_aux_loss(section()) is None
+  assert contrastive_terms.make_aux_loss(None) is None
+  assert contrastive_terms.model_fields(None) == {}  # a run config without the section
+  simcse = contrastive_terms.resolve(section(kind="simcse"))
   assert (simcse.beta, simcse.temperature) == (1.0, 0.05)
-  swav = contrastive_aux.resolve(section(kind="swav", view="pair"))
+  swav = contrastive_terms.resolve(section(kind="swav", view="pair"))
   assert (swav.beta, swav.temperature, swav.prototypes) == (0.1, 0.1, 50)
-  assert contrastive_aux.resolve(section(kind="goal")).beta == 0.5
-  assert contrastive_aux.resolve(section(kind="swav", beta=0.0)).beta == 0.0
-  assert contrastive_aux.model_fields(section(kind="swav")) == {"dropout_rate": 0.05}
-  assert contrastive_aux.prototype_count(contrastive_aux.resolve(section(kind="swav"))) == 20
-  assert contrastive_aux.prototype_count(simcse) == 0
-  assert contrastive_aux.model_fields(section(kind="simcse")) == {"dropout_rate": 0.05}
-  assert contrastive_aux.model_fields(section(kind="goal")) == {}
+  assert contrastive_terms.resolve(section(kind="goal")).beta == 0.5
+  assert contrastive_terms.resolve(section(kind="swav", beta=0.0)).beta == 0.0
+  assert contrastive_terms.model_fields(section(kind="swav")) == {"dropout_rate": 0.05}
+  assert contrastive_terms.prototype_count(contrastive_terms.resolve(section(kind="swav"))) == 20
+  assert contrastive_terms.prototype_count(simcse) == 0
+  assert contrastive_terms.model_fields(section(kind="simcse")) == {"dropout_rate": 0.05}
+  assert contrastive_terms.model_fields(section(kind="goal")) == {}
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -246,12 +246,12 @@ def test_defaults_and_model_fields():
 ])
 def test_bad_options_name_the_field(fields, message):
   with pytest.raises(ValueError, match=f"loss.contrastive: .*{message}"):
-    contrastive_aux.make_aux_loss(section(**fields))
+    contrastive_terms.make_aux_loss(section(**fields))
 
 
 def test_unknown_field_is_named():
   with pytest.raises(ValueError, match="unknown fields \\['tau'\\]"):
-    contrastive_aux.resolve({"kind": "simcse", "tau": 0.1})
+    contrastive_terms.resolve({"kind": "simcse", "tau": 0.1})
 
 
 

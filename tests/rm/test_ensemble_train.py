@@ -15,7 +15,7 @@ from rmjax.commands import score
 from rmjax.configs import score as score_config
 from rmjax.configs import train_rm
 from rmjax.data import schema
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import build as rm_build
 from rmjax.rm import members as ensemble
 from rmjax.rm import trainer as rm_trainer
@@ -105,13 +105,13 @@ def test_members_start_different_and_read_their_own_data_order():
   single = rm_build.build_model(config.model, 64, 0, mesh)
   np.testing.assert_array_equal(heads[0], single.reward_head[...])
   np.testing.assert_array_equal(params["embed"][...][0], single.embed[...])
-  data = rm_data.load(config.data, 16, 0, layout)
+  data = rm_batches.load(config.data, 16, 0, layout)
   batch = data.train.batch(0)
   assert batch[schema.CHOSEN_TOKENS].shape[:2] == (K, 16)
   rows = [tuple(map(tuple, batch[schema.CHOSEN_TOKENS][m])) for m in range(K)]
   assert len(set(rows)) == K
   np.testing.assert_array_equal(batch[schema.CHOSEN_TOKENS][0],
-                                rm_data.load(config.data, 16, 0).train.batch(0)[
+                                rm_batches.load(config.data, 16, 0).train.batch(0)[
                                     schema.CHOSEN_TOKENS])
   again = data.train.batch(0)  # a pure function of the step: resumable
   np.testing.assert_array_equal(again[schema.CHOSEN_TOKENS], batch[schema.CHOSEN_TOKENS])
@@ -125,7 +125,7 @@ def _run_steps(mesh, layout, config, steps=2):
            "step": jnp.zeros((), jnp.int32)}
   shardings = parallel.tree_shardings(state, mesh)
   state = jax.device_put(state, shardings)
-  data = rm_data.load(config.data, 16, 0, layout)
+  data = rm_batches.load(config.data, 16, 0, layout)
   ndims = {k: v.ndim for k, v in data.train.batch(0).items()}
   step_fn = parallel.compile_step(make_train_step(graphdef, tx, config.loss, layout), mesh,
                                   shardings, ndims, members=True)
@@ -186,7 +186,7 @@ def test_load_and_score_an_ensemble(ensemble_run, tmp_path):
   assert scorer.k == K and scorer.layout.stacked and run_config.ensemble.k == K
   with pytest.raises(ValueError, match="load_ensemble"):
     load_trained_rm(workdir)
-  data = rm_data.load(small_config(workdir).data, 16, 0)
+  data = rm_batches.load(small_config(workdir).data, 16, 0)
   tokens, mask = data.eval[schema.CHOSEN_TOKENS][:8], data.eval[schema.CHOSEN_MASK][:8]
   rewards = np.asarray(scorer(tokens, mask))
   assert rewards.shape == (8, K)
@@ -212,7 +212,7 @@ def test_shared_backbone_heads_get_bootstrap_weights(tmp_path):
   config = small_config(tmp_path, k=K, steps=2)
   config.ensemble.shared_backbone = True
   layout = ensemble.Layout(k=K, shared_backbone=True)
-  data = rm_data.load(config.data, 16, 0, layout)
+  data = rm_batches.load(config.data, 16, 0, layout)
   weights = data.train.batch(1)[HEAD_WEIGHT]
   assert weights.shape == (16, K) and not np.all(weights == weights[:, :1])
   np.testing.assert_array_equal(data.train.batch(1)[HEAD_WEIGHT], weights)

@@ -15,7 +15,7 @@ from rmjax.models.config import tiny_llama
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import bt
 from rmjax.objectives import preference_strength as ps
-from rmjax.rm import batches as rm_data
+from rmjax.rm import batches as rm_batches
 from rmjax.rm import strength
 from rmjax.rm import trainer as rm_trainer
 from rmjax.rm.load import single_device_mesh
@@ -185,7 +185,7 @@ def small_config(workdir, **ensemble):
 @pytest.mark.slow
 def test_score_pairs_then_train_with_the_strength_options(tmp_path):
   ensemble_config = small_config(tmp_path / "ensemble", k=2, folds=2)
-  data = rm_data.load(ensemble_config.data, 16, 0, Layout(k=2, folds=2))
+  data = rm_batches.load(ensemble_config.data, 16, 0, Layout(k=2, folds=2))
   held_out = strength.pair_folds(96, 2, 0)
   for member, source in enumerate(data.train.sources):
     seen = np.concatenate([source.batch(s)[strength.INDEX] for s in range(12)])
@@ -198,7 +198,7 @@ def test_score_pairs_then_train_with_the_strength_options(tmp_path):
   scored = strength.load(result["output"])
   # The reported AUROC is that of −μ in the written file against the split's known swaps
   # (the sign matters: +μ would give 1 − AUROC).
-  flipped = rm_data.train_pairs(ensemble_config.data)[schema.FLIPPED]
+  flipped = rm_batches.train_pairs(ensemble_config.data)[schema.FLIPPED]
   assert flipped.sum() == 24
   assert result["auroc"] == pytest.approx(ps.auroc(-scored.mu, flipped), abs=1e-9)
   # Out of fold: pair i's strength is the Δ of the one member that held its fold out.
@@ -206,7 +206,7 @@ def test_score_pairs_then_train_with_the_strength_options(tmp_path):
   train_config = small_config(tmp_path / "flip")
   train_config.data.strength.update(path=result["output"], flip_fraction=0.25,
                                     adaptive_margin=True, smoothing=0.1)
-  batch = rm_data.load(train_config.data, 16, 0).train.batch(0)
+  batch = rm_batches.load(train_config.data, 16, 0).train.batch(0)
   assert {ADAPTIVE_MARGIN, LABEL_SMOOTHING} <= set(batch)
   metrics = rm_trainer.train(train_config)["eval"]
   assert np.isfinite(metrics["accuracy"])
