@@ -106,7 +106,7 @@ def test_trained_model(runs, tmp_path):
   assert record["folders"] == ["."] and record["step"] == STEPS
   written = json.loads((tmp_path / "out" / "rmjax_export.json").read_text())
   assert written["source"] == str(runs["trained"]) and written["kind"] == "reward"
-  assert written["git_commit"] == export_hf.read_provenance(runs["trained"])[1]["git_commit"]
+  assert written["git_commit"] == load_rm.read_provenance(runs["trained"])[1]["git_commit"]
   theirs, model = _hf(tmp_path / "out", transformers.AutoModelForSequenceClassification,
                       *_batch())
   assert type(model).__name__ == "LlamaForSequenceClassification"

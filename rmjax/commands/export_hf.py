@@ -25,7 +25,6 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from rmjax.data.tokenize import load_tokenizer
@@ -41,13 +40,6 @@ PAD = 0  # the id rmjax's pipelines pad with (synthetic.PAD too)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
                    "tokenizer.model", "chat_template.jinja", "chat_template.json")
-
-
-def read_provenance(workdir, step: int | None = None) -> tuple[int, dict]:
-  """(step, provenance dict) of a run's checkpoint step (the latest if None)."""
-  with load_rm.opened_step(workdir, step) as (manager, step):
-    args = ocp.args.Composite(provenance=ocp.args.JsonRestore())
-    return step, manager.restore(step, args=args).provenance or {}
 
 
 def _member(scorer, m: int) -> Transformer:
@@ -146,7 +138,8 @@ def run(config) -> dict:
   out = pathlib.Path(config.out).absolute()
   if out.exists() and not config.overwrite:
     raise FileExistsError(f"out={out} exists; remove it or set --config.overwrite=True")
-  step, provenance = read_provenance(config.workdir, None if config.step < 0 else config.step)
+  step, provenance = load_rm.read_provenance(config.workdir,
+                                             None if config.step < 0 else config.step)
   run_config = provenance.get("config") or {}
   is_ppo = "ppo" in run_config
   kind = config.kind if config.kind != "auto" else "policy" if is_ppo else "reward"

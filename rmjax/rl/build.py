@@ -146,10 +146,8 @@ def _synthetic_config(run_config, where: str) -> synthetic.SyntheticConfig:
 
 
 def _read_provenance(workdir) -> ml_collections.ConfigDict:
-  with load_rm.opened_step(workdir) as (manager, step):
-    run = manager.restore(step, args=ocp.args.Composite(
-        provenance=ocp.args.JsonRestore())).provenance.get("config")
-  return ml_collections.ConfigDict(run or {})
+  """The run config stored with a run's latest checkpoint."""
+  return ml_collections.ConfigDict(load_rm.read_provenance(workdir)[1].get("config") or {})
 
 
 def ppo_actor(workdir, step: int | None = None) -> Transformer:

@@ -131,6 +131,18 @@ def opened_step(workdir, step: int | None = None):
     manager.close()
 
 
+def stored_provenance(manager, step: int) -> dict:
+  """The provenance item (run config, versions, git commit, data hash) of an opened step."""
+  return manager.restore(step, args=ocp.args.Composite(
+      provenance=ocp.args.JsonRestore())).provenance or {}
+
+
+def read_provenance(workdir, step: int | None = None) -> tuple[int, dict]:
+  """(step, provenance dict) of a run's checkpoint step (the latest if None)."""
+  with opened_step(workdir, step) as (manager, step):
+    return step, stored_provenance(manager, step)
+
+
 def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = None
                   ) -> tuple[ensemble.RewardEnsemble, ml_collections.ConfigDict]:
   """(scorer, run config) of a run's checkpoint, as ``load_trained_rm`` reads it.
@@ -141,8 +153,7 @@ def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = N
   """
   directory = checkpoint_dir(workdir)
   with opened_step(workdir, step) as (manager, step):
-    run = manager.restore(step, args=ocp.args.Composite(
-        provenance=ocp.args.JsonRestore())).provenance.get("config")
+    run = stored_provenance(manager, step).get("config")
     if not run or "model" not in run:
       raise ValueError(f"{directory}/{step}: the provenance holds no run config with a "
                        "'model' section; not a reward-model run?")
