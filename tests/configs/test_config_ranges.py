@@ -6,17 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from test_config_fields import ROOT, _config
 
 from rmjax import cli
 from rmjax.configs import describe, ranges
 from rmjax.configs import train_rm as train_rm_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _config(command):
-  module = __import__(f"rmjax.configs.{command.replace('-', '_')}", fromlist=["get_config"])
-  return module.get_config()
 
 
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
