@@ -293,26 +293,6 @@ def make_optimizer_for(cfg, updates: int, params):
   return make_optimizer(cfg, updates, lora.trainable_mask(params))
 
 
-class _EveryN:
-  """A ``Progress`` that prints every ``n``-th step and the last (the loop logs every
-  iteration to the metrics file; the progress line keeps ``train.log_every``)."""
-
-  def __init__(self, progress: Progress, n: int, total: int):
-    self.progress, self.n, self.total = progress, max(1, n), total
-
-  @property
-  def start(self):
-    return self.progress.start
-
-  @start.setter
-  def start(self, value):
-    self.progress.start = value
-
-  def update(self, step: int, metrics: dict) -> None:
-    if step % self.n == 0 or step == self.total:
-      self.progress.update(step, metrics)
-
-
 def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
   """(trainer, mesh) of ``config``: the reward sources of ``reward.workdirs`` (or
   ``scorers``), the rollout task of its ``policy``/``prompts`` sections (or ``task``), every
@@ -362,7 +342,7 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   result = loop.run(
       state=state, step_fn=trainer.step, batches=lambda iteration: iteration,
       steps=c.iterations, checkpointer=checkpointer, writer=MetricsWriter(tc.workdir),
-      progress=_EveryN(Progress(0, c.iterations), tc.log_every, c.iterations), log_every=1,
+      progress=Progress(0, c.iterations), log_every=1, progress_every=tc.log_every,
       restore_target=abstract_like(state, trainer.shardings),
       finite_keys=("policy_loss", "value_loss"),
       progress_keys=("score", "gold", "kl"), extra=lambda done: {"iteration": done},

@@ -77,13 +77,15 @@ def run(*, state, step_fn: Callable, batches: Callable[[int], Any], steps: int,
         evaluate: Callable[[Any], dict] | None = None, restore_target=None,
         finite_keys: Sequence[str] = ("loss",), progress_keys: Sequence[str] = ("loss",),
         extra: Callable[[int], dict] | None = None, unit: str = "step",
-        on_resume: Callable[[int], None] | None = None) -> Result:
+        on_resume: Callable[[int], None] | None = None,
+        progress_every: int | None = None) -> Result:
   """Run ``state, metrics = step_fn(state, batches(i))`` for i in [start, steps).
 
   ``checkpointer``: a ``runtime.checkpoint.Checkpointer`` (``restore_target``: the
   abstract state to restore onto; None: never resume). ``writer``: a ``MetricsWriter``;
   ``progress``: a ``Progress`` (its ``start`` is set on resume). ``extra(done)``: the JSON
-  saved with each checkpoint. ``eval_every=0`` evaluates only at the end. Returns the
+  saved with each checkpoint. ``eval_every=0`` evaluates only at the end. The progress
+  line shows the last logged window every ``progress_every`` steps (default ``log_every``). Returns the
   final state and metrics; raises ``NonFiniteError`` or ``Preempted``.
 
   With a ``restore_target``, the rows ``writer`` holds for steps after the resume point
@@ -116,6 +118,7 @@ def run(*, state, step_fn: Callable, batches: Callable[[int], Any], steps: int,
           means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           window = []
           writer.write(done, "train", means)
+        if done % (progress_every or log_every) == 0 or last:
           progress.update(done, {k: means[k] for k in progress_keys if k in means})
         if evaluate is not None and ((eval_every and done % eval_every == 0) or last):
           eval_metrics = evaluate(state)

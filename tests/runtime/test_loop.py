@@ -133,3 +133,16 @@ def test_a_refused_resume_releases_the_workdir(tmp_path):
              restore_target=abstract_like(state, jax.tree.map(lambda x: x.sharding, state)))
   assert not (tmp_path / "rmjax.lock").exists()
   assert [r["step"] for r in _rows(tmp_path)] == [1, 2]  # nothing dropped either
+
+
+def test_progress_every_prints_its_own_steps_while_every_step_is_logged(tmp_path):
+  """PPO logs every iteration but shows progress every ``train.log_every``."""
+  state, shardings = _state()
+  stream = io.StringIO()
+  loop.run(state=state, step_fn=_make_step(), batches=_batch, steps=STEPS,
+           checkpointer=Checkpointer(os.path.join(tmp_path, "checkpoints"), keep=None),
+           writer=MetricsWriter(str(tmp_path)), progress=Progress(0, STEPS, stream=stream),
+           log_every=1, progress_every=4)
+  shown = [int(line.split()[1].split("/")[0]) for line in stream.getvalue().splitlines()]
+  assert shown == [4, 8, STEPS]
+  assert [row["step"] for row in _rows(tmp_path)] == list(range(1, STEPS + 1))
