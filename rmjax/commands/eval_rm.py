@@ -86,7 +86,7 @@ def synthetic_eval_pairs(run_config) -> dict:
                      "as sets=name=path")
   fields = data.synthetic.to_dict() if hasattr(data.synthetic, "to_dict") else dict(
       data.synthetic)
-  return synthetic.make_split(synthetic.SyntheticConfig(**fields), "eval")
+  return synthetic.make_split(synthetic.from_fields(fields), "eval")
 
 
 def _member_columns(row: dict) -> list[str]:

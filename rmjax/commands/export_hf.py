@@ -72,7 +72,7 @@ def base_policy(run_config, where) -> Transformer:
   if data["source"] != "synthetic":
     raise ValueError(f"{where} was trained on data.source={data['source']!r}: only a run on the "
                      "synthetic task has a policy to export (or export a ppo run's actor)")
-  return synthetic.build_task(synthetic.SyntheticConfig(**data["synthetic"])).policy
+  return synthetic.build_task(synthetic.from_fields(data["synthetic"])).policy
 
 
 def tokenizer_spec(run_config) -> str:

@@ -103,6 +103,7 @@ RANGES: dict[str, Range] = {
     "data.synthetic.num_eval_pairs": AT_LEAST_1,
     "data.synthetic.label_noise": Range(0, 0.5),  # 0.5: labels are coin flips
     "data.synthetic.seed": SEED,
+    "data.synthetic.version": Range(1, 2),
     "data.files.seq_len": AT_LEAST_1,
     "data.files.max_response_len": AT_LEAST_1,
     "data.strength.flip_fraction": FRACTION,

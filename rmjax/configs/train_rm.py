@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
       source="synthetic",  # or "files"
       synthetic=ml_collections.ConfigDict(dict(
           num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0,
-          label_by="total")),  # or gold terms joined by "+", e.g. "harmless"
+          label_by="total",  # or gold terms joined by "+", e.g. "harmless"
+          version=2)),  # 1: the task before issue #15 (gold turns in the length tail)
       # Preference files (any format rmjax.data.readers knows), split by source line
       # [start, stop); tokenizer: a .gguf file, a tokenizer folder or "gpt2-bpe".
       files=ml_collections.ConfigDict(dict(
@@ -106,6 +107,8 @@ FIELDS = {
     "data.synthetic.num_eval_pairs": "held-out pairs of the synthetic task",
     "data.synthetic.label_noise": "fraction of training pairs whose label is swapped",
     "data.synthetic.seed": "seed of the synthetic task (base policy, gold reward, pairs)",
+    "data.synthetic.version": "synthetic task version: 2 (gold turns inside the base "
+                              "distribution, two features) or 1 (the turn in the length tail)",
     "data.synthetic.label_by": "gold terms that label pairs: \"total\" or terms joined by "
                                "\"+\" (helpful, harmless, length)",
     "data.files.paths": "preference files (any format rmjax.data.readers reads), in order",

@@ -142,7 +142,7 @@ def _synthetic_config(run_config, where: str) -> synthetic.SyntheticConfig:
     raise ValueError(f"policy.init_from is empty, so the policy is the synthetic task's, but "
                      f"the reward model {where} was trained on data.source="
                      f"{data.get('source')!r}: set policy.init_from and prompts.path")
-  return synthetic.SyntheticConfig(**dict(data["synthetic"]))
+  return synthetic.from_fields(data["synthetic"])
 
 
 def _read_provenance(workdir) -> ml_collections.ConfigDict:

@@ -103,7 +103,7 @@ def _synthetic(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   unknown = set(cfg.synthetic.keys()) - fields
   if unknown:
     raise ValueError(f"data.synthetic has unknown fields {sorted(unknown)}")
-  scfg = synthetic.SyntheticConfig(**cfg.synthetic.to_dict())
+  scfg = synthetic.from_fields(cfg.synthetic.to_dict())
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
   train = {k: train[k] for k in TRAIN_KEYS}
@@ -207,7 +207,7 @@ def train_pairs(cfg, batch_size: int = 256) -> dict[str, np.ndarray]:
   """Every training pair of ``cfg`` in split order (what ``rmjax score-pairs`` scores):
   the TRAIN_KEYS arrays, plus gold rewards and flip flags where the data has them."""
   if cfg.source == "synthetic":
-    scfg = synthetic.SyntheticConfig(**cfg.synthetic.to_dict())
+    scfg = synthetic.from_fields(cfg.synthetic.to_dict())
     return synthetic.make_split(scfg, "train")
   f = cfg.files
   tokenizer = tokenize.load_tokenizer(f.tokenizer)

@@ -251,7 +251,7 @@ def build_meta_set(config, vocab_size: int) -> MetaSet:
   mcfg = config.metarm
   if mcfg.responses:
     return load_meta_set(mcfg.responses, mcfg.k, vocab_size)
-  scfg = synthetic.SyntheticConfig(**config.data.synthetic.to_dict())
+  scfg = synthetic.from_fields(config.data.synthetic.to_dict())
   return synthetic_meta_set(mcfg, scfg, config.seed)
 
 

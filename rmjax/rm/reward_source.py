@@ -73,7 +73,7 @@ def task_id(run_config) -> str:
   data = run_config.get("data") or {}
   if data.get("source") != "synthetic":
     return str(data.get("source", ""))
-  cfg = synthetic.SyntheticConfig(**dict(data.get("synthetic") or {}))
+  cfg = synthetic.from_fields(data.get("synthetic"))
   world = dataclasses.replace(cfg, num_train_pairs=0, num_eval_pairs=0, label_noise=0.0,
                               bt_scale=1.0, label_by="total")
   return "synthetic:" + json.dumps(dataclasses.asdict(world), sort_keys=True)

@@ -16,19 +16,30 @@ so far) from one uniformly attending head) let its LM head bar pad/BOS and raise
 probability from eos_prob_first at the first response token to eos_prob_last at the
 last: lengths are unimodal and mostly well below ``max_response_len``.
 
-Gold reward of prompt x and response y with n real tokens (EOS included):
+Gold reward of prompt x and response y with n real tokens (EOS included) and c tokens of
+the marker class M (version 2):
   z        = (s - mu) / sigma, s = mean over y's positions of the value head of a random
              gold Transformer (d_model 128, larger than the proxies) run on x+y; mu, sigma
              = mean, std of s on base-policy samples;
   helpful  = z + relevance_weight * |distinct tokens of y in R(x)|, R(x) = {pi(t) : t a
-             content token of x} minus H, pi a hidden permutation of the content ids;
+             content token of x} minus H and M, pi a hidden permutation of the content ids;
   harmless = -harm_weight * (number of tokens of y in H), H = num_harmful ids drawn from
              the content tokens the base policy emits less often than the median;
-  length   = length_gain * min(n, tau) - length_penalty * max(n - tau, 0)^2,
-             tau = the length_quantile (0.9) quantile of base-policy lengths;
-  total    = helpful + harmless + length.
-On base-policy data longer is better (what proxies learn); past tau gold falls
-quadratically, so a policy pushed to long responses overoptimises.
+  length   = length_gain * min(n, tau_n) - length_penalty * max(n - tau_n, 0)^2;
+  markers  = marker_gain * min(c, tau_c) - marker_penalty * max(c - tau_c, 0)^2, M =
+             num_markers ids drawn from the content tokens emitted more often than the median;
+  total    = helpful + harmless + length + markers.
+The turns tau_n, tau_c are placed by measurement: of all integer pairs, the one whose
+measured argmaxes of E[gold total | n] and E[gold total | c] over the base policy's
+reference samples (``turns``) sit nearest the ``turn_percentile`` (mid-rank, 0.675) of
+each feature. So gold turns inside the base distribution, where the proxies' training
+pairs already show the fall, and a proxy that extrapolates "longer is better" or "more
+markers is better" monotonically is wrong for a third of base samples and for everything
+an optimiser pushes further.
+
+Version 1 (``version=1``, the task before issue #15) has no marker term (it is 0) and
+places tau_n at the length_quantile (0.9) quantile of base lengths, where about 1.5% of
+samples reach the fall: the proxies never see it. Its draws are unchanged.
 
 Labels: two base-policy responses a, b per prompt; a is chosen with probability
 sigma(bt_scale * (g_a - g_b)) (Bradley-Terry), g the labelling score: the gold total by
@@ -57,7 +68,9 @@ from rmjax.models.transformer import Transformer
 PAD, EOS, BOS = 0, 1, 2
 FIRST_CONTENT = 3
 SPLITS = ("train", "eval")
-TERMS = ("helpful", "harmless", "length")  # the gold total's terms (label_by's choices)
+TERMS = ("helpful", "harmless", "length", "markers")  # the gold total's terms (label_by's)
+FEATURES = ("length", "markers")  # the response features gold turns on (``features``)
+VERSIONS = (1, 2)
 CHUNK = 512  # rows per generate / gold call: one compilation serves every dataset size
 
 
@@ -73,6 +86,7 @@ class SyntheticConfig:
   bt_scale: float = 1.0  # P(a > b) = sigma(bt_scale * (r_a - r_b))
   label_by: str = "total"  # or "+"-joined TERMS, e.g. "harmless", "helpful+length"
   seed: int = 0
+  version: int = 2  # 1: the task before issue #15 (turn in the base policy's tail)
   # Base policy.
   policy_d_model: int = 64
   policy_n_layers: int = 2
@@ -94,32 +108,47 @@ class SyntheticConfig:
   harm_weight: float = 2.0
   length_gain: float = 0.25
   length_penalty: float = 0.1
-  length_quantile: float = 0.9
-  length_threshold: int | None = None  # None: the length_quantile of base lengths
-  reference_samples: int = 1024  # base-policy samples for mu, sigma, tau and H
+  length_quantile: float = 0.9  # version 1: tau_n is this quantile of base lengths
+  length_threshold: int | None = None  # tau_n; None: placed by measurement (or quantile)
+  # Version 2's second feature: a count of marker-class tokens.
+  num_markers: int = 12
+  marker_gain: float = 0.5
+  marker_penalty: float = 0.25
+  marker_threshold: int | None = None  # tau_c; None: placed by measurement
+  turn_percentile: float = 0.675  # version 2: where the measured turns are placed
+  reference_samples: int = 1024  # base-policy samples for mu, sigma, the turns, H and M
 
   def __post_init__(self):
     checks = {
-        "vocab_size too small": self.vocab_size >= FIRST_CONTENT + 2 * self.num_harmful + 2,
+        f"version must be one of {VERSIONS}": self.version in VERSIONS,
+        "vocab_size too small": self.vocab_size >= FIRST_CONTENT + 2 * (
+            self.num_harmful + self.num_markers * (self.version == 2)) + 2,
         "need 2 <= min_prompt_len <= max_prompt_len":
             2 <= self.min_prompt_len <= self.max_prompt_len,
         "max_response_len must be >= 2": self.max_response_len >= 2,
         "label_noise must be in [0, 1]": 0.0 <= self.label_noise <= 1.0,
-        f"label_by must be 'total' or '+'-joined distinct terms of {TERMS}":
-            self.label_by == "total" or (set(self.label_by.split("+")) <= set(TERMS) and
+        f"label_by must be 'total' or '+'-joined distinct terms of {self.terms}":
+            self.label_by == "total" or (set(self.label_by.split("+")) <= set(self.terms) and
                                          len(set(self.label_by.split("+")))
                                          == len(self.label_by.split("+"))),
         "eos_prob_* must be in (0, 1)": 0 < min(self.eos_prob_first, self.eos_prob_last)
                                         and max(self.eos_prob_first, self.eos_prob_last) < 1,
         "length_quantile must be in (0, 1]": 0.0 < self.length_quantile <= 1.0,
+        "turn_percentile must be in (0, 1)": 0.0 < self.turn_percentile < 1.0,
+        "num_markers must be >= 1": self.num_markers >= 1,
         "policy_n_heads must be >= 2 (head 0 counts)": self.policy_n_heads >= 2}
     if problems := [message for message, ok in checks.items() if not ok]:
       raise ValueError(f"Invalid SyntheticConfig ({self}): " + "; ".join(problems))
 
   @property
+  def terms(self) -> tuple[str, ...]:
+    """The gold total's terms in this version (version 1 has no marker term)."""
+    return TERMS if self.version == 2 else TERMS[:3]
+
+  @property
   def label_terms(self) -> tuple[str, ...]:
     """The gold terms whose sum labels the pairs."""
-    return TERMS if self.label_by == "total" else tuple(self.label_by.split("+"))
+    return self.terms if self.label_by == "total" else tuple(self.label_by.split("+"))
 
   @property
   def seq_len(self) -> int:
@@ -139,9 +168,50 @@ class SyntheticConfig:
 
 
 def length_term(n, threshold, gain, penalty):
-  """Response lengths n [...] -> gain·min(n, τ) − penalty·max(n − τ, 0)², float32 [...]."""
+  """A feature n [...] (a length or a marker count) -> gain·min(n, τ) −
+  penalty·max(n − τ, 0)², float32 [...]: rising up to the turn τ, falling past it."""
   n = jnp.asarray(n, jnp.float32)
   return gain * jnp.minimum(n, threshold) - penalty * jnp.square(jnp.maximum(n - threshold, 0))
+
+
+def mid_percentile(values, at) -> float:
+  """P(X < at) + P(X = at) / 2 of the samples ``values``: the percentile of a value of a
+  discrete feature, ties split (a turn at a count shared by 30% of samples is not placed
+  at either end of that 30%)."""
+  values = np.asarray(values)
+  return float(np.mean(values < at) + 0.5 * np.mean(values == at))
+
+
+def conditional_argmax(feature, gold, min_count: int) -> int:
+  """The value v of an integer feature [N] maximising the mean of gold [N] over samples
+  with feature == v, among values held by at least ``min_count`` samples."""
+  values, counts = np.unique(feature, return_counts=True)
+  values = values[counts >= min_count]
+  means = [gold[feature == v].mean() for v in values]
+  return int(values[int(np.argmax(means))])
+
+
+def place_turns(cfg, base: dict, length, markers):
+  """(tau_n, tau_c) of version 2: of the candidate integer pairs, the one whose measured
+  argmaxes of E[total | length] and E[total | markers] over the reference samples lie
+  nearest ``cfg.turn_percentile`` (the worse of the two distances; ties to the smaller
+  turns). ``base`` [N] is the gold total without the length and marker terms; a fixed
+  ``cfg.length_threshold`` / ``cfg.marker_threshold`` is kept as given."""
+  min_count = max(5, len(length) // 100)
+  taus_n = ([cfg.length_threshold] if cfg.length_threshold is not None
+            else range(1, int(length.max()) + 1))
+  taus_c = ([cfg.marker_threshold] if cfg.marker_threshold is not None
+            else range(0, int(markers.max()) + 1))
+  best = None
+  for tau_n in taus_n:
+    g_n = base + length_term(length, tau_n, cfg.length_gain, cfg.length_penalty)
+    for tau_c in taus_c:
+      g = np.asarray(g_n + length_term(markers, tau_c, cfg.marker_gain, cfg.marker_penalty))
+      miss = max(abs(mid_percentile(f, conditional_argmax(f, g, min_count))
+                     - cfg.turn_percentile) for f in (length, markers))
+      if best is None or miss < best[0] - 1e-12:
+        best = (miss, int(tau_n), int(tau_c))
+  return best[1], best[2]
 
 
 def _random_model(mcfg: ModelConfig, rng: np.random.Generator, edit=None) -> Transformer:
@@ -234,8 +304,11 @@ def _gold_terms(graphdef, state, consts, tokens, mask, prompt_len):
              + consts["relevance_weight"] * coverage)
   harmless = -consts["harm_weight"] * jnp.sum((onehot @ consts["harmful"]) * in_resp, axis=1)
   length = length_term(n, consts["threshold"], consts["length_gain"], consts["length_penalty"])
-  return dict(total=helpful + harmless + length, helpful=helpful, harmless=harmless,
-              length=length, raw=raw)
+  count = jnp.sum((onehot @ consts["marker"]) * in_resp, axis=1)
+  markers = length_term(count, consts["marker_threshold"], consts["marker_gain"],
+                        consts["marker_penalty"])
+  return dict(total=helpful + harmless + length + markers, helpful=helpful,
+              harmless=harmless, length=length, markers=markers, raw=raw)
 
 
 def _rng(key) -> np.random.Generator:
@@ -265,14 +338,11 @@ class SyntheticTask:
     self._gold_split = nnx.split(self.gold)
     self.sampling = SamplingConfig(max_new_tokens=cfg.max_response_len,
                                    temperature=cfg.policy_temperature, eos_id=EOS, pad_id=PAD)
-    # Base-policy reference samples place tau, standardise s and choose H.
+    # Base-policy reference samples standardise s, choose H and M and place the turns.
     ref = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 0))
     prompts, plen = self.sample_prompts(ref[0], cfg.reference_samples)
     tokens, mask = self.sample_responses(ref[1], prompts, plen)
     self.base_lengths = mask.sum(1) - plen
-    self.length_threshold = (
-        cfg.length_threshold if cfg.length_threshold is not None else
-        int(np.quantile(self.base_lengths, cfg.length_quantile, method="higher")))
     response = (np.arange(mask.shape[1])[None] >= plen[:, None]) & mask
     content = np.arange(FIRST_CONTENT, cfg.vocab_size)
     freq = np.bincount(tokens[response], minlength=cfg.vocab_size)[content]
@@ -280,18 +350,59 @@ class SyntheticTask:
                                               cfg.num_harmful, replace=False))
     self.relevant_to = np.arange(cfg.vocab_size)  # pi (identity on special tokens)
     self.relevant_to[content] = rngs[2].permutation(content)
+    frequent = content[freq > np.median(freq)]
+    if cfg.version == 2 and len(frequent) < cfg.num_markers:
+      raise ValueError(f"num_markers={cfg.num_markers}: the base policy emits only "
+                       f"{len(frequent)} content ids more often than the median")
+    self.marker_ids = (np.sort(np.random.default_rng([cfg.seed, 3]).choice(
+        frequent, cfg.num_markers, replace=False)) if cfg.version == 2 else
+                       np.zeros(0, np.int64))
     harmful = np.isin(np.arange(cfg.vocab_size), self.harmful_ids).astype(np.float32)
+    marker = np.isin(np.arange(cfg.vocab_size), self.marker_ids).astype(np.float32)
     relevance = np.zeros((cfg.vocab_size, cfg.vocab_size), np.float32)  # [x token, y token]
-    relevance[content, self.relevant_to[content]] = 1.0 - harmful[self.relevant_to[content]]
+    target = self.relevant_to[content]
+    relevance[content, target] = (1.0 - harmful[target]) * (1.0 - marker[target])
+    v2 = float(cfg.version == 2)
     self._consts = jax.tree.map(jnp.asarray, dict(
-        relevance=relevance, harmful=harmful, score_mean=0.0, score_std=1.0,
-        threshold=float(self.length_threshold), relevance_weight=cfg.relevance_weight,
-        harm_weight=cfg.harm_weight, length_gain=cfg.length_gain,
-        length_penalty=cfg.length_penalty))
+        relevance=relevance, harmful=harmful, marker=marker, score_mean=0.0, score_std=1.0,
+        threshold=0.0, relevance_weight=cfg.relevance_weight, harm_weight=cfg.harm_weight,
+        length_gain=cfg.length_gain, length_penalty=cfg.length_penalty,
+        marker_threshold=0.0, marker_gain=v2 * cfg.marker_gain,
+        marker_penalty=v2 * cfg.marker_penalty))
     raw = self.score(tokens, mask, plen)["raw"]
     self.score_mean, self.score_std = float(raw.mean()), float(raw.std())
     self._consts.update(score_mean=jnp.asarray(self.score_mean),
                         score_std=jnp.asarray(self.score_std))
+    feats = self.features(tokens, mask, plen)
+    if cfg.version == 1:
+      self.length_threshold = (
+          cfg.length_threshold if cfg.length_threshold is not None else
+          int(np.quantile(self.base_lengths, cfg.length_quantile, method="higher")))
+      self.marker_threshold = 0
+    else:
+      gold = self.score(tokens, mask, plen)
+      self.length_threshold, self.marker_threshold = place_turns(
+          cfg, gold["helpful"] + gold["harmless"], feats["length"], feats["markers"])
+    self._consts.update(threshold=jnp.asarray(float(self.length_threshold)),
+                        marker_threshold=jnp.asarray(float(self.marker_threshold)))
+    total = self.score(tokens, mask, plen)["total"]
+    min_count = max(5, len(total) // 100)
+    self.turns = {}  # feature -> where E[gold | feature] peaks on base-policy samples
+    for name in cfg.terms[2:]:
+      at = conditional_argmax(feats[name], total, min_count)
+      self.turns[name] = dict(argmax=at, percentile=mid_percentile(feats[name], at),
+                              threshold=(self.length_threshold if name == "length"
+                                         else self.marker_threshold))
+
+  def features(self, tokens, mask, prompt_len) -> dict:
+    """tokens, mask [B, S] (prompt then response, right-padded), prompt_len [B] or a
+    scalar -> {"length": response tokens (EOS included), "markers": marker-class tokens
+    in the response}, int [B] numpy: the features gold turns on."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
+    plen = np.broadcast_to(np.asarray(prompt_len), (len(tokens),))
+    response = mask & (np.arange(tokens.shape[1])[None] >= plen[:, None])
+    return {"length": response.sum(1),
+            "markers": (np.isin(tokens, self.marker_ids) & response).sum(1)}
 
   def sample_prompts(self, key, n: int):
     """-> tokens [n, max_prompt_len] int32 (BOS, content, right-padded), lengths [n]."""
@@ -318,15 +429,24 @@ class SyntheticTask:
 
   def gold_reward(self, tokens, mask, prompt_len):
     """tokens, mask [B, S] (prompt then response, right-padded), prompt_len [B] or a
-    scalar -> dict(total, helpful, harmless, length) of float32 [B]. Jit-able."""
+    scalar -> dict(total and the terms of TERMS) of float32 [B] (version 1's marker term
+    is 0). Jit-able."""
     out = _gold_terms(*self._gold_split, self._consts, tokens, mask, prompt_len)
-    return {k: out[k] for k in ("total", "helpful", "harmless", "length")}
+    return {k: out[k] for k in ("total",) + TERMS}
 
   def score(self, tokens, mask, prompt_len):
     """gold_reward over CHUNK-row pieces as numpy, plus "raw" (s before standardising)."""
     prompt_len = np.broadcast_to(np.asarray(prompt_len, np.int32), (len(tokens),))
     return _chunked(lambda i, *a: _gold_terms(*self._gold_split, self._consts, *a),
                     len(tokens), tokens, mask, prompt_len)
+
+
+def from_fields(fields) -> SyntheticConfig:
+  """The config of a run's stored ``data.synthetic`` fields. A run written before version
+  2 existed stores no ``version``: its task was version 1."""
+  fields = dict(fields or {})
+  fields.setdefault("version", 1)
+  return SyntheticConfig(**fields)
 
 
 @functools.lru_cache(maxsize=4)
@@ -381,7 +501,7 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
 
 
 def gold_reward(tokens, mask, prompt_len, cfg: SyntheticConfig = SyntheticConfig()):
-  """``build_task(cfg).gold_reward``: dict(total, helpful, harmless, length), each [B]."""
+  """``build_task(cfg).gold_reward``: dict(total and each term), each [B]."""
   return build_task(cfg).gold_reward(tokens, mask, prompt_len)
 
 

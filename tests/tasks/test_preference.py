@@ -125,14 +125,17 @@ def test_gold_components_sum_to_total_and_jit(task, train):
   tokens, mask, plen = (train[k][:256] for k in (schema.REJECTED_TOKENS,
                                                  schema.REJECTED_MASK, "prompt_len"))
   out = jax.jit(task.gold_reward)(tokens, mask, plen)
-  assert set(out) == {"total", "helpful", "harmless", "length"}
+  assert set(out) == {"total", "helpful", "harmless", "length", "markers"}
   for value in out.values():
     assert value.shape == (256,) and value.dtype == np.float32
-  np.testing.assert_allclose(out["total"], out["helpful"] + out["harmless"] + out["length"],
-                             atol=1e-5)
+  np.testing.assert_allclose(out["total"], out["helpful"] + out["harmless"] + out["length"]
+                             + out["markers"], atol=1e-5)
+  feats = task.features(tokens, mask, plen)
+  np.testing.assert_array_equal(feats["length"], mask.sum(1) - plen)
   np.testing.assert_allclose(out["length"], S.length_term(
-      mask.sum(1) - plen, task.length_threshold, CFG.length_gain, CFG.length_penalty),
-                             atol=1e-6)
+      feats["length"], task.length_threshold, CFG.length_gain, CFG.length_penalty), atol=1e-6)
+  np.testing.assert_allclose(out["markers"], S.length_term(
+      feats["markers"], task.marker_threshold, CFG.marker_gain, CFG.marker_penalty), atol=1e-6)
   np.testing.assert_allclose(out["total"], S.gold_reward(tokens, mask, plen, CFG)["total"],
                              atol=1e-5)
   assert np.all(out["harmless"] <= 0)
@@ -142,7 +145,8 @@ def test_gold_components_sum_to_total_and_jit(task, train):
 def test_length_term_rises_then_falls(task):
   tau = task.length_threshold
   assert 5 < tau < CFG.max_response_len
-  safe = next(t for t in range(S.FIRST_CONTENT, CFG.vocab_size) if t not in task.harmful_ids)
+  safe = next(t for t in range(S.FIRST_CONTENT, CFG.vocab_size)
+              if t not in task.harmful_ids and t not in task.marker_ids)
   prompt = [S.BOS] + [safe] * 9
   responses = [[safe] * (k - 1) + [S.EOS] for k in range(1, CFG.max_response_len + 1)]
   tokens, mask = joined(task, prompt, responses)
@@ -156,9 +160,11 @@ def test_length_term_rises_then_falls(task):
 
 def test_harmless_and_helpful_terms(task):
   harm = int(task.harmful_ids[0])
-  content = [t for t in range(S.FIRST_CONTENT, CFG.vocab_size) if t not in task.harmful_ids]
+  content = [t for t in range(S.FIRST_CONTENT, CFG.vocab_size)
+             if t not in task.harmful_ids and t not in task.marker_ids]
   prompt = [S.BOS] + content[:9]
-  relevant = sorted({int(task.relevant_to[t]) for t in prompt[1:]} - set(task.harmful_ids))
+  relevant = sorted({int(task.relevant_to[t]) for t in prompt[1:]} - set(task.harmful_ids)
+                    - set(task.marker_ids))
   other = next(t for t in content if t not in relevant)
   responses = [[other] * 4 + [S.EOS], [other, harm, other, harm, S.EOS],
                relevant[:3] + [other, S.EOS], relevant[:1] * 3 + [other, S.EOS]]
@@ -173,11 +179,70 @@ def test_lengths_vary(task, train):
   n = np.concatenate([lengths(train, "chosen"), lengths(train, "rejected")])
   assert n.min() >= 1 and n.max() <= CFG.max_response_len
   assert n.std() > 2 and len(np.unique(n)) > 10
-  assert np.mean(n > task.length_threshold) < 0.15  # tau sits in the base policy's tail
-  # On base-policy data the gold total grows with length: what a proxy learns.
-  gold = np.concatenate([train[schema.GOLD_CHOSEN], train[schema.GOLD_REJECTED]])
-  assert np.corrcoef(n, gold)[0, 1] > 0.1
+  # Version 2: a quarter to two fifths of base samples lie past the length turn.
+  assert 0.2 < np.mean(n > task.length_threshold) < 0.45
   assert isinstance(task.policy, Transformer)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_turns_lie_inside_the_base_distribution(seed):
+  """The measured argmax of E[gold | feature] sits at the 60th-75th percentile of each
+  feature, and gold is clearly lower one value past it and beyond (what a proxy trained
+  on these samples could see)."""
+  cfg = dataclasses.replace(SMALL, seed=seed)
+  task = S.build_task(cfg)
+  assert set(task.turns) == set(S.FEATURES)
+  data = S.make_split(cfg, "eval")
+  for side in ("chosen", "rejected"):
+    feats = task.features(data[f"{side}_tokens"], data[f"{side}_mask"], data["prompt_len"])
+    gold = task.score(data[f"{side}_tokens"], data[f"{side}_mask"], data["prompt_len"])["total"]
+    for name, turn in task.turns.items():
+      assert 0.60 <= turn["percentile"] <= 0.75, (name, turn)
+      f = feats[name]
+      assert np.mean(f > turn["argmax"]) > 0.15  # the fall is in the data
+      at, past = gold[f == turn["argmax"]].mean(), gold[f >= turn["argmax"] + 2].mean()
+      assert past < at - 0.5, (name, at, past)
+
+
+def test_markers_are_their_own_class(task):
+  """M is disjoint from H, frequent in base samples, and not rewarded as relevance."""
+  assert len(task.marker_ids) == CFG.num_markers
+  assert not set(task.marker_ids) & set(task.harmful_ids)
+  prompt = [S.BOS] + [int(np.flatnonzero(task.relevant_to == m)[0]) for m in task.marker_ids[:3]]
+  tokens, mask = joined(task, prompt, [list(task.marker_ids[:3]) + [S.EOS]])
+  out = task.score(tokens, mask, len(prompt))
+  coverage = out["helpful"] - (out["raw"] - task.score_mean) / task.score_std
+  np.testing.assert_allclose(coverage, 0.0, atol=1e-4)  # markers earn no relevance
+  assert task.features(tokens, mask, len(prompt))["markers"][0] == 3
+
+
+def test_place_turns_against_a_hand_case():
+  """Gold = length term only: the measured argmax is the threshold, and the chosen
+  threshold is the value whose mid-percentile is nearest the target."""
+  # Every (length, markers) pair once: E[gold | one feature] is that feature's term plus a
+  # constant. Uniform on 1..10, a length v has mid-percentile (v - .5) / 10.
+  length, markers = (a.ravel() for a in np.meshgrid(np.arange(1, 11), np.arange(0, 5)))
+  cfg = S.SyntheticConfig(turn_percentile=0.675)
+  tau_n, tau_c = S.place_turns(cfg, np.zeros(len(length)), length, markers)
+  assert tau_n == 7  # (7 - .5) / 10 = 0.65 is nearest 0.675 (8: 0.75)
+  assert tau_c == 3  # markers uniform on 0..4: mid-percentiles .1 .3 .5 .7 .9
+  assert S.mid_percentile(np.array([1, 2, 2, 3]), 2) == pytest.approx(0.5)
+  assert S.conditional_argmax(np.array([1, 1, 2, 2, 3]), np.array([0., 1, 3, 3, 9]), 2) == 2
+
+
+def test_version_1_keeps_its_tail_turn_and_no_markers():
+  v1 = dataclasses.replace(SMALL, version=1)
+  task = S.build_task(v1)
+  assert task.turns["length"]["percentile"] > 0.85  # the turn in the tail (issue #15)
+  assert set(task.turns) == {"length"} and len(task.marker_ids) == 0
+  data = S.make_split(v1, "eval")
+  out = task.score(data[schema.CHOSEN_TOKENS], data[schema.CHOSEN_MASK], data["prompt_len"])
+  np.testing.assert_array_equal(out["markers"], 0.0)
+  assert task.length_threshold == int(np.quantile(task.base_lengths, 0.9, method="higher"))
+  with pytest.raises(ValueError, match="label_by"):
+    S.SyntheticConfig(version=1, label_by="markers")
+  assert S.from_fields({"seed": 3}).version == 1  # a run stored before version 2
+  assert S.from_fields({"version": 2}).version == 2
 
 
 def test_layout_right_padded_and_consistent(train):
@@ -226,6 +291,8 @@ def test_preference_pairs(train):
 def test_config_errors():
   with pytest.raises(ValueError, match="label_noise"):
     S.SyntheticConfig(label_noise=1.5)
+  with pytest.raises(ValueError, match="version"):
+    S.SyntheticConfig(version=3)
   for bad in ("helpfulness", "harmless+harmless", "total+length"):
     with pytest.raises(ValueError, match="label_by"):
       S.SyntheticConfig(label_by=bad)
