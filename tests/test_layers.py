@@ -21,6 +21,8 @@ ALLOWED = {
     "runtime": {"parallel"},
 }
 ALLOWED["rm"] = set(ALLOWED) | {"rm"}
+# Backbone pretraining, a program beside rm/ and rl/: no task and no reward model.
+ALLOWED["lm"] = {"models", "data", "runtime", "objectives", "parallel"}
 ALLOWED["rl"] = ALLOWED["rm"] | {"rl"}
 FACE = ("commands", "configs", "dry_run", "cli")  # may import anything
 

@@ -1,0 +1,44 @@
+"""Next-token cross-entropy of a causal language model: pure functions of logits and tokens.
+
+Position t's logits predict token t + 1. A prediction counts only when both tokens are
+real (``mask`` True at t and at t + 1), so right or left padding and a row's first token
+(which nothing predicts) drop out. Used by the backbone pretraining of ``rmjax.lm``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rmjax.objectives.precision import at_least_f32
+
+
+def next_token_nll(logits, tokens):
+  """−log softmax(logits[:, t])[tokens[:, t + 1]]: logits [B, S, V], tokens int [B, S] ->
+  [B, S − 1] (at least float32; log_softmax is shifted by the max, so large logits do not
+  overflow)."""
+  logp = jax.nn.log_softmax(at_least_f32(logits[:, :-1]), axis=-1)
+  return -jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def next_token_mask(mask):
+  """bool [B, S] real tokens -> bool [B, S − 1]: the predictions that count."""
+  m = jnp.asarray(mask, bool)
+  return m[:, 1:] & m[:, :-1]
+
+
+def next_token_sums(logits, tokens, mask):
+  """(Σ nll over the counted predictions, their count): scalars, so that means over
+  several batches weigh every token alike. Shapes as ``next_token_loss``."""
+  m = next_token_mask(mask)
+  nll = next_token_nll(logits, tokens)
+  return jnp.sum(jnp.where(m, nll, 0.0)), jnp.sum(m)
+
+
+def next_token_loss(logits, tokens, mask):
+  """Mean next-token cross-entropy (nats) over the counted predictions; 0 when none.
+
+  logits [B, S, V]; tokens int [B, S]; mask bool [B, S] (True on real tokens). -> scalar.
+  """
+  total, count = next_token_sums(logits, tokens, mask)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
