@@ -461,6 +461,28 @@ def build_task(cfg: SyntheticConfig = SyntheticConfig()) -> SyntheticTask:
                                    bt_scale=1.0, label_by="total"))
 
 
+def _split_keys(cfg: SyntheticConfig, split: str):
+  """A split's four keys: prompts, responses, labels, label noise."""
+  return jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1 + SPLITS.index(split)),
+                          4)
+
+
+@functools.lru_cache(maxsize=8)
+def _sampled(world: SyntheticConfig, split: str, n: int):
+  """(prompt_len [n], tokens and mask [2n, S], gold terms [2n]) of a split's n prompts and
+  their two responses each, read-only: sampling is most of a split's cost and every
+  labelling (label_by, label_noise, bt_scale) of one world reuses it."""
+  task = build_task(world)
+  keys = _split_keys(world, split)
+  prompts, plen = task.sample_prompts(keys[0], n)
+  plen2 = np.concatenate([plen, plen])
+  tokens, mask = task.sample_responses(keys[1], np.concatenate([prompts, prompts]), plen2)
+  out = (plen, tokens, mask, task.score(tokens, mask, plen2))
+  for array in jax.tree.leaves(out):
+    array.flags.writeable = False
+  return out
+
+
 def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -> dict:
   """One split as numpy arrays under the schema's batch keys, plus "prompt_len".
 
@@ -475,13 +497,8 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
   n = cfg.num_train_pairs if split == "train" else cfg.num_eval_pairs
   if n < 1:
     raise ValueError(f"split {split!r} has {n} pairs (num_{split}_pairs must be >= 1)")
-  task = build_task(cfg)
-  keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 1 + SPLITS.index(split)),
-                          4)
-  prompts, plen = task.sample_prompts(keys[0], n)
-  plen2 = np.concatenate([plen, plen])
-  tokens, mask = task.sample_responses(keys[1], np.concatenate([prompts, prompts]), plen2)
-  gold = task.score(tokens, mask, plen2)
+  keys = _split_keys(cfg, split)
+  plen, tokens, mask, gold = _sampled(build_task(cfg).cfg, split, n)
   score = gold["total"] if cfg.label_by == "total" else sum(gold[t] for t in cfg.label_terms)
   p_a = 1.0 / (1.0 + np.exp(-cfg.bt_scale * (score[:n].astype(np.float64) - score[n:])))
   flipped = np.zeros(n, bool)
@@ -491,7 +508,7 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
   pick = lambda x, chosen: np.where(  # the chosen (or rejected) side of each pair
       (a_chosen == chosen).reshape((n,) + (1,) * (x.ndim - 1)), x[:n], x[n:])
   out = {schema.MARGIN: np.zeros(n, np.float32), schema.WEIGHT: np.ones(n, np.float32),
-         schema.FLIPPED: flipped, "prompt_len": plen}
+         schema.FLIPPED: flipped, "prompt_len": plen.copy()}
   for chosen, (tok_key, mask_key, gold_key) in [
       (True, (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.GOLD_CHOSEN)),
       (False, (schema.REJECTED_TOKENS, schema.REJECTED_MASK, schema.GOLD_REJECTED))]:

@@ -49,6 +49,7 @@ def joined(task, prompt, responses):
 def test_determinism():
   first = S.make_split(SMALL, "train")
   S._task.cache_clear()  # rebuild the models and reference statistics from the seed
+  S._sampled.cache_clear()  # and resample the responses
   second = S.make_split(SMALL, "train")
   assert first.keys() == second.keys()
   for key in first:
