@@ -15,6 +15,7 @@ exists only once it is complete; a rerun then returns it without training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -162,19 +163,11 @@ def pretrain(tokens, mask, model_config: ModelConfig, *, workdir, seed: int = 0,
   if batch_size % data_parallel:
     raise ValueError(f"batch_size={batch_size} is not divisible by the data-parallel size "
                      f"{data_parallel} of mesh {dict(mesh.shape)}")
-  model = parallel.init_sharded(lambda: Transformer(mcfg, rngs=nnx.Rngs(seed)), mesh)
-  graphdef, params = nnx.split(model)
-  tx = make_optimizer(optim, steps)
-  opt_shardings = parallel.tree_shardings(jax.eval_shape(tx.init, params), mesh)
-  state = {"params": params,
-           "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-           "step": jnp.zeros((), jnp.int32)}
-  shardings = parallel.tree_shardings(state, mesh)
-  state = jax.device_put(state, shardings)
+  graphdef, shardings, init, train_step = _program(
+      mcfg, tuple(sorted(optim.items())), steps,
+      seed if mcfg.dropout_rate > 0 else None, mesh)
+  state = init(jax.random.key(seed))
   source = ArraySource({lm_step.TOKENS: tokens, lm_step.MASK: mask}, batch_size, seed=seed)
-  train_step = parallel.compile_step(
-      lm_step.make_train_step(graphdef, tx, seed, dropout=mcfg.dropout_rate > 0), mesh,
-      shardings, {lm_step.TOKENS: 2, lm_step.MASK: 2})
   checkpointer = Checkpointer(workdir / "checkpoints", keep=1, interval=save_every,
                               provenance=provenance(run_config, digest))
   writer = MetricsWriter(str(workdir))
@@ -197,6 +190,43 @@ def pretrain(tokens, mask, model_config: ModelConfig, *, workdir, seed: int = 0,
   return hf
 
 
+@functools.lru_cache(maxsize=4)
+def _program(mcfg: ModelConfig, optim_items: tuple, steps: int, dropout_seed: int | None,
+             mesh):
+  """(graphdef, state shardings, ``init(key) -> state``, train step), both jitted.
+
+  Cached on the architecture, optimiser and mesh, with the seed a traced key (the step
+  bakes in a seed only for dropout), so that pretraining several seeds in one process
+  (the members of a pretrain-diverse ensemble) compiles once. ``init(key(seed))`` builds
+  the parameters of ``Transformer(mcfg, rngs=nnx.Rngs(seed))`` directly in their shards.
+  """
+  tx = make_optimizer(ml_collections.ConfigDict(dict(optim_items)), steps)
+  make = lambda key: Transformer(mcfg, rngs=nnx.Rngs(key))
+
+  def init(key):
+    params = nnx.split(make(key))[1]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
+  shardings = parallel.tree_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+  train_step = parallel.compile_step(
+      lm_step.make_train_step(graphdef, tx, dropout_seed or 0, dropout=dropout_seed is not None),
+      mesh, shardings, {lm_step.TOKENS: 2, lm_step.MASK: 2})
+  return graphdef, shardings, jax.jit(init, out_shardings=shardings), train_step
+
+
+@functools.lru_cache(maxsize=4)
+def _sums(graphdef):
+  """Jitted (params, tokens, mask) -> (Σ nll, count) of a model structure, compiled once."""
+
+  @jax.jit
+  def sums(params, tokens, mask):
+    logits = lm_step.model_logits(nnx.merge(graphdef, params), tokens, mask)
+    return language_model.next_token_sums(logits, tokens, mask)
+
+  return sums
+
+
 def _write_folder(model: Transformer, hf: pathlib.Path, summary: dict) -> None:
   """``save_hf`` plus ``pretrain.json`` into ``<hf>.tmp``, then renamed to ``hf``."""
   tmp = hf.with_name(hf.name + ".tmp")
@@ -216,12 +246,7 @@ def evaluate_loss(model_or_folder, tokens, mask, *, batch_size: int = 64) -> flo
            else hf_io.load_hf(model_or_folder))
   tokens, mask = check_data(tokens, mask, model.cfg.vocab_size)
   graphdef, params = nnx.split(model)
-
-  @jax.jit
-  def sums(params, tokens, mask):
-    logits = lm_step.model_logits(nnx.merge(graphdef, params), tokens, mask)
-    return language_model.next_token_sums(logits, tokens, mask)
-
+  sums = _sums(graphdef)
   total, count = 0.0, 0
   for start in range(0, len(tokens), batch_size):
     s, c = sums(params, tokens[start:start + batch_size], mask[start:start + batch_size])
