@@ -267,6 +267,17 @@ def verdict(interval: dict, expected_sign: int, precondition_ok: bool,
   return NOT_REPRODUCED
 
 
+def corrected_verdict(interval: dict, corrected: dict, expected_sign: int,
+                      precondition_ok: bool, partly: bool = False) -> str:
+  """``verdict`` for one of several comparisons with one baseline: the effect must also
+  survive the correction (``corrected`` is its entry of ``holm``: "reject"), else the
+  claim is NOT_REPRODUCED whatever its own 95% interval says."""
+  decided = verdict(interval, expected_sign, precondition_ok, partly)
+  if decided in (REPRODUCED, PARTLY) and not corrected["reject"]:
+    return NOT_REPRODUCED
+  return decided
+
+
 def _plain(x):
   """numpy scalars and arrays as Python values, so the records serialise with ``json``."""
   if isinstance(x, np.ndarray):

@@ -259,3 +259,11 @@ def test_bad_correlation_input_names_the_argument():
     stats.disagreement_error_correlation(np.ones((5, 1)), np.ones(5))
   with pytest.raises(ValueError, match="gold"):
     stats.disagreement_error_correlation(np.ones((5, 2)), np.ones(4))
+
+
+def test_corrected_verdict_needs_the_correction_to_reject():
+  up = {"low": 0.1, "high": 0.5}
+  assert stats.corrected_verdict(up, {"reject": True}, 1, True) == stats.REPRODUCED
+  assert stats.corrected_verdict(up, {"reject": False}, 1, True) == stats.NOT_REPRODUCED
+  assert stats.corrected_verdict(up, {"reject": True}, 1, False) == stats.NOT_TESTABLE
+  assert stats.corrected_verdict(up, {"reject": True}, -1, True) == stats.NOT_REPRODUCED
