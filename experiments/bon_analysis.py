@@ -68,15 +68,17 @@ def preconditions(c, turns: dict, trained: dict, corr: dict) -> list[dict]:
   for name, turn in turns.items():
     f, gold = trained[name], trained["gold"]
     past = float(np.mean(f > turn["argmax"]))
-    at, beyond = float(gold[f == turn["argmax"]].mean()), float(gold[f >= turn["argmax"] + 2]
-                                                               .mean())
+    at, beyond = (float(gold[m].mean()) if m.any() else None
+                  for m in (f == turn["argmax"], f >= turn["argmax"] + 2))
+    falls = at is not None and beyond is not None and beyond < at
+    shown = lambda x: "none" if x is None else f"{x:.2f}"
     out.append(stats.precondition(
         f"gold_turns_in_training_data/{name}", {"past_turn": past, "gold_at_turn": at,
                                                 "gold_two_past": beyond},
-        past > MIN_PAST_TURN and beyond < at,
+        past > MIN_PAST_TURN and falls,
         f"turn at {name} = {turn['argmax']} (base percentile {turn['percentile']:.2f}); "
-        f"{past:.0%} of training responses lie past it; mean gold {at:.2f} there, "
-        f"{beyond:.2f} two or more past"))
+        f"{past:.0%} of training responses lie past it; mean gold {shown(at)} there, "
+        f"{shown(beyond)} two or more past"))
   for name, values in corr.items():
     interval = _boot(c, values)
     out.append(stats.precondition(

@@ -1,80 +1,99 @@
-"""End to end: experiments/overoptimization_bon.py at a small size: best-of-n by the proxy raises
-the proxy score with n, the conservative objectives stay below the mean, and a proxy
-that tracks the gold reward buys gold at small n."""
+"""experiments/overoptimization_bon.py at a tiny size, and its pure analysis helpers.
 
-import csv
+The end-to-end run checks what would break if the harness broke: its controls hold (gold
+ranked by gold is monotone, a pure-length reward overoptimises), the preconditions are
+computed from the task's measured turns, every objective ranks by its proxy, and every
+claim gets a verdict from the vocabulary.
+"""
+
 import json
 import pathlib
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-NOISE = ("0.0", "0.25")
-OBJECTIVES = ("single", "mean", "wco", "uwo")
-MAX_N = 128
+sys.path.insert(0, str(ROOT))
+from experiments import bon_analysis, stats  # noqa: E402
+
+TINY = {"seeds": "0,1", "task.num_train_pairs": 256, "task.num_eval_pairs": 64,
+        "proxy.k": 2, "proxy.train.steps": 30, "proxy.pretrain.sequences": 256,
+        "proxy.pretrain.steps": 10, "bon.num_prompts": 4, "bon.num_samples": 128,
+        "bon.max_n": 64, "uwo_scales": "1.0,", "bootstrap.resamples": 200}
+OBJECTIVES = {"single", "mean", "wco", "uwo@1"}
+ENSEMBLES = {f"{kind}/{noise}" for kind in ("pretrain", "finetune") for noise in ("0", "0.25")}
 
 
 @pytest.mark.slow
-def test_small_run_selects_by_the_proxy_and_gains_gold(tmp_path, run_experiment, all_finite):
+def test_tiny_run_controls_preconditions_and_verdicts(tmp_path, run_experiment, all_finite):
   workdir = tmp_path / "run"
-  # 2 x 256 rows: one 512-row chunk, the shape the task's own sampler already compiled.
-  # One-block proxies trained long enough on enough pairs to track the gold reward (steps
-  # are cheap here, compilations are not).
-  flags = {"workdir": workdir, "seeds": "(0,)", "bon.num_prompts": 2, "bon.num_samples": 256,
-           "bon.max_n": MAX_N, "task.num_train_pairs": 1024, "task.num_eval_pairs": 128,
-           "proxy.ensemble.k": 2, "proxy.train.steps": 200, "proxy.train.batch_size": 16,
-           "proxy.optim.learning_rate": 2e-3, "proxy.optim.warmup_steps": 10,
-           "proxy.model.d_model": 16, "proxy.model.d_ff": 32, "proxy.model.n_layers": 1}
-  proc = run_experiment("overoptimization_bon", flags, timeout=600)
-  assert "label noise 25%" in proc.stdout and "vs single" in proc.stdout
-
-  with open(workdir / "results.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert sorted((r["noise"], r["objective"]) for r in rows) == sorted(
-      (n, o) for n in NOISE for o in OBJECTIVES)
-  markdown = (workdir / "results.md").read_text().splitlines()
-  assert len(markdown) == 2 + len(NOISE) * len(OBJECTIVES)
-  with open(workdir / "curves.csv") as f:
-    curves = list(csv.DictReader(f))
-  assert len(curves) == len(NOISE) * len(OBJECTIVES) * 8  # n = 1, 2, ..., 128
-
+  proc = run_experiment("overoptimization_bon", {"workdir": workdir, **TINY}, timeout=600)
+  assert proc.stdout.index("Preconditions:") < proc.stdout.index("Verdicts")
   result = json.loads((workdir / "results.json").read_text())
   assert all_finite(result)
+  assert (workdir / "results.md").read_text().startswith("Preconditions:")
+  assert (workdir / "gold_vs_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+  controls = {k["name"]: k for k in result["controls"]}
+  assert controls["gold_best_of_n_is_monotone"]["ok"]
+  assert controls["pure_length_reward_is_hackable"]["ok"]  # the turn is inside the base data
+  pre = {p["name"]: p for p in result["precondition"]}
+  for feature in ("length", "markers"):
+    assert pre[f"gold_turns_in_training_data/{feature}"]["ok"]
+  assert {f"members_disagree_where_wrong/{e}" for e in ENSEMBLES} <= set(pre)
+
   ns = np.asarray(result["n"])
-  assert ns.tolist() == [2 ** i for i in range(8)]
-  np.testing.assert_allclose(result["kl"], np.log(ns) - (ns - 1) / ns, rtol=1e-6, atol=1e-9)
-  for noise in ("0", "0.25"):
-    block = result["noise"][noise]
-    assert set(OBJECTIVES) | {"single/0", "single/1"} <= set(block)
-    proxy = {name: np.asarray(block[name]["proxy"]["mean"]) for name in OBJECTIVES}
-    for name in OBJECTIVES:
-      # Best-of-n picks by the proxy, so the proxy score of the pick grows with n.
-      assert (np.diff(proxy[name]) >= -1e-6).all() and proxy[name][-1] > proxy[name][0] + 1.0, (
-          noise, name, proxy[name])
-      # n = 1 is one uniformly drawn sample whatever the objective: the same gold.
-      assert block[name]["gold"]["mean"][0] == pytest.approx(block["mean"]["gold"]["mean"][0])
-    # The conservative objectives never exceed the mean of the (normalised) members.
-    assert (proxy["wco"] <= proxy["mean"] + 1e-6).all() and (
-        proxy["uwo"] <= proxy["mean"] + 1e-6).all(), noise
-  # A clean-label proxy that tracks the gold reward buys gold at small n.
-  (evals,) = result["proxy_eval"].values()
-  assert evals["0.0"]["gold_agreement"] >= 0.6, evals
-  gain = np.asarray(result["noise"]["0"]["single"]["gold_gain"]["mean"])
-  assert gain[1] > 0 and gain[2] > 0, gain
-
-  png = (workdir / "gold_vs_kl.png").read_bytes()
-  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+  assert ns.tolist() == [2 ** i for i in range(7)]
+  assert set(result["ensembles"]) == ENSEMBLES
+  for block in result["ensembles"].values():
+    assert set(block["objectives"]) == OBJECTIVES
+    assert set(block["vs_single"]) == OBJECTIVES - {"single"}
+    for obj in OBJECTIVES:
+      e = block["objectives"][obj]
+      first = e["gain"][0]  # n = 1 is the base policy itself: no gain, no spread
+      assert (first["mean"], first["low"], first["high"]) == (0.0, 0.0, 0.0)
+      assert e["final_gain"]["low"] <= e["final_gain"]["mean"] <= e["final_gain"]["high"]
+  assert set(result["pretrain_vs_finetune"]) == {"0", "0.25"}
+  vocabulary = {stats.REPRODUCED, stats.PARTLY, stats.NOT_REPRODUCED, stats.NOT_TESTABLE}
+  assert result["verdicts"] and all(v["verdict"] in vocabulary
+                                    for v in result["verdicts"].values())
+  # A failed ensemble precondition makes that ensemble's Coste claims untestable.
+  for name in ENSEMBLES:
+    if not pre[f"members_disagree_where_wrong/{name}"]["ok"]:
+      assert result["verdicts"][f"coste/{name}/wco"]["verdict"] == stats.NOT_TESTABLE
+  assert result["cost"]["rm_evaluations"]["wco"] == 2 * result["cost"]["rm_evaluations"][
+      "single"]
 
 
-def test_t_interval_matches_hand_computation():
-  sys.path.insert(0, str(ROOT))
-  from experiments import stats  # pylint: disable=import-outside-toplevel
-  mean, low, high = stats.t_interval([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
-  # 3 seeds: sem = 1/sqrt(3), t(0.975, df=2) = 4.302653
-  assert mean.tolist() == [2.0, 0.0]
-  assert high[0] - mean[0] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
-  assert low[1] == high[1] == 0.0
-  one = stats.t_interval([[5.0]])
-  assert [float(x[0]) for x in one] == [5.0, 5.0, 5.0]
+def _config():
+  return ml_collections.ConfigDict({"bootstrap": {"resamples": 300, "seed": 0},
+                                    "noise_levels": (0.0,), "kinds": ("pretrain",)})
+
+
+def test_curve_summary_finds_the_peak_and_the_gao_fit():
+  """Gold gains that follow d(α − βd) exactly give back α, β; the drop from the peak is
+  the peak's gold minus the last."""
+  kl = np.log(2.0 ** np.arange(6)) - (2.0 ** np.arange(6) - 1) / 2.0 ** np.arange(6)
+  d = np.sqrt(kl)
+  gain = d * (2.0 - 1.5 * d)  # peaks inside the grid
+  gold = np.broadcast_to(1.0 + gain, (3, 4, 6)).copy()
+  out = bon_analysis.curve_summary(_config(), gold, kl)
+  assert out["alpha"]["mean"] == pytest.approx(2.0) and out["beta"]["mean"] == pytest.approx(1.5)
+  assert out["peak_index"] == int(np.argmax(gain))
+  assert out["drop_from_peak"]["mean"] == pytest.approx(gain.max() - gain[-1])
+  assert out["final_gain"]["mean"] == pytest.approx(gain[-1])
+
+
+def test_preconditions_fail_when_the_turn_is_beyond_the_data():
+  rng = np.random.default_rng(0)
+  length = rng.integers(1, 20, 2000)
+  gold = np.minimum(length, 10) - 0.5 * np.maximum(length - 10, 0) ** 2
+  turns = {"length": {"argmax": 10, "percentile": 0.5}}
+  ok = bon_analysis.preconditions(_config(), turns, {"length": length, "gold": gold}, {})
+  assert ok[0]["ok"]
+  short = length[length <= 10]  # training data that never passes the turn
+  bad = bon_analysis.preconditions(_config(), turns, {"length": short, "gold": gold[length <= 10]},
+                                   {"pretrain/0": np.full((3, 4), -0.2)})
+  assert not bad[0]["ok"] and not bad[1]["ok"]
