@@ -7,8 +7,9 @@ Run: ``python experiments/secrets_rm.py --config=experiments/configs/secrets_rm.
 The default is sized for the 2-core CPU budget (aimed at about 15 minutes; the README has
 the measured wall time). ``--config.scale=S`` multiplies the training and held-out pairs,
 the reward models' width, their training steps and the MetaRM prompts by S, for an
-accelerator: the training FLOPs grow about S^4 (width squared, steps, pairs scored), so S = 4
-is some 250 times the CPU default's work, minutes on one GPU by the FLOP count (not run).
+accelerator: the work grows about S^3 (width squared times the training steps, or times
+the pairs scored), so S = 4 is some 64 times the CPU default's, minutes on one GPU by the
+FLOP count (not run).
 
 The ``rm`` section has ``rmjax train-rm``'s shape (model, optim, train): its fields replace
 those of ``rmjax/configs/train_rm.py`` for every reward model trained here, so each one is
