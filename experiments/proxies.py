@@ -115,6 +115,11 @@ def train_member(config) -> dict:
   return metrics
 
 
+def member_workdir(c, kind: str, noise: float, seed: int, m: int) -> str:
+  """Where member m of the ``kind`` ensemble of ``seed`` at label noise ``noise`` lives."""
+  return os.path.join(c.workdir, "proxies", f"{kind}_noise{noise:g}_seed{seed}_m{m}")
+
+
 def train_ensemble(c, task, noise: float, seed: int, kind: str):
   """(scorer (tokens, mask) -> [B, K], per-member eval metrics) of the ``kind`` ensemble
   of ``seed`` at label noise ``noise``."""
@@ -127,7 +132,7 @@ def train_ensemble(c, task, noise: float, seed: int, kind: str):
     inits = [str(folders[m] if kind == "pretrain" else folders[0]) for m in range(k)]
   scorers, evals = [], []
   for m in range(k):
-    workdir = os.path.join(c.workdir, "proxies", f"{kind}_noise{noise:g}_seed{seed}_m{m}")
+    workdir = member_workdir(c, kind, noise, seed, m)
     evals.append(train_member(member_config(c, noise, seed, m, workdir, inits[m])))
     scorers.append(load_rm.load_ensemble(workdir)[0])
 
