@@ -1,44 +1,78 @@
-"""Reward-model overoptimisation under PPO, and what conservative ensembles and KL change.
+"""Reward-model overoptimisation under PPO, and what conservative ensembles and a KL
+penalty change, with every method compared at matched KL.
 
   python experiments/overoptimization_ppo.py --config=experiments/configs/overoptimization_ppo.py
 
 The PPO half of Coste et al. (2023) (algorithms.md §3, §5) on the synthetic gold task,
-whose gold reward is known exactly:
+version 2 (gold turns inside the base policy's distribution on two features):
 
-1. For every seed, a K-member proxy ensemble is trained on the task's train split with
-   label noise (the best-of-n experiment's ``train_proxies``).
-2. For every (objective, KL coefficient), ``ppo_trainer.train`` optimises the base policy
-   against that objective of the members, each normalised by the trainer to zero mean,
-   unit std on base-policy samples (``reward.member_norm``, the library's one path): "single" is member 0 alone,
-   "wco" the minimum, "uwo" the mean minus λ·variance. Each iteration logs the proxy
-   score, the gold reward and the KL E[Σ_t ½ (log π/π_ref)²] ("kl_half_squared").
-3. Over seeds: mean and 95% t-interval of the gold and proxy curves per iteration, the
-   final and peak gold, the final KL. Writes results.md/.csv, curves.csv, results.json
-   (per-seed curves), gold_vs_kl.png and gold_vs_iteration.png into the workdir and
-   prints the verdicts.
+1. For every seed, one K-member proxy ensemble (``experiments/proxies.py``, kind
+   ``proxy.kind``) is trained with label noise and shared by every method of the seed.
+2. Base-policy samples on fresh prompts give the gold baseline, UWO's λ (scaled to the
+   members' measured variance) and the ensemble precondition.
+3. PPO runs once per method against that ensemble, members normalised on base-policy
+   samples by the trainer (``reward.member_norm``): "single" is member 0 alone, "mean",
+   "wco" and "uwo" combine all members; the ``penalised`` objectives run again with a small
+   fixed KL penalty; the control runs PPO against the gold reward itself. Every iteration
+   logs gold and the KL of the policy's samples from the reference.
+4. ``experiments/ppo_analysis.py`` reads gold off each trajectory at common KL values and
+   turns the runs into intervals, paired differences with the single RM (Holm-corrected),
+   preconditions, controls and verdicts.
+Writes results.md/.csv, curves.csv, results.json and gold_vs_kl.png into the workdir.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import cli, report  # noqa: E402
-from experiments.overoptimization_bon import interval, train_proxies  # noqa: E402
+from experiments import bon_analysis, cli, gold_ppo, ppo_analysis, proxies, report  # noqa: E402
+from experiments.overoptimization_bon import trained_features  # noqa: E402
 from rmjax.configs import ppo as ppo_configs  # noqa: E402
-from rmjax.rl import build as rl_build  # noqa: E402
+from rmjax.rl import best_of_n, build, rewards  # noqa: E402
 from rmjax.rl import trainer as ppo_trainer  # noqa: E402
-from rmjax.tasks import preference as synthetic
+from rmjax.rm import reward_source  # noqa: E402
+from rmjax.runtime.metrics import read_metrics  # noqa: E402
+from rmjax.tasks import preference as synthetic  # noqa: E402
 
-LABELS = {"single": "single RM (member 0)", "wco": "WCO", "uwo": "UWO", "mean": "mean"}
-LOGGED = ("gold", "score", "kl_half_squared", "kl", "response_length")  # kept per iteration
+LOGGED = ("gold", "score", "kl", "kl_half_squared", "response_length")  # per iteration
+BASE_STREAM = 4000  # folded into a seed's key: its base-policy prompts and samples
+
+
+def apply_scale(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with its size fields multiplied by ``config.scale``."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  s = int(c.scale)
+  if s < 1:
+    raise ValueError(f"scale={c.scale} must be an integer >= 1")
+  for section, name in [("base", "prompts"), ("norm", "prompts"), ("task", "num_train_pairs")]:
+    c[section][name] *= s
+  c.proxy.pretrain.sequences *= s
+  c.ppo.ppo.prompts *= s
+  for name in ("d_model", "d_ff", "n_heads", "n_kv_heads"):
+    c.proxy.model[name] *= s
+  return c
+
+
+def methods(c) -> dict[str, tuple[str, float]]:
+  """{method: (objective, KL coefficient)}: the objectives unpenalised, then the penalised
+  ones ("uwo+kl0.01"). The gold control is run apart."""
+  for name in (*c.objectives, *c.penalised):
+    if name not in ("single", "mean", "wco", "uwo"):
+      raise ValueError(f"objective {name!r} is not one of single, mean, wco, uwo")
+  if "single" not in c.objectives:
+    raise ValueError("objectives must include 'single': every method is compared with it")
+  out = {name: (name, 0.0) for name in c.objectives}
+  out.update({f"{name}+kl{coef:g}": (name, float(coef))
+              for name in c.penalised for coef in c.kl_coefs})
+  return out
 
 
 def merge(base, overrides) -> None:
@@ -50,179 +84,108 @@ def merge(base, overrides) -> None:
       base[name] = value
 
 
-def ppo_config(c, objective: str, kl_coef: float, seed: int, workdir: str,
-               proxy_dir: str) -> ml_collections.ConfigDict:
+def ppo_config(c, objective: str, kl_coef: float, uwo_lam: float, seed: int, workdir: str,
+               member_norm: bool = True) -> ml_collections.ConfigDict:
   """The ``rmjax ppo`` config of one run: ppo.py's defaults, ``c.ppo`` over them."""
   p = ppo_configs.get_config()
   merge(p, c.ppo)
   p.seed = seed
   episodes = p.ppo.prompts * p.ppo.samples_per_prompt  # the trainer samples in rollouts
-  p.reward.update(workdirs=(proxy_dir,), objective=objective, uwo_lam=c.uwo_lam,
-                  member_norm=True,
+  p.reward.update(workdirs=(), objective=objective, uwo_lam=uwo_lam, member_norm=member_norm,
                   norm_batches=max(1, -(-c.norm.prompts * c.norm.samples // episodes)))
   p.kl.update(adaptive=False, coef=kl_coef)
   n = p.ppo.iterations
-  p.train.update(workdir=workdir, log_every=max(1, n // 5), save_every=n, keep_checkpoints=1)
+  p.train.update(workdir=workdir, log_every=max(1, n // 4), save_every=n, keep_checkpoints=1)
   return p
 
 
 def read_curves(workdir: str) -> dict:
   """{metric: [iterations]} of a PPO run's metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  rows = sorted((r for r in rows if r.get("split") == "train"), key=lambda r: r["step"])
+  rows = sorted((r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+                 if r.get("split") == "train"), key=lambda r: r["step"])
   return {k: np.asarray([r[k] for r in rows], np.float64) for k in LOGGED}
 
 
-def run_seed(c, seed: int) -> tuple[dict, dict]:
-  """({objective: {kl_coef: curves}}, proxy info) of one seed."""
+def base_samples(c, task, scorer, seed: int) -> dict:
+  """Gold [P, N] and members [P, N, K] of base-policy samples on the seed's fresh prompts."""
+  key = jax.random.fold_in(jax.random.key(seed), BASE_STREAM)
+  prompts, plen = task.sample_prompts(jax.random.fold_in(key, 0), c.base.prompts)
+  prompt_mask = np.arange(prompts.shape[1])[None] < plen[:, None]
+
+  @jax.jit
+  def score(tokens, mask, prompt_len):
+    return {"gold": task.gold_reward(tokens, mask, prompt_len)["total"],
+            "members": scorer(tokens, mask)}
+
+  return best_of_n.best_of_n_scores(jax.random.fold_in(key, 1), task.policy, task.sampling,
+                                    prompts, prompt_mask, c.base.samples, score)
+
+
+def ensemble_facts(c, base: dict) -> dict:
+  """UWO's λ and the per-prompt disagreement/error correlations, from the base samples
+  with members normalised as the trainer normalises them."""
+  (members,) = rewards.normalize_members([base["members"]],
+                                         rewards.member_stats([base["members"]]))
+  variance = float(np.mean(np.var(members, axis=-1)))
+  spread = float(np.std(members.mean(-1)))
+  corr = [bon_analysis.disagreement_correlation(members[p], base["gold"][p])
+          for p in range(len(members))]
+  return {"uwo_lam": c.uwo_ratio * spread / max(variance, 1e-12), "member_variance": variance,
+          "mean_spread": spread, "disagreement_error_corr": corr,
+          "base_gold": np.asarray(base["gold"]).mean(-1)}
+
+
+def run_one(p, scorer, task, critic) -> tuple[dict, float]:
+  """(curves, wall seconds) of one PPO run in a fresh workdir."""
   start = time.time()
-  raw, evals = train_proxies(c, c.label_noise, seed)
-  proxy_dir = os.path.join(c.workdir, "proxies", f"noise{c.label_noise:g}_seed{seed}")
-  task = synthetic.build_task(synthetic.SyntheticConfig(
-      **c.task.to_dict(), label_noise=c.label_noise))
-  critic = rl_build.first_member(raw)
-  print(f"seed {seed}: proxies trained in {time.time() - start:.0f}s, eval "
-        f"accuracy {evals['accuracy']:.3f}, gold agreement {evals['gold_agreement']:.3f}",
-        flush=True)
-  curves, stats = {}, None
-  for objective in c.objectives:
-    for coef in c.kl_coefs:
-      start = time.time()
-      workdir = os.path.join(c.workdir, "ppo", f"{objective}_kl{coef:g}_seed{seed}")
-      shutil.rmtree(workdir, ignore_errors=True)  # never resume a run of another config
-      config = ppo_config(c, objective, coef, seed, workdir, proxy_dir)
-      result = ppo_trainer.train(config, scorers=[raw], task=task, critic_model=critic)
-      stats = stats or result["member_stats"][0]  # the same samples in every run of a seed
-      curve = curves.setdefault(objective, {})[f"{coef:g}"] = read_curves(workdir)
-      print(f"seed {seed} {objective} kl {coef:g}: {time.time() - start:.0f}s, gold "
-            f"{curve['gold'][0]:.3f} -> {curve['gold'][-1]:.3f}, proxy "
-            f"{curve['score'][0]:.3f} -> {curve['score'][-1]:.3f}, KL "
-            f"{curve['kl_half_squared'][-1]:.3f}", flush=True)
-  return curves, {**evals, "norm_mu": stats["mu"], "norm_sigma": stats["sigma"]}
+  shutil.rmtree(p.train.workdir, ignore_errors=True)  # never resume a run of another config
+  ppo_trainer.train(p, scorers=[scorer], task=task, critic_model=critic)
+  return read_curves(p.train.workdir), time.time() - start
 
 
-def summarise(c, per_seed: list[dict]) -> dict:
-  """Mean and 95% t-interval over seeds of every curve and the derived figures."""
-  out = {}
-  for objective in c.objectives:
-    for coef in c.kl_coefs:
-      runs = [s[objective][f"{coef:g}"] for s in per_seed]
-      stacked = {k: np.stack([r[k] for r in runs]) for k in LOGGED}  # [seeds, iterations]
-      gold = stacked["gold"]
-      entry = {f"{k}_per_seed": v for k, v in stacked.items()}
-      entry.update({k: interval(v) for k, v in stacked.items()})
-      entry.update(
-          final_gold=interval(tail(gold)), peak_gold=interval(smoothed(gold).max(1)),
-          gold_gain=interval(tail(gold) - gold[:, 0]),
-          proxy_gain=interval(tail(stacked["score"]) - stacked["score"][:, 0]),
-          final_kl=interval(tail(stacked["kl_half_squared"])),
-          peak_minus_final=interval(smoothed(gold).max(1) - tail(gold)))
-      out[f"{objective}/{coef:g}"] = entry
+def run_seed(c, task, seed: int) -> dict:
+  """The base samples' facts, every method's curves and costs, and the control of a seed."""
+  start = time.time()
+  kind, k = c.proxy.kind, int(c.proxy.k)
+  scorer, evals = proxies.train_ensemble(c, task, c.label_noise, seed, kind)
+  train_seconds = time.time() - start
+  facts = ensemble_facts(c, base_samples(c, task, scorer, seed))
+  print(f"seed {seed}: {k} {kind} members in {train_seconds:.0f}s, gold agreement "
+        f"{np.mean([e['gold_agreement'] for e in evals]):.3f}; UWO lambda "
+        f"{facts['uwo_lam']:.3g}", flush=True)
+  source = reward_source.FunctionSource(scorer, task.cfg.vocab_size, k,
+                                        name=f"{kind} proxy ensemble")
+  critic = build.first_member(reward_source.from_workdir(
+      proxies.member_workdir(c, kind, c.label_noise, seed, 0)))
+  out = {"curves": {}, "seconds": {}, "evals": evals, "train_seconds": train_seconds,
+         **facts}
+  runs = {name: (source, task, ppo_config(c, objective, coef, facts["uwo_lam"], seed,
+                                          os.path.join(c.workdir, "ppo", f"{name}_seed{seed}")))
+          for name, (objective, coef) in methods(c).items()}
+  runs[ppo_analysis.CONTROL] = (gold_ppo.source(task), gold_ppo.rollout(task), ppo_config(
+      c, "mean", 0.0, 0.0, seed, os.path.join(c.workdir, "ppo", f"gold_seed{seed}"),
+      member_norm=False))
+  for name, (scores, rollout, p) in runs.items():
+    out["curves"][name], out["seconds"][name] = run_one(p, scores, rollout, critic)
+    curve = out["curves"][name]
+    print(f"seed {seed} {name}: {out['seconds'][name]:.0f}s, gold {curve['gold'][0]:.3f} -> "
+          f"{curve['gold'][-5:].mean():.3f}, KL {curve[c.kl_metric][-5:].mean():.3f}",
+          flush=True)
   return out
 
 
-def tail(x, width: int = 5):
-  """[seeds] mean of the last ``width`` iterations (one iteration's batch is small)."""
-  return np.asarray(x)[:, -width:].mean(1)
-
-
-def smoothed(x, width: int = 5):
-  """[seeds, iterations - width + 1] running mean over ``width`` iterations."""
-  x = np.asarray(x)
-  width = min(width, x.shape[1])
-  kernel = np.ones(width) / width
-  return np.stack([np.convolve(row, kernel, mode="valid") for row in x])
-
-
-def verdicts(c, summary) -> list[str]:
-  """Plain sentences: does gold fall after its peak, and what gold gain each setting buys."""
-  lines = ["Final = mean of the last 5 iterations; peak = highest 5-iteration running mean; "
-           "gain = final - iteration 1; KL = E[sum_t 1/2 (log pi/pi_ref)^2]."]
-  if len(c.seeds) < 2:
-    lines.append("One seed: the [intervals] below are that seed's value, not a spread.")
-  fmt = lambda e: f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
-  for coef in c.kl_coefs:
-    lines.append(f"-- KL coefficient {coef:g}:")
-    for objective in c.objectives:
-      e = summary[f"{objective}/{coef:g}"]
-      drop = e["peak_minus_final"]
-      state = ("gold falls from its peak (one seed, no interval)"
-               if len(c.seeds) < 2 and drop["mean"] > 0.05 else
-               "overoptimises: gold falls from its peak (95% interval above 0)"
-               if drop["low"] > 0 else
-               "gold falls from its peak in the mean, interval includes 0"
-               if drop["mean"] > 0.05 else "no fall of gold from its peak")
-      lines.append(f"  {LABELS[objective]}: gold gain {fmt(e['gold_gain'])}, proxy gain "
-                   f"{fmt(e['proxy_gain'])}, final KL {fmt(e['final_kl'])}, peak - final "
-                   f"gold {fmt(drop)}: {state}")
-  best = max(summary, key=lambda k: summary[k]["gold_gain"]["mean"])
-  lines.append(f"Largest gold gain: {best} ({fmt(summary[best]['gold_gain'])}).")
-  return lines
-
-
-def write_outputs(c, summary, proxies, seconds) -> list[str]:
-  """results.md/.csv, curves.csv, results.json, gold_vs_kl.png, gold_vs_iteration.png."""
-  fmt = lambda e: f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-  rows, curve_rows = [], []
-  for objective in c.objectives:
-    for coef in c.kl_coefs:
-      e = summary[f"{objective}/{coef:g}"]
-      rows.append({"objective": objective, "kl_coef": coef, "final_gold": fmt(e["final_gold"]),
-                   "peak_gold": fmt(e["peak_gold"]), "gold_gain": fmt(e["gold_gain"]),
-                   "proxy_gain": fmt(e["proxy_gain"]), "final_kl": fmt(e["final_kl"])})
-      for i in range(len(e["gold"]["mean"])):
-        curve_rows.append({"objective": objective, "kl_coef": coef, "iteration": i + 1,
-                           **{f"{k}_{b}": float(e[k][b][i]) for k in LOGGED
-                              for b in ("mean", "low", "high")}})
-  stem = lambda name: os.path.join(c.workdir, name)
-  paths = report.write_table(stem("results"), [
-      ("objective", "objective"), ("kl_coef", "KL coef"), ("final_gold", "final gold"),
-      ("peak_gold", "peak gold"), ("gold_gain", "gold gain"), ("proxy_gain", "proxy gain"),
-      ("final_kl", "final KL (½ log-ratio²)")], rows)
-  paths += report.write_table(stem("curves"), [(k, k) for k in curve_rows[0]], curve_rows)[1:]
-  paths.append(report.write_json(stem("results.json"), {
-      "config": c.to_dict(), "seconds": seconds, "proxies": proxies, "runs": summary}))
-  paths.append(plot(c, summary, stem("gold_vs_kl.png")))
-  paths.append(plot(c, summary, stem("gold_vs_iteration.png"), x_key=None))
-  return paths
-
-
-def plot(c, summary, path: str, x_key: str | None = "kl_half_squared") -> str:
-  """Gold (top row) and proxy objective (bottom row) against the seed-mean KL (or the
-  iteration, ``x_key=None``), one column per KL coefficient, a line per objective with
-  its 95% band over seeds. Every curve is a 5-iteration running mean: one iteration's
-  batch is small and its KL jumps about."""
-  grid = []
-  for key, dashed in (("gold", False), ("score", True)):
-    row = []
-    for coef in c.kl_coefs:
-      panel = []
-      for objective in c.objectives:
-        e = summary[f"{objective}/{coef:g}"]
-        x = (smoothed([e[x_key]["mean"]])[0] if x_key else
-             smoothed([np.arange(1, len(e[key]["mean"]) + 1)])[0])
-        y = (smoothed([e[key][b]])[0] for b in ("mean", "low", "high"))
-        panel.append(report.Series(LABELS[objective], x, *y, dashed=dashed))
-      row.append(panel)
-    grid.append(row)
-  xlabel = ("KL = E[Σ_t ½ (log π/π_ref)²] (seed mean)" if x_key else "PPO iteration")
-  return report.plot_bands(path, grid, [f"KL coefficient {coef:g}" for coef in c.kl_coefs],
-                           xlabel, ["gold reward", "proxy objective (normalised members)"],
-                           sharex="col" if x_key else True)
-
-
-def run(c) -> dict:
+def run(config) -> dict:
   """The whole experiment; returns the summary (also written to the workdir)."""
   start = time.time()
+  c = apply_scale(config)
+  methods(c)  # refuse a bad method list before any training
   os.makedirs(c.workdir, exist_ok=True)
-  per_seed, proxies = [], {}
-  for seed in c.seeds:
-    curves, proxies[str(seed)] = run_seed(c, seed)
-    per_seed.append(curves)
-  summary = summarise(c, per_seed)
-  seconds = time.time() - start
-  report.announce(write_outputs(c, summary, proxies, seconds), verdicts(c, summary), seconds)
+  task = synthetic.build_task(synthetic.SyntheticConfig(**c.task.to_dict()))
+  per_seed = [run_seed(c, task, seed) for seed in c.seeds]
+  summary = ppo_analysis.summarise(c, per_seed, task.turns, trained_features(c, task))
+  summary["seconds"] = time.time() - start
+  paths = ppo_analysis.write_outputs(c, summary)
+  report.announce(paths, ppo_analysis.verdict_lines(summary), summary["seconds"])
   return summary
 
 
