@@ -30,8 +30,11 @@ def tiny_config(workdir, steps=200):
 @pytest.mark.slow
 def test_learns_well_above_chance(tmp_path):
   result = rm_trainer.train(tiny_config(tmp_path, steps=200))
+  # 256 held-out pairs: chance is 0.5 with a standard error of about 0.03, so both bars
+  # are more than four standard errors above it (task v2's gold turns inside the base
+  # distribution, so a 200-step model agrees with gold less often than with task v1).
   assert result["eval"]["accuracy"] > 0.62
-  assert result["eval"]["gold_agreement"] > 0.7
+  assert result["eval"]["gold_agreement"] > 0.65
   assert os.path.exists(result["plot"])
   assert os.path.exists(tmp_path / "metrics.jsonl")
 
