@@ -65,6 +65,31 @@ def test_noise_slope_is_the_least_squares_slope():
     secrets_rm.noise_slope(diffs[:1], rates[:1])
 
 
+def test_growth_without_a_gain_at_any_rate_is_only_partly_reproduced():
+  """A slope that rises only because a method loses less to BT on noisier data is not the
+  claimed growing gain: beats_bt_at lists only rates where the gain is above 0 and survives
+  Holm, and the growth verdict is "partly" without one."""
+  reject, keep = {"reject": True, "p_adjusted": 0.01}, {"reject": False, "p_adjusted": 0.3}
+  d = lambda low, high, holm: {"mean": (low + high) / 2, "low": low, "high": high, "holm": holm}
+  vs_bt = {"0": {"simcse": d(-0.2, -0.1, reject), "flip": d(-0.1, -0.05, reject)},
+           "0.3": {"simcse": d(-0.03, 0.04, keep), "flip": d(0.01, 0.05, reject)},
+           "0.4": {"simcse": d(0.01, 0.04, keep), "flip": d(-0.01, 0.04, keep)}}
+  assert secrets_rm.beats_bt_at(vs_bt, "simcse") == []
+  assert secrets_rm.beats_bt_at(vs_bt, "flip") == ["0.3"]
+  pre = [{"name": f"strength_ensemble_above_chance@{k}", "ok": True} for k in vs_bt]
+  summary = {"controls": [], "strength": {},
+             "precondition": [*pre, {"name": "noise_hurts_bt", "ok": True}],
+             "robustness": {"vs_bt": vs_bt,
+                            "slope": {m: d(0.1, 0.5, reject) for m in ("simcse", "flip")}}}
+  c = secrets_rm_config.get_config()
+  c.noise_rates = (0.0, 0.3, 0.4)
+  found = secrets_rm.verdicts(c, summary)
+  assert found["growth/simcse"]["verdict"] == stats.PARTLY
+  assert found["growth/flip"]["verdict"] == stats.REPRODUCED
+  assert found["growth/flip"]["evidence"].endswith("beats BT at 0.3")
+  assert found["robustness/flip@0.3"]["verdict"] == stats.REPRODUCED
+
+
 def test_checked_rejects_a_sweep_without_zero_and_applies_scale():
   c = secrets_rm_config.get_config()
   c.noise_rates = (0.1, 0.2)
