@@ -194,17 +194,9 @@ def _fmt(label: str, x: dict) -> str:
 
 def verdict_lines(summary) -> list[str]:
   """Preconditions and controls first, then one line per verdict."""
-  lines = ["Preconditions:"]
-  lines += [f"  [{'ok' if p['ok'] else 'FAILED'}] {p['name']}: {p['detail']}"
-            for p in summary["precondition"]]
-  lines.append("Controls:")
-  lines += [f"  [{'ok' if k['ok'] else 'FAILED'}] {k['name']}: {k['detail']}"
-            for k in summary["controls"]]
-  lines.append("Verdicts (95% hierarchical-bootstrap intervals over seeds and prompts; "
-               "comparisons with the single RM Holm-corrected per ensemble):")
-  lines += [f"  {key}: {v['verdict']} ({v['paper']}: {v['claim']}; {v['evidence']})"
-            for key, v in summary["verdicts"].items()]
-  return lines
+  return report.verdict_lines(summary, "95% hierarchical-bootstrap intervals over seeds and "
+                              "prompts; comparisons with the single RM Holm-corrected per "
+                              "ensemble")
 
 
 def write_outputs(c, summary) -> list[str]:
@@ -231,10 +223,7 @@ def write_outputs(c, summary) -> list[str]:
       ("final", f"gold gain at n={ns[-1]}"), ("peak_n", "peak n"), ("drop", "drop from peak"),
       ("alpha", "Gao α"), ("beta", "Gao β"), ("diff", "final gold - single"),
       ("holm_p", "Holm p")], rows)
-  with open(paths[0]) as f:
-    table = f.read()
-  with open(paths[0], "w") as f:
-    f.write("\n".join(verdict_lines(summary)) + "\n\n" + table)
+  report.prepend(paths[0], verdict_lines(summary))
   paths += report.write_table(stem("curves"), [(k, k) for k in curve_rows[0]], curve_rows)[1:]
   paths.append(report.write_json(stem("results.json"), {"config": c.to_dict(), **summary}))
   grid = [[[report.Series(obj, kl, *(np.array([g[b] for g in e["gain"]])

@@ -500,10 +500,7 @@ TABLE = [("comparison", "comparison"), ("method", "reward"), ("gold_gain", "gold
 def header_lines(c, pre, ctl, verdict) -> list[str]:
   """The text that opens results.md and the printed results: preconditions, controls,
   then the verdicts."""
-  lines = ["Preconditions:"]
-  lines += [f"  [{'ok' if p['ok'] else 'FAILED'}] {p['name']}: {p['detail']}" for p in pre]
-  lines.append("Controls:")
-  lines += [f"  [{'ok' if x['ok'] else 'FAILED'}] {x['name']}: {x['detail']}" for x in ctl]
+  lines = report.check_lines(pre, ctl)
   lines.append(f"Verdicts (paired differences over {len(c.seeds)} seed(s) x {c.eval.prompts} "
                f"held-out prompts; Holm-corrected over {len(CLAIMS)} claims at alpha "
                f"{c.alpha}):")
@@ -535,10 +532,7 @@ def write_outputs(c, summary, base, pre, ctl, verdict, costs, per_seed, seconds)
   header = dict(TABLE) | {"std_gain_0": f"std gain {c.properties[0]}",
                           "std_gain_1": f"std gain {c.properties[1]}"}
   paths = report.write_table(stem("results"), list(header.items()), rows)
-  with open(paths[0]) as f:
-    table = f.read()
-  with open(paths[0], "w") as f:
-    f.write("\n".join(header_lines(c, pre, ctl, verdict)) + "\n\n" + table)
+  report.prepend(paths[0], header_lines(c, pre, ctl, verdict))
   paths += report.write_table(stem("curves"), [(k, k) for k in curve_rows[0]], curve_rows)[1:]
   paths.append(report.write_json(stem("results.json"), {
       "precondition": pre, "controls": ctl, "verdicts": verdict, "cost": costs,

@@ -204,17 +204,9 @@ def _fmt(x: dict) -> str:
 
 def verdict_lines(summary) -> list[str]:
   """Preconditions and controls first, then one line per verdict."""
-  lines = ["Preconditions:"]
-  lines += [f"  [{'ok' if p['ok'] else 'FAILED'}] {p['name']}: {p['detail']}"
-            for p in summary["precondition"]]
-  lines.append("Controls:")
-  lines += [f"  [{'ok' if k['ok'] else 'FAILED'}] {k['name']}: {k['detail']}"
-            for k in summary["controls"]]
-  lines.append("Verdicts (95% hierarchical-bootstrap intervals over seeds and iterations at "
-               "matched KL; comparisons with the single RM Holm-corrected):")
-  lines += [f"  {key}: {v['verdict']} ({v['paper']}: {v['claim']}; {v['evidence']})"
-            for key, v in summary["verdicts"].items()]
-  return lines
+  return report.verdict_lines(summary, "95% hierarchical-bootstrap intervals over seeds and "
+                              "iterations at matched KL; comparisons with the single RM "
+                              "Holm-corrected")
 
 
 def write_outputs(c, summary) -> list[str]:
@@ -235,10 +227,7 @@ def write_outputs(c, summary) -> list[str]:
       ("gold", "gold at matched KL: method vs single"), ("diff", "method - single"),
       ("d_z", "d_z"), ("holm_p", "Holm p"), ("seconds", "PPO s/run"),
       ("rm_evaluations", "RM member evals/run")], rows)
-  with open(paths[0]) as f:
-    table = f.read()
-  with open(paths[0], "w") as f:
-    f.write("\n".join(verdict_lines(summary)) + "\n\n" + table)
+  report.prepend(paths[0], verdict_lines(summary))
   curve_rows = [{"method": m, "kl": float(k), "gold_mean": e["mean"], "gold_low": e["low"],
                  "gold_high": e["high"]}
                 for m, points in summary["curves"].items()

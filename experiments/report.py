@@ -68,6 +68,30 @@ def write_json(path: str, obj) -> str:
   return path
 
 
+def check_lines(precondition, controls) -> list[str]:
+  """The opening of every results.md and printed result: each precondition and control
+  (``stats.precondition`` / ``stats.control`` records) with whether it held."""
+  mark = lambda r: f"  [{'ok' if r['ok'] else 'FAILED'}] {r['name']}: {r['detail']}"
+  return ["Preconditions:", *map(mark, precondition), "Controls:", *map(mark, controls)]
+
+
+def verdict_lines(summary, how: str) -> list[str]:
+  """``check_lines`` of the summary, then ``how`` (how the intervals were computed and
+  corrected) and one line per verdict ({"verdict", "paper", "claim", "evidence"})."""
+  return [*check_lines(summary["precondition"], summary["controls"]), f"Verdicts ({how}):",
+          *(f"  {key}: {v['verdict']} ({v['paper']}: {v['claim']}; {v['evidence']})"
+            for key, v in summary["verdicts"].items())]
+
+
+def prepend(path: str, lines: list[str]) -> None:
+  """Put ``lines`` (then a blank line) before what ``path`` holds: the verdicts above a
+  results table."""
+  with open(path) as f:
+    rest = f.read()
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n\n" + rest)
+
+
 def announce(paths: list[str], verdicts: list[str], seconds: float) -> None:
   """An experiment's last words: the files it wrote, its verdicts, its wall time."""
   for path in paths:

@@ -395,17 +395,10 @@ def cost(c, cells, summary) -> dict:
 
 
 def verdict_lines(summary) -> list[str]:
-  lines = ["Preconditions:"]
-  lines += [f"  [{'ok' if p['ok'] else 'FAILED'}] {p['name']}: {p['detail']}"
-            for p in summary["precondition"]]
-  lines.append("Controls:")
-  lines += [f"  [{'ok' if k['ok'] else 'FAILED'}] {k['name']}: {k['detail']}"
-            for k in summary["controls"]]
-  lines.append("Verdicts (95% hierarchical-bootstrap intervals over seeds, then held-out "
-               "pairs; comparisons with BT Holm-corrected across methods per noise rate):")
-  lines += [f"  {key}: {v['verdict']} ({v['paper']}: {v['claim']}; {v['evidence']})"
-            for key, v in summary["verdicts"].items()]
-  return lines
+  """Preconditions and controls first, then one line per verdict."""
+  return report.verdict_lines(summary, "95% hierarchical-bootstrap intervals over seeds, then "
+                              "held-out pairs; comparisons with BT Holm-corrected across "
+                              "methods per noise rate")
 
 
 def plot_strength(path: str, s: dict) -> str:
