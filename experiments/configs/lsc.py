@@ -1,7 +1,7 @@
 """Transforming and combining rewards in PPO (Wang et al. 2024, algorithms.md §4).
 
 Run: ``python experiments/lsc.py --config=experiments/configs/lsc.py``. The default (5
-seeds) fits the 2-core CPU budget (about 7 minutes; see experiments/README.md);
+seeds) fits the 2-core CPU budget (the measured time is in experiments/README.md);
 ``--config.scale=4`` (or more) multiplies the training and held-out pairs, the reward
 models' steps and width, PPO's prompts per iteration, the held-out evaluation prompts and
 the base-policy sample for an accelerator (PPO's iteration count and the synthetic task
@@ -85,7 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
       optim=ml_collections.ConfigDict(dict(
           # The smallest of {2e-4, 5e-4, 1e-3} at which PPO on the gold total itself (the
           # control) raises held-out gold on the version-2 task within 30 iterations: at
-          # 2e-4 it does not, so no arm's result would mean anything.
-          actor=ml_collections.ConfigDict(dict(learning_rate=5e-4)),
+          # 2e-4 it does not, so no arm's result would mean anything. Warmup as in the PPO
+          # overoptimisation study: without it Adam's first full-rate steps can drop gold
+          # on their own, which would pass for reward hacking.
+          actor=ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=10)),
           critic=ml_collections.ConfigDict(dict(learning_rate=1e-3))))))
   return c

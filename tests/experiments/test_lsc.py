@@ -87,6 +87,8 @@ def test_tiny_run_control_holds_and_records_are_complete(tmp_path, run_experimen
            "rm.model.n_layers": 1, "ppo.ppo.iterations": ITERATIONS,
            "ppo.ppo.prompts": PROMPTS, "ppo.reward.lsc_samples": LSC_SAMPLES,
            "control_iterations": 30,
+           # Warmup starts from a zero rate, so the arms' one update would not move them.
+           "ppo.optim.actor.warmup_steps": 0,
            "control_seeds": 1, "final_window": 1, "base_samples": 64, "eval.prompts": 16,
            "num_resamples": 200}
   proc = run_experiment("lsc", flags, timeout=900)
