@@ -2,7 +2,8 @@
 
 Position t's logits predict token t + 1. A prediction counts only when both tokens are
 real (``mask`` True at t and at t + 1), so right or left padding and a row's first token
-(which nothing predicts) drop out. Used by the backbone pretraining of ``rmjax.lm``.
+(which nothing predicts) drop out. Used by the backbone pretraining of ``rmjax.lm`` and
+by PPO-ptx's language-model loss (``rmjax.rl.ppo_step``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from rmjax.models import lora
-from rmjax.objectives import ppo
+from rmjax.objectives import language_model, ppo
 from rmjax.runtime import loop
 
 EPISODE_KEYS = ("tokens", "mask", "response_mask", "old_logprobs", "old_values",
@@ -59,9 +59,7 @@ def language_model_loss(model, tokens, mask):
   """Mean next-token negative log-likelihood over the real tokens after each row's first
   (PPO-ptx's pretraining loss). tokens, mask [B, S] (left or right padded)."""
   hidden, _ = model(tokens, mask)
-  logprobs = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)
-  nll = -jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-  return ppo.masked_mean(nll, mask[:, 1:] & mask[:, :-1])
+  return language_model.next_token_loss(model.logits(hidden), tokens, mask)
 
 
 def make_losses(actor_graphdef, critic_graphdef, prompt_width: int, cfg):
