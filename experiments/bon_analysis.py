@@ -189,7 +189,7 @@ def verdicts(c, summary) -> dict:
 
 
 def _fmt(label: str, x: dict) -> str:
-  return f"{label} {x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
+  return f"{label} {report.interval(x, True)}"
 
 
 def verdict_lines(summary) -> list[str]:
@@ -208,9 +208,10 @@ def write_outputs(c, summary) -> list[str]:
     for obj, e in block["objectives"].items():
       d = block["vs_single"].get(obj)
       rows.append({"ensemble": name, "objective": obj,
-                   "final": _cell(e["final_gain"]), "peak_n": int(ns[e["peak_index"]]),
-                   "drop": _cell(e["drop_from_peak"]), "alpha": _cell(e["alpha"]),
-                   "beta": _cell(e["beta"]), "diff": _cell(d) if d else None,
+                   "final": report.interval(e["final_gain"]), "peak_n": int(ns[e["peak_index"]]),
+                   "drop": report.interval(e["drop_from_peak"]),
+                   "alpha": report.interval(e["alpha"]), "beta": report.interval(e["beta"]),
+                   "diff": report.interval(d) if d else None,
                    "holm_p": d["holm"]["p_adjusted"] if d else None})
       for i, n in enumerate(ns):
         g = e["gain"][i]
@@ -235,7 +236,3 @@ def write_outputs(c, summary) -> list[str]:
       "KL_bon(n) = log n - (n-1)/n", [f"{kind}-diverse: gold gain over n = 1"
                                       for kind in c.kinds]))
   return paths
-
-
-def _cell(x: dict) -> str:
-  return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"

@@ -132,7 +132,7 @@ def controls(c, per_seed) -> list[dict]:
   return [
       stats.control("gold_ppo_raises_gold", gain["low"] > 0,
                     f"PPO against the gold reward: gold of its last {w} iterations minus its "
-                    f"first {w}: {_fmt(gain)}", value=gain),
+                    f"first {w}: {report.interval(gain, True)}", value=gain),
       stats.control("first_iteration_samples_the_reference", kl0 < 1e-4,
                     f"largest |KL| of any run's first iteration {kl0:.2e} (π = π_ref there)",
                     value=kl0)]
@@ -184,7 +184,7 @@ def verdicts(summary) -> dict:
   out["gao"] = {"verdict": broken or stats.verdict(drop, 1, turns_ok), "paper": CLAIMS["gao"][0],
                 "claim": CLAIMS["gao"][1],
                 "evidence": f"gold at KL {drop['peak_kl']:.3g} minus at {drop['top_kl']:.3g}: "
-                            f"{_fmt(drop)}"}
+                            f"{report.interval(drop, True)}"}
   for m, d in summary["vs_single"].items():
     objective = m.split("+")[0]
     if objective not in ("wco", "uwo"):
@@ -193,13 +193,9 @@ def verdicts(summary) -> dict:
     out[f"{claim}/{m}"] = {
         "verdict": broken or stats.corrected_verdict(d, d["holm"], 1, members_ok),
         "paper": CLAIMS[claim][0], "claim": CLAIMS[claim][1],
-        "evidence": f"{m} - single gold at KL {d['kl']:.3g}: {_fmt(d)}, d_z "
+        "evidence": f"{m} - single gold at KL {d['kl']:.3g}: {report.interval(d, True)}, d_z "
                     f"{d['effect_size']:+.2f}, Holm p {d['holm']['p_adjusted']:.3g}"}
   return out
-
-
-def _fmt(x: dict) -> str:
-  return f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
 
 
 def verdict_lines(summary) -> list[str]:
@@ -212,13 +208,13 @@ def verdict_lines(summary) -> list[str]:
 def write_outputs(c, summary) -> list[str]:
   """results.md (preconditions, controls, table, verdicts), results.csv, curves.csv,
   results.json and gold_vs_kl.png."""
-  cell = lambda x: f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
   costs = summary["cost"]
   rows = [{"method": "single", "kl": summary["reach"]["single"], "gold": None, "diff": None,
            "d_z": None, "holm_p": None, "seconds": costs["ppo_seconds"]["single"],
            "rm_evaluations": costs["rm_evaluations"]["single"]}]
-  rows += [{"method": m, "kl": d["kl"], "gold": f"{cell(d['gold'])} vs {cell(d['single_gold'])}",
-            "diff": cell(d), "d_z": d["effect_size"], "holm_p": d["holm"]["p_adjusted"],
+  rows += [{"method": m, "kl": d["kl"],
+            "gold": f"{report.interval(d['gold'])} vs {report.interval(d['single_gold'])}",
+            "diff": report.interval(d), "d_z": d["effect_size"], "holm_p": d["holm"]["p_adjusted"],
             "seconds": costs["ppo_seconds"][m], "rm_evaluations": costs["rm_evaluations"][m]}
            for m, d in summary["vs_single"].items()]
   stem = lambda name: os.path.join(c.workdir, name)

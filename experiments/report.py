@@ -68,6 +68,13 @@ def write_json(path: str, obj) -> str:
   return path
 
 
+def interval(x: dict, signed: bool = False) -> str:
+  """"mean [low, high]" of an interval dict, 3 decimals; ``signed`` writes every sign (for
+  a difference)."""
+  f = "+.3f" if signed else ".3f"
+  return f"{x['mean']:{f}} [{x['low']:{f}}, {x['high']:{f}}]"
+
+
 def check_lines(precondition, controls) -> list[str]:
   """The opening of every results.md and printed result: each precondition and control
   (``stats.precondition`` / ``stats.control`` records) with whether it held."""

@@ -270,13 +270,13 @@ def preconditions(c, summary) -> list[dict]:
     a = block["ensemble_agreement"]
     out.append(stats.precondition(
         f"strength_ensemble_above_chance@{key}", a, a["low"] > 0.5,
-        f"strength ensemble's held-out gold agreement at noise {key}: {_cell(a)} (needs low "
-        "> 0.5; else strength is not testable)"))
+        f"strength ensemble's held-out gold agreement at noise {key}: {report.interval(a)} "
+        "(needs low > 0.5; else strength is not testable)"))
   d = summary["robustness"]["noise_hurts_bt"]
   out.append(stats.precondition(
       "noise_hurts_bt", d, d["low"] > 0,
       f"BT gold agreement at noise {c.noise_rates[0]:g} minus at {c.noise_rates[-1]:g}: "
-      f"{_diff(d)} (needs low > 0: else there is nothing for a repair to recover)"))
+      f"{report.interval(d, True)} (needs low > 0: else there is nothing for a repair to recover)"))
   if "metarm" in summary:
     out.append(summary["metarm"]["precondition"])
   return out
@@ -299,8 +299,8 @@ def controls(c, cells, configs: dict, boot) -> list[dict]:
   tol = 2.0 / c.task.num_eval_pairs
   return [
       stats.control("bt_above_chance_at_zero_noise", bt0["low"] > 0.5,
-                    f"BT held-out gold agreement at noise {zero:g}: {_cell(bt0)} (needs low "
-                    "> 0.5)", value=bt0),
+                    f"BT held-out gold agreement at noise {zero:g}: {report.interval(bt0)} "
+                    "(needs low > 0.5)", value=bt0),
       stats.control("injected_swaps_lower_strength", bool(gaps) and min(gaps) > 0,
                     "mean out-of-fold μ of kept labels minus swapped ones, every seed and "
                     f"noise > 0: min {min(gaps, default=float('nan')):.3f} (needs > 0)",
@@ -368,15 +368,7 @@ def verdicts(c, summary) -> dict:
 
 def _fmt(label: str, x: dict) -> str:
   """"label +m [+lo, +hi]": a difference, signed."""
-  return f"{label} {_diff(x)}"
-
-
-def _diff(x: dict) -> str:
-  return f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
-
-
-def _cell(x: dict) -> str:
-  return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+  return f"{label} {report.interval(x, True)}"
 
 
 def cost(c, cells, summary) -> dict:
@@ -422,14 +414,15 @@ def plot_strength(path: str, s: dict) -> str:
 def write_outputs(c, summary: dict, cells, per_pair: dict) -> list[str]:
   stem = lambda name: os.path.join(c.workdir, name)
   rob, keys = summary["robustness"], [noise_key(r) for r in c.noise_rates]
-  rows = [{"method": m, **{f"a{k}": _cell(rob["gold_agreement"][m][k]) for k in keys},
-           **{f"d{k}": _diff(rob["vs_bt"][k][m]) for k in keys if m != "bt"},
-           "slope": _diff(rob["slope"][m]) if m != "bt" else None} for m in c.methods]
+  rows = [{"method": m, **{f"a{k}": report.interval(rob["gold_agreement"][m][k]) for k in keys},
+           **{f"d{k}": report.interval(rob["vs_bt"][k][m], True) for k in keys if m != "bt"},
+           "slope": report.interval(rob["slope"][m], True) if m != "bt" else None}
+          for m in c.methods]
   paths = report.write_table(stem("robustness"), [("method", "method")] + [
       (f"a{k}", f"gold agreement @{k}") for k in keys] + [
       (f"d{k}", f"- BT @{k}") for k in keys] + [("slope", "slope of - BT over noise")], rows)
-  srows = [{"noise": k, "variant": v, "agreement": _cell(b["ensemble_agreement"]),
-            **{n: _cell(b[v][n]) for n in ("auroc", "precision", "recall") if n in b[v]},
+  srows = [{"noise": k, "variant": v, "agreement": report.interval(b["ensemble_agreement"]),
+            **{n: report.interval(b[v][n]) for n in ("auroc", "precision", "recall") if n in b[v]},
             "random": b["random_baseline"], "negative": b[v]["fraction_negative"]}
            for k, b in summary["strength"].items() for v in ("out_of_fold", "in_sample")]
   paths += report.write_table(stem("strength"), [
@@ -443,10 +436,11 @@ def write_outputs(c, summary: dict, cells, per_pair: dict) -> list[str]:
     paths += report.write_table(stem("metarm"), [
         ("model", "model"), ("shifted", "gold agreement, shifted pairs"),
         ("held_out", "gold agreement, held-out pairs")], [
-        {"model": name, "shifted": _cell(m["shifted_accuracy"][name]),
-         "held_out": _cell(m["held_out_accuracy"][name])} for name in ("bt", "metarm")] + [
-        {"model": "MetaRM - BT", "shifted": _diff(m["metarm_minus_bt_shifted"]),
-         "held_out": _diff(m["metarm_minus_bt_held_out"])}])
+        {"model": name, "shifted": report.interval(m["shifted_accuracy"][name]),
+         "held_out": report.interval(m["held_out_accuracy"][name])}
+        for name in ("bt", "metarm")] + [
+        {"model": "MetaRM - BT", "shifted": report.interval(m["metarm_minus_bt_shifted"], True),
+         "held_out": report.interval(m["metarm_minus_bt_held_out"], True)}])
     tables.append("metarm")
   top = cells[0][c.noise_rates[-1]]["strength"]
   paths.append(plot_strength(stem("strength_vs_spread.png"), top))
