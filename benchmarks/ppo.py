@@ -1,12 +1,12 @@
 """PPO iteration throughput of rmjax against TRL's ``RLOOTrainer`` (TRL 1.x has no PPO).
 
-    python benchmarks/ppo.py [--prompts 8 --samples 4 --prompt-len 64 --new 64
-                              --rounds 3 --reps 2 --warmup 1]
+    python benchmarks/ppo.py [--shape s0|s1|s2] [--prompts 8 --samples 4 --rounds 3 --reps 2]
 
-Shape S0 (``rmjax.models.config.s0()``) for every model: policy, reference, reward model
-(and, ours, the critic), float32, random init. One iteration = ``--prompts`` random
-prompts of ``--prompt-len`` tokens x ``--samples`` samples, exactly ``--new`` new tokens
-each (EOS never stops a row), reward-model scoring, reference (and critic) forward, and
+At ``--shape`` (``shapes.py``; every number can be overridden) for every model: policy,
+reference, reward model (and, ours, the critic), float32, random init. One iteration =
+``--prompts`` random prompts (default: 8 at S0, scaled to the same tokens per iteration) of
+``--prompt-len`` tokens x ``--samples`` samples, exactly ``--new`` new tokens each (both
+default to half of ``--seq``; EOS never stops a row), reward-model scoring, reference (and critic) forward, and
 one epoch of updates as a single minibatch of all episodes. Ours: ``PPOTrainer.rollout``
 then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
 (generation, old/reference log-probs, reward model, one backward and AdamW step).
@@ -29,11 +29,11 @@ import time
 
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
 import numpy as np
-from rm_train import build_tokenizer, cpu_busy_pct, peak_rss_mb
+import shapes
+from rm_train import build_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST_ID = 2  # prompt ids in [2, vocab): 0 is the peer's pad token, 1 its EOS
-FLAGS = ("prompts", "samples", "prompt_len", "new", "reps", "warmup")
+FLAGS = (*shapes.FLAGS, "prompts", "samples", "prompt_len", "new", "reps", "warmup")
 
 
 def iterations(args) -> int:
@@ -44,8 +44,8 @@ def iterations(args) -> int:
 
 
 class BenchTask:
-  """The few attributes of a synthetic task that ``PPOTrainer`` reads: an S0 policy with
-  an LM head, random full-length prompts and a gold reward of zeros (there is none)."""
+  """The few attributes of a synthetic task that ``PPOTrainer`` reads: a policy with an
+  LM head, random full-length prompts and a gold reward of zeros (there is none)."""
 
   def __init__(self, policy, prompt_len: int, new: int, vocab: int):
     self.policy, self.vocab = policy, vocab
@@ -84,12 +84,11 @@ def ppo_config(args):
 
 
 def build_ours(args):
-  """A PPOTrainer on S0 models and the split timers wrapped around its rollout pieces."""
+  """A PPOTrainer on models of the shape and the split timers wrapped around its rollout pieces."""
   import jax
   from flax import nnx
 
   from rmjax import parallel
-  from rmjax.models import config
   from rmjax.models.transformer import Transformer
   from rmjax.rl.trainer import PPOTrainer
   from rmjax.rm.members import Layout, RewardEnsemble
@@ -99,8 +98,8 @@ def build_ours(args):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   conf = ppo_config(args)
   mesh = parallel.make_mesh(parallel.MeshConfig(**conf.mesh))
-  policy_cfg = config.s0()
-  rm_cfg = config.s0(num_reward_heads=1, lm_head=False)
+  policy_cfg = shapes.model_config(shapes.of(args))
+  rm_cfg = policy_cfg.replace(num_reward_heads=1, lm_head=False)
   policy = parallel.init_sharded(lambda: Transformer(policy_cfg, rngs=nnx.Rngs(0)), mesh)
   rm = parallel.init_sharded(lambda: Transformer(rm_cfg, rngs=nnx.Rngs(1)), mesh)
   scorer = RewardEnsemble(*nnx.split(rm), Layout(), rm_cfg)
@@ -117,7 +116,6 @@ def build_ours(args):
 
 
 def run_ours(args) -> dict:
-  sys.path.insert(0, ROOT)
   import flax
   import jax
 
@@ -150,7 +148,7 @@ def run_ours(args) -> dict:
               cpu_s=[r["cpu_s"] for r in timed_rows],
               all_iterations_s=[round(r["iteration_s"], 3) for r in rows],
               split_s={k: [r[k] for r in timed_rows] for k in timed_rows[0]},
-              first_iteration_s=rows[0]["iteration_s"], peak_rss_mb=peak_rss_mb(),
+              first_iteration_s=rows[0]["iteration_s"], peak_rss_mb=harness.peak_rss_mb(),
               jax=jax.__version__, flax=flax.__version__,
               device=f"{dev.platform}: {dev.device_kind}", jax_devices=len(jax.devices()))
 
@@ -158,32 +156,17 @@ def run_ours(args) -> dict:
 # ---------------------------------------------------------------------------------- peer
 
 
-def hf_config(cfg, **extra):
-  """transformers.LlamaConfig of S0's numbers (``cfg``: the rmjax ModelConfig)."""
-  from transformers import LlamaConfig
-  return LlamaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-      num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-      num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head,
-      max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-      rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-      hidden_act="silu", attention_bias=False, mlp_bias=False, bos_token_id=None,
-      eos_token_id=1, pad_token_id=0, **extra)
-
-
-def save_peer_models(folder: str, tokenizer) -> tuple[str, str]:
-  """S0-shaped policy (LM head) and reward model (one label) saved with the tokenizer;
-  returns their folders (TRL builds its reference model from the policy's path)."""
+def save_peer_models(folder: str, tokenizer, cfg) -> tuple[str, str]:
+  """Policy (LM head) and reward model (one label) of rmjax ``cfg``'s numbers saved with
+  the tokenizer; returns their folders (TRL builds its reference model from the policy's
+  path)."""
   import torch
   from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-  sys.path.insert(0, ROOT)
-  from rmjax.models import config
-  cfg = config.s0()
   paths = []
   for name, cls, extra in (("policy", LlamaForCausalLM, {}),
                            ("reward", LlamaForSequenceClassification, {"num_labels": 1})):
     torch.manual_seed(len(paths))
-    model = cls(hf_config(cfg, **extra)).float()
+    model = cls(shapes.hf_config(cfg, **extra)).float()
     path = os.path.join(folder, name)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -230,10 +213,11 @@ def run_peer(args) -> dict:
   torch.set_num_threads(os.cpu_count())
   datasets.disable_progress_bars()
   steps, episodes = iterations(args), args.prompts * args.samples
-  tokenizer = build_tokenizer(512)
+  cfg = shapes.model_config(shapes.of(args))
+  tokenizer = build_tokenizer(cfg.vocab_size)
   timer = StepTimer()
   with tempfile.TemporaryDirectory(prefix="rmjax-bench-rloo-") as out:
-    policy_path, reward_path = save_peer_models(out, tokenizer)
+    policy_path, reward_path = save_peer_models(out, tokenizer, cfg)
     data = datasets.Dataset.from_dict(
         {"prompt": prompt_texts(args, args.prompts * steps, len(tokenizer))})
     targs = trl.RLOOConfig(
@@ -260,7 +244,7 @@ def run_peer(args) -> dict:
   return dict(iteration_s=step_s[args.warmup:].tolist(),
               cpu_s=np.diff(timer.cpu)[args.warmup:].tolist(), first_iteration_s=float(step_s[0]),
               min_completion_length=[float(x) for x in lengths],
-              peak_rss_mb=peak_rss_mb(), torch=torch.__version__,
+              peak_rss_mb=harness.peak_rss_mb(), torch=torch.__version__,
               transformers=transformers.__version__, trl=trl.__version__,
               torch_threads=torch.get_num_threads(),
               attn_implementation=trainer.model.config._attn_implementation,
@@ -270,7 +254,7 @@ def run_peer(args) -> dict:
 # ---------------------------------------------------------------------------------- main
 
 
-def summary(runs, args, busy_before, load_before, wall_start) -> dict:
+def summary(runs, args, shape, quiet, wall_start) -> dict:
   """The JSON line: throughputs, ratio, our split (medians over timed iterations)."""
   episodes = args.prompts * args.samples
   median = lambda side, key="iteration_s": harness.median_over(runs, side, key)
@@ -300,8 +284,9 @@ def summary(runs, args, busy_before, load_before, wall_start) -> dict:
                          for side in runs},
       peer_min_completion_length=peer["min_completion_length"],
       timed_iterations=args.rounds * args.reps, warmup_iterations=args.warmup,
-      shape=dict(config="s0", dtype="float32", prompts=args.prompts, samples=args.samples,
-                 prompt_len=args.prompt_len, new_tokens=args.new, episodes=episodes),
+      shape=dict(shapes.describe(shape), dtype="float32", prompts=args.prompts,
+                 samples=args.samples, prompt_len=args.prompt_len, new_tokens=args.new,
+                 episodes=episodes),
       counted=(f"one iteration = {episodes} episodes: sample {args.prompts} prompts x "
                f"{args.samples} x {args.new} new tokens, score, reference/old log-probs, one "
                "update on all episodes. Ours: PPOTrainer.rollout + minibatches + compiled "
@@ -313,39 +298,38 @@ def summary(runs, args, busy_before, load_before, wall_start) -> dict:
       jax=ours["jax"], flax=ours["flax"], torch=peer["torch"],
       transformers=peer["transformers"], trl=peer["trl"], torch_threads=peer["torch_threads"],
       peer_attn=peer["attn_implementation"], cpu_count=os.cpu_count(), device=ours["device"],
-      load_avg_1min=dict(before=load_before, after=os.getloadavg()[0]),
-      cpu_busy_pct_5s=dict(before=busy_before, after=cpu_busy_pct()),
+      quiet_before=quiet, cpu_busy_pct_5s_after=harness.cpu_busy_pct(),
       wall_s=time.perf_counter() - wall_start)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
+  shapes.add_flags(p)
+  p.add_argument("--prompts", type=int, help="prompts per iteration (default: 8 at S0, scaled)")
   p.add_argument("--samples", type=int, default=4, help="samples per prompt")
-  p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (all real)")
-  p.add_argument("--new", type=int, default=64, help="new tokens per sample (exactly)")
+  p.add_argument("--prompt-len", type=int, help="prompt tokens, all real (default: seq / 2)")
+  p.add_argument("--new", type=int, help="new tokens per sample, exactly (default: seq / 2)")
   p.add_argument("--rounds", type=int, default=3, help="fresh child pairs, alternating")
   p.add_argument("--reps", type=int, default=2, help="timed iterations per child")
   p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (>= 1)")
   p.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
   p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
+  shape = shapes.resolve(args)
+  args.prompts = args.prompts or shapes.rows(8, shape)
+  args.prompt_len = args.prompt_len or shape.seq // 2
+  args.new = args.new or shape.seq - shape.seq // 2
   if args.side:
     print(json.dumps((run_ours if args.side == "ours" else run_peer)(args)), flush=True)
     return
   if args.rounds * args.reps < 5 or args.warmup < 1:
     p.error("need >= 5 timed iterations per side (rounds x reps) and --warmup >= 1")
-  load_before, busy_before = os.getloadavg()[0], cpu_busy_pct()
-  if busy_before is not None and busy_before > 10:
-    print(f"warning: CPUs {busy_before:.0f}% busy before the run (1-min load "
-          f"{load_before:.1f} on {os.cpu_count()} cores); the figures are preliminary",
-          file=sys.stderr)
-  start = time.perf_counter()
+  quiet, start = harness.warn_if_busy(), time.perf_counter()
   runs = harness.alternating_rounds(
       os.path.abspath(__file__), args, FLAGS,
       lambda r: f"iterations {[round(t, 3) for t in r['iteration_s']]} s")
-  print(json.dumps(summary(runs, args, busy_before, load_before, start)))
+  print(json.dumps(summary(runs, args, shape, quiet, start)))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 Traces one ``generate`` call (batch 16, 64 prompt + 64 new tokens) with ``jax.profiler``,
 keeps the ops that ran once per decode step, and groups them by kind: weight matmuls and
-reductions (YNNPACK fusions), the batched attention dots, and the rest. Also times a
-jitted sum over 256 MB (read bandwidth), from which the memory floor of a decode step
+reductions (YNNPACK fusions), the batched attention dots, and the rest. Also measures
+the read bandwidth (``harness.machine_limits``), from which the memory floor of a decode step
 (all weights plus the whole KV cache read once) follows. Profiler overhead inflates the
 small ops a little; the figures are for finding the bottleneck, not for quoting speed.
 """
@@ -15,10 +15,9 @@ import glob
 import gzip
 import json
 import tempfile
-import time
 
+import harness  # benchmarks/harness.py (this script's folder is on sys.path)
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from rmjax.models import config, sampler
@@ -41,18 +40,6 @@ def per_step_op_times(trace_dir: str, steps: int) -> dict[str, float]:
   return kinds
 
 
-def read_bandwidth_gb_s() -> float:
-  x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
-  total = jax.jit(jnp.sum)
-  total(x).block_until_ready()
-  times = []
-  for _ in range(7):
-    start = time.perf_counter()
-    total(x).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return x.nbytes / sorted(times)[3] / 1e9
-
-
 def main():
   cfg = config.s0()
   model = Transformer(cfg, rngs=nnx.Rngs(0))
@@ -70,7 +57,7 @@ def main():
     print(f"  {micros / 1e3:6.3f} ms  {name}")
   params = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   cache = 2 * cfg.n_layers * BATCH * (PROMPT + NEW) * cfg.d_model * 4
-  bandwidth = read_bandwidth_gb_s()
+  bandwidth = harness.machine_limits()["memory_bytes_per_s"] / 1e9
   floor_ms = (params + cache) / bandwidth / 1e6
   print(f"read bandwidth {bandwidth:.1f} GB/s; a step reads {params / 1e6:.1f} MB of weights "
         f"+ {cache / 1e6:.1f} MB of KV cache: memory floor {floor_ms:.2f} ms per step")

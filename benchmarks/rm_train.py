@@ -1,71 +1,106 @@
 """Bradley–Terry reward-model training throughput of rmjax against TRL's ``RewardTrainer``.
 
-    python benchmarks/rm_train.py [--pairs 16 --seq 128 --rounds 3 --windows 2 --window-steps 5]
+    python benchmarks/rm_train.py [--shape s0|s1|s2] [--workload random|hh]
+                                  [--rounds 3 --windows 2 --window-steps 5]
 
-Shape S0 (``rmjax.models.config.s0()``) with one reward head and no LM head, float32,
-AdamW (lr 1e-5, weight decay 0, b2 0.999, global-norm clip 1.0, no accumulation), batches
-of ``--pairs`` preference pairs of ``--seq`` real tokens per side (random ids). Each round
-starts one fresh child process per side (``--side ours`` / ``--side peer``), alternating;
-a child warms up (compilation excluded), then times ``--windows`` windows of
-``--window-steps`` training steps and prints one JSON line. The figures are medians over
-all timed windows of a side. The last line of stdout is one JSON object; progress goes to
-stderr. ``--profile`` instead traces our step with ``jax.profiler`` and prints where its
-time goes. See benchmarks/README.md.
+At ``--shape`` (``shapes.py``; every number can be overridden) with one reward head and no
+LM head, float32, AdamW (lr 1e-5, weight decay 0, b2 0.999, global-norm clip 1.0, no
+accumulation), batches of ``--pairs`` preference pairs (default: 16 at S0, scaled to the same
+tokens per step). Two workloads:
+  * ``random``: every side ``--seq`` real random tokens, no prompt shared;
+  * ``hh``: prompt, chosen and rejected lengths from ``data/hh_lengths.csv`` (measured on
+    HH-RLHF by ``hh_lengths.py``), cut to ``--seq`` per side (responses to 3/4 of it) as the
+    trainer cuts them, random ids. Ours packs each pair as [prompt | chosen | rejected] in
+    one row, each batch as wide as its longest pair rounded up to 64 (the trainer's
+    shared-prompt encoding with buckets); TRL pads each batch to its longest sequence (its
+    default collator). Both read the same batches in the same order.
+Each round starts one fresh child process per side (``--side ours`` / ``--side peer``),
+alternating; a child warms up (compilation excluded: ours runs one step at every bucket
+width first), then times ``--windows`` windows of ``--window-steps`` training steps and
+prints one JSON line. The figures are medians over all timed windows of a side. The last
+line of stdout is one JSON object; progress goes to stderr. ``--profile`` instead traces
+our step with ``jax.profiler`` and prints where its time goes. See benchmarks/README.md.
 """
 
 import argparse
 import contextlib
 import json
 import os
-import resource
+import statistics
 import sys
 import tempfile
 import time
 
 import harness  # benchmarks/harness.py (this script's folder is on sys.path)
 import numpy as np
+import shapes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, B2, CLIP = 1e-5, 0.999, 1.0  # the peer's Trainer defaults for b2 and max_grad_norm
-
-
-def pairs(vocab: int, rows: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
-  """The same random (chosen, rejected) token ids [rows, seq] int32 for both sides.
-
-  Ids are drawn from [1, vocab): id 0 is the peer's pad token, which its sequence
-  classifier would skip when looking for the last real token.
-  """
-  rng = np.random.default_rng(0)
-  return (rng.integers(1, vocab, (rows, seq), dtype=np.int32),
-          rng.integers(1, vocab, (rows, seq), dtype=np.int32))
-
-
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def cpu_busy_pct(seconds: float = 5.0) -> float | None:
-  """Share of all cores busy over ``seconds`` (Linux /proc/stat), i.e. other processes
-  while this one sleeps; None where /proc/stat is missing."""
-  def sample():
-    with open("/proc/stat") as f:
-      ticks = [int(x) for x in f.readline().split()[1:]]
-    return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
-  try:
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-  except OSError:
-    return None
-  return 100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+HH_LENGTHS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hh_lengths.csv")
+FLAGS = (*shapes.FLAGS, "workload", "pairs", "warmup", "windows", "window_steps")
 
 
 def total_steps(args) -> int:
   return args.warmup + args.windows * args.window_steps
 
 
+def max_response_len(seq: int) -> int:
+  """The response cap of the hh workload: 3/4 of a side (192 of 256 in the experiment)."""
+  return 3 * seq // 4
+
+
+def workload_pairs(args) -> dict[str, np.ndarray]:
+  """The same pairs for both sides: joined-sequence arrays [rows, seq] (right-padded, with
+  "prompt_len"), rows = pairs x steps, batch b being rows [b * pairs, (b + 1) * pairs).
+
+  Ids are drawn from [1, vocab): id 0 is the peer's pad token, which its sequence
+  classifier would skip when looking for the last real token.
+  """
+  from rmjax.data import pipeline
+  rows, seq, rng = args.pairs * total_steps(args), args.seq, np.random.default_rng(0)
+  ids = lambda n: rng.integers(1, args.vocab, n, dtype=np.int32)
+  if args.workload == "random":
+    lengths, cap = np.tile([[0, seq, seq]], (rows, 1)), seq
+  else:
+    cap = max_response_len(seq)
+    table = np.loadtxt(HH_LENGTHS, dtype=np.int64, delimiter=",", ndmin=2)
+    lengths = table[np.arange(rows) % len(table)]
+  out = {k: np.zeros((rows, seq), np.int32) for k in ("chosen_tokens", "rejected_tokens")}
+  out.update(chosen_mask=np.zeros((rows, seq), bool), rejected_mask=np.zeros((rows, seq), bool),
+             prompt_len=np.zeros(rows, np.int32))
+  for i, (p, c, r) in enumerate(lengths):
+    prompt, chosen, rejected = pipeline.truncate_pair(ids(p), ids(c), ids(r), seq, cap)
+    out["prompt_len"][i] = len(prompt)
+    for side, response in (("chosen", chosen), ("rejected", rejected)):
+      joined = np.concatenate([prompt, response])
+      out[f"{side}_tokens"][i, :len(joined)] = joined
+      out[f"{side}_mask"][i, :len(joined)] = True
+  out["margin"], out["weight"] = np.zeros(rows, np.float32), np.ones(rows, np.float32)
+  return out
+
+
+def step_batches(args) -> list[dict]:
+  """Our host batch of every step: plain pairs (random), or packed with a shared prompt
+  into the batch's bucket width (hh)."""
+  from rmjax.data import shared_prompt
+  arrays = workload_pairs(args)
+  batches = [{k: v[b * args.pairs:(b + 1) * args.pairs] for k, v in arrays.items()}
+             for b in range(total_steps(args))]
+  if args.workload == "random":
+    return [{k: v for k, v in b.items() if k != "prompt_len"} for b in batches]
+  width = shared_prompt.truncated_width(args.seq, max_response_len(args.seq))
+  return [shared_prompt.pack(b, shared_prompt.bucket_width(b, width)) for b in batches]
+
+
+def real_tokens(args) -> float:
+  """Real tokens per step as two joined sequences per pair (what the peer encodes, padding
+  excluded), the mean over the run's steps: the throughput's numerator for both sides."""
+  arrays = workload_pairs(args)
+  return float((arrays["chosen_mask"].sum() + arrays["rejected_mask"].sum())
+               / total_steps(args))
+
+
 def run_ours(args) -> dict:
-  sys.path.insert(0, ROOT)
   import flax
   import jax
   import jax.numpy as jnp
@@ -74,9 +109,6 @@ def run_ours(args) -> dict:
   from flax import nnx
 
   from rmjax import parallel
-  from rmjax.data import schema
-  from rmjax.data.array_source import ArraySource
-  from rmjax.models import config
   from rmjax.models.transformer import Transformer
   from rmjax.rm.step import make_train_step
   from rmjax.runtime.optim import make_optimizer
@@ -84,8 +116,14 @@ def run_ours(args) -> dict:
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  steps = total_steps(args)
-  cfg = config.s0(num_reward_heads=1, lm_head=False)
+  batches = step_batches(args)
+  widths = sorted({b[next(iter(b))].shape[1] for b in batches})
+  # One untimed step more per bucket width the warm-up steps do not reach.
+  unseen = {b[next(iter(b))].shape[1]: b for b in batches[args.warmup:]}
+  for b in batches[:args.warmup]:
+    unseen.pop(b[next(iter(b))].shape[1], None)
+  steps = total_steps(args) + len(unseen)
+  cfg = shapes.model_config(shapes.of(args), num_reward_heads=1, lm_head=False)
   mesh = parallel.make_mesh()  # all devices on the data axis; one CPU device: 1x1x1
   model = parallel.init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
   graphdef, params = nnx.split(model)
@@ -100,46 +138,45 @@ def run_ours(args) -> dict:
   state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
            "step": jnp.zeros((), jnp.int32)}
   shardings = parallel.tree_shardings(state, mesh)
-  chosen, rejected = pairs(cfg.vocab_size, args.pairs * steps, args.seq)
-  ones = np.ones(chosen.shape, bool)
-  source = ArraySource({schema.CHOSEN_TOKENS: chosen, schema.CHOSEN_MASK: ones,
-                        schema.REJECTED_TOKENS: rejected, schema.REJECTED_MASK: ones,
-                        schema.MARGIN: np.zeros(len(chosen), np.float32),
-                        schema.WEIGHT: np.ones(len(chosen), np.float32)},
-                       args.pairs, seed=0)
-  batch_ndims = {k: v.ndim for k, v in source.batch(0).items()}
+  batch_ndims = {k: v.ndim for k, v in batches[0].items()}
   train_step = parallel.compile_step(make_train_step(graphdef, tx, loss_cfg), mesh,
                                      shardings, batch_ndims)
 
-  def one(step):  # one iteration of the trainer's loop, less logging and checkpoints
+  def one(batch, step):  # one iteration of the trainer's loop, less logging and checkpoints
     nonlocal state
-    state, metrics = train_step(state, parallel.shard_batch(source.batch(step), mesh))
+    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
     metrics = jax.device_get(metrics)
     assert np.isfinite(metrics["loss"]), f"non-finite loss at step {step}"
     return metrics
 
   start = time.perf_counter()
-  one(0)  # compiles (or loads from the shared cache)
+  one(batches[0], 0)  # compiles (or loads from the shared cache)
   first_s = time.perf_counter() - start
   # Step 2 compiles once more, as in rm_trainer: the initial step counter is not yet
   # placed on the mesh, the one the first step returns is (hence --warmup >= 2).
   for step in range(1, args.warmup):
-    one(step)
+    one(batches[step], step)
+  for batch in unseen.values():
+    one(batch, -1)
   windows, step = [], args.warmup
   for _ in range(args.windows):
     start = time.perf_counter()
     for _ in range(args.window_steps):
-      metrics = one(step)
+      metrics = one(batches[step], step)
       step += 1
     windows.append(time.perf_counter() - start)
   assert int(state["step"]) == steps
   extra = {}
   if args.profile:
-    hlo = train_step.lower(state, parallel.shard_batch(source.batch(step), mesh)).compile()
-    extra["profile"] = profile(lambda i: one(step + i), hlo.as_text(), args.window_steps)
+    batch = parallel.shard_batch(batches[-1], mesh)
+    hlo = train_step.lower(state, batch).compile()
+    extra["profile"] = profile(lambda i: one(batches[-1], i), hlo.as_text(), args.window_steps)
   dev = jax.devices()[0]
   return dict(**extra, window_s=windows, first_step_s=first_s, final_loss=float(metrics["loss"]),
-              params=sum(x.size for x in jax.tree.leaves(params)), peak_rss_mb=peak_rss_mb(),
+              widths=widths, params=sum(x.size for x in jax.tree.leaves(params)),
+              model_flops_per_step=train_flops(cfg, args)[0], step_tokens=real_tokens(args),
+              window_steps=args.window_steps,
+              peak_rss_mb=harness.peak_rss_mb(), **harness.machine_limits(),
               jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
               device=f"{dev.platform}: {dev.device_kind}", jax_devices=len(jax.devices()),
               mesh=dict(mesh.shape))
@@ -201,7 +238,7 @@ def profile(run_step, hlo_text: str, steps: int) -> dict:
 
 
 def build_tokenizer(vocab: int):
-  """A 512-token WordLevel tokenizer built in memory (no downloads)."""
+  """A ``vocab``-token WordLevel tokenizer built in memory (no downloads)."""
   from tokenizers import Tokenizer, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
   words = {"<pad>": 0, "</s>": 1, **{f"t{i}": i for i in range(2, vocab)}}
@@ -217,31 +254,22 @@ def run_peer(args) -> dict:
   import torch
   import transformers
   import trl
-  from transformers import LlamaConfig, LlamaForSequenceClassification, TrainerCallback
+  from transformers import LlamaForSequenceClassification, TrainerCallback
 
-  sys.path.insert(0, ROOT)
-  from rmjax.models import config
-  cfg = config.s0()
+  cfg = shapes.model_config(shapes.of(args))
   torch.set_num_threads(os.cpu_count())  # default: physical cores; use every core
   datasets.disable_progress_bars()
   steps = total_steps(args)
   tokenizer = build_tokenizer(cfg.vocab_size)
   assert len(tokenizer) == cfg.vocab_size and tokenizer.pad_token_id == 0
-  hf_cfg = LlamaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-      num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-      num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head,
-      max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-      rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-      hidden_act="silu", attention_bias=False, mlp_bias=False, num_labels=1,
-      bos_token_id=None, eos_token_id=1, pad_token_id=0)
   torch.manual_seed(0)
-  model = LlamaForSequenceClassification(hf_cfg).float()
-  chosen, rejected = pairs(cfg.vocab_size, args.pairs * steps, args.seq)
+  model = LlamaForSequenceClassification(shapes.hf_config(cfg, num_labels=1)).float()
+  arrays = workload_pairs(args)
   # Pre-tokenised: TRL 1.x's RewardTrainer skips tokenisation when the dataset has
   # `chosen_ids` and `rejected_ids`; its collator pads and stacks chosen then rejected.
-  data = datasets.Dataset.from_dict({"chosen_ids": chosen.tolist(),
-                                     "rejected_ids": rejected.tolist()})
+  ids = lambda side: [row[mask].tolist() for row, mask in
+                      zip(arrays[f"{side}_tokens"], arrays[f"{side}_mask"])]
+  data = datasets.Dataset.from_dict({"chosen_ids": ids("chosen"), "rejected_ids": ids("rejected")})
 
   class StepTimer(TrainerCallback):
     def __init__(self):
@@ -265,7 +293,8 @@ def run_peer(args) -> dict:
         logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=False,
         activation_checkpointing=False, gradient_checkpointing=False,  # TRL: True
-        bf16=False, fp16=False, seed=0, max_length=None)
+        bf16=False, fp16=False, seed=0, max_length=None,
+        train_sampling_strategy="sequential")  # our batches, in our order
     trainer = trl.RewardTrainer(model=model, args=targs, train_dataset=data,
                                 processing_class=tokenizer, callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints a summary dict
@@ -284,7 +313,8 @@ def run_peer(args) -> dict:
     step_only.append(sum(timer.end[i] - timer.begin[i] for i in range(a, b)))
   return dict(window_s=windows, step_only_s=step_only,
               first_step_s=timer.end[0] - timer.begin[0], final_loss=result.training_loss,
-              params=sum(p.numel() for p in model.parameters()), peak_rss_mb=peak_rss_mb(),
+              params=sum(p.numel() for p in model.parameters()),
+              peak_rss_mb=harness.peak_rss_mb(),
               torch=torch.__version__, transformers=transformers.__version__,
               trl=trl.__version__, accelerate=accelerate.__version__,
               datasets=datasets.__version__, torch_threads=timer.threads,
@@ -294,29 +324,25 @@ def run_peer(args) -> dict:
               device=str(trainer.args.device))
 
 
-def train_flops(args) -> tuple[float, str]:
+def train_flops(cfg, args) -> tuple[float, str]:
   """Model FLOPs of one training step (forward + backward) and what is counted."""
-  sys.path.insert(0, ROOT)
-  from rmjax.models import config
-  c = config.s0()
-  h, kv, d = c.n_heads, c.kv_heads, c.dim_per_head
-  layer = c.d_model * (h + 2 * kv) * d + h * d * c.d_model + 3 * c.d_model * c.d_ff
-  matmul = c.n_layers * layer
+  matmul = shapes.layer_matmul_params(cfg)
   rows, t = 2 * args.pairs, args.seq
-  attn = 4 * h * d * c.n_layers * t * (t + 1) / 2  # causal: position p sees p+1 keys
-  flops = 3 * rows * (2 * matmul * t + attn)  # backward = 2 x forward
-  return flops, (f"3 x forward (backward = 2 x forward) of {rows} sequences x {t} tokens: "
-                 f"2 x {matmul} matmul params (q,k,v,o, gate/up/down over {c.n_layers} "
-                 f"layers) per token + causal attention 4*heads*head_dim*(p+1) per token "
-                 f"per layer; embedding, norms, reward head and optimizer excluded; "
-                 f"{flops:.4g} FLOPs per step")
+  flops = 3 * rows * (2 * matmul * t + shapes.causal_attention_flops(cfg, t))
+  return flops, (f"3 x forward (backward = 2 x forward) of {rows} sequences x {t} tokens "
+                 f"(all real; the hh workload does less): 2 x {matmul} matmul params (q,k,v,"
+                 f"o, gate/up/down over {cfg.n_layers} layers) per token + causal attention "
+                 f"4*heads*head_dim*(p+1) per token per layer; embedding, norms, reward head "
+                 f"and optimizer excluded; {flops:.4g} FLOPs per step")
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--pairs", type=int, default=16, help="preference pairs per step")
-  p.add_argument("--seq", type=int, default=128, help="tokens per side (all real)")
+  shapes.add_flags(p)
+  p.add_argument("--workload", choices=("random", "hh"), default="random")
+  p.add_argument("--pairs", type=int, help="preference pairs per step (default: 16 at S0, "
+                 "scaled to the same tokens per step)")
   p.add_argument("--rounds", type=int, default=3, help="fresh child pairs, alternating")
   p.add_argument("--windows", type=int, default=2, help="timed windows per child")
   p.add_argument("--window-steps", type=int, default=5, help="training steps per window")
@@ -329,75 +355,76 @@ def main():
   args = p.parse_args()
   if args.warmup < 2:
     p.error("--warmup must be >= 2 (the first two steps of ours compile)")
+  shape = shapes.resolve(args)
+  args.pairs = args.pairs or shapes.rows(16, shape)
+  if args.side:
+    print(json.dumps((run_ours if args.side == "ours" else run_peer)(args)), flush=True)
+    return
   if args.profile:
     args.windows, args.cache_dir = 1, ""
     print(json.dumps(run_ours(args)), flush=True)
     return
-  if args.side:
-    print(json.dumps((run_ours if args.side == "ours" else run_peer)(args)), flush=True)
-    return
   if args.rounds * args.windows < 5:
     p.error("need at least five timed windows per side (rounds x windows >= 5)")
 
-  load_before, busy_before = os.getloadavg()[0], cpu_busy_pct()
-  start = time.perf_counter()
-  # The load average lags (a job that just ended still shows), so judge by busy time.
-  busy = busy_before if busy_before is not None else 100 * load_before / os.cpu_count()
-  if busy > 10:
-    print(f"warning: CPUs {busy:.0f}% busy before the run (1-min load {load_before:.1f} on "
-          f"{os.cpu_count()} cores): other processes are running; the figures are "
-          "preliminary", file=sys.stderr)
+  quiet, start = harness.warn_if_busy(), time.perf_counter()
   runs = harness.alternating_rounds(
-      os.path.abspath(__file__), args, ("pairs", "seq", "warmup", "windows", "window_steps"),
+      os.path.abspath(__file__), args, FLAGS,
       lambda result: f"windows of {args.window_steps} steps "
                      f"{[round(t, 3) for t in result['window_s']]} s")
   ours, peer = runs["ours"][-1], runs["peer"][-1]
   median = lambda key, side: harness.median_over(runs, side, key)
   ours_s, peer_s = median("window_s", "ours"), median("window_s", "peer")
-  step_tokens = 2 * args.pairs * args.seq
+  step_tokens = real_tokens(args)
   window_tokens = step_tokens * args.window_steps
-  flops, counted_flops = train_flops(args)
-  load_after, wall_s = os.getloadavg()[0], time.perf_counter() - start
-  busy_after = cpu_busy_pct()
+  cfg = shapes.model_config(shape)
+  flops, counted_flops = train_flops(cfg, args)
+  peak = statistics.median(c["matmul_flops_per_s"] for c in runs["ours"])
+  gflops = {side: flops * args.window_steps / s / 1e9 for side, s in
+            (("ours", ours_s), ("peer", peer_s))}
   result = dict(
       tokens_per_s=window_tokens / ours_s, peer_tokens_per_s=window_tokens / peer_s,
       ratio=peer_s / ours_s,
+      pairs_per_s=dict(ours=args.pairs * args.window_steps / ours_s,
+                       peer=args.pairs * args.window_steps / peer_s),
       peer_step_only_tokens_per_s=window_tokens / median("step_only_s", "peer"),
       steps_per_s=dict(ours=args.window_steps / ours_s, peer=args.window_steps / peer_s),
-      model_gflops_per_s=dict(ours=flops * args.window_steps / ours_s / 1e9,
-                              peer=flops * args.window_steps / peer_s / 1e9),
-      peak_rss_mb=max(c["peak_rss_mb"] for c in runs["ours"]),
-      peer_peak_rss_mb=max(c["peak_rss_mb"] for c in runs["peer"]),
+      matmul_peak_gflops_per_s=peak / 1e9,
+      pct_of_matmul_peak=({side: 100 * g * 1e9 / peak for side, g in gflops.items()}
+                          if args.workload == "random" else None),
+      model_gflops_per_s=gflops if args.workload == "random" else None,
+      peak_rss_mb={side: max(c["peak_rss_mb"] for c in runs[side]) for side in runs},
       median_window_s=dict(ours=ours_s, peer=peer_s),
       window_s={side: [round(t, 4) for c in runs[side] for t in c["window_s"]] for side in runs},
       timed_windows=args.rounds * args.windows, window_steps=args.window_steps,
-      warmup_steps=args.warmup,
+      warmup_steps=args.warmup, ours_widths=ours["widths"],
       first_step_s={side: [round(c["first_step_s"], 3) for c in runs[side]] for side in runs},
       params=dict(ours=ours["params"], peer=peer["params"]),
       loss=dict(ours_last_step=ours["final_loss"], peer_mean_over_run=peer["final_loss"]),
-      shape=dict(config="s0", dtype="float32", num_reward_heads=1, lm_head=False,
-                 pairs=args.pairs, seq=args.seq),
-      counted=(f"tokens = every chosen and rejected token processed forward and backward: "
-               f"2 x {args.pairs} pairs x {args.seq} tokens = {step_tokens} per step, all "
-               f"real; a window is {args.window_steps} consecutive steps after "
-               f"{args.warmup} warm-up steps. Ours: the rm_trainer loop body (host batch from "
-               f"ArraySource -> shard_batch -> compiled step -> device_get metrics, NaN check). "
+      shape=dict(shapes.describe(shape), dtype="float32", num_reward_heads=1, lm_head=False,
+                 pairs=args.pairs, workload=args.workload),
+      counted=(f"tokens = the real tokens of each pair's two joined sequences (prompt + "
+               f"response, twice the prompt), padding excluded, {step_tokens:.0f} per step "
+               f"on average; a window is {args.window_steps} consecutive steps after "
+               f"{args.warmup} warm-up steps. Ours: the rm_trainer loop body (host batch -> "
+               f"shard_batch -> compiled step -> device_get metrics, NaN check). "
                f"Peer: from on_step_end of the step before the window to on_step_end of its "
                f"last step (data loading, collation, forward, backward, clipping, AdamW, "
                f"scheduler, TRL's per-step metrics)"),
       counted_flops=counted_flops,
       ours="rmjax.rm.step.make_train_step + parallel.compile_step (jit, donated "
-           "state), make_optimizer (AdamW lr 1e-5, wd 0, b2 0.999, clip 1.0, cosine decay)",
+           "state), make_optimizer (AdamW lr 1e-5, wd 0, b2 0.999, clip 1.0, cosine decay)"
+           + (", shared-prompt packing in 64-wide buckets" if args.workload == "hh" else ""),
       peer=(f"trl.RewardTrainer on transformers LlamaForSequenceClassification(num_labels=1) "
             f"(attn={peer['attn_implementation']}, optim={peer['optim']}, lr 1e-5, wd 0, "
-            f"clip 1.0, scheduler={peer['lr_scheduler']}, device {peer['device']})"),
+            f"clip 1.0, scheduler={peer['lr_scheduler']}, device {peer['device']}, "
+            f"sequential sampler, default padding to the batch's longest)"),
       jax=ours["jax"], flax=ours["flax"], optax=ours["optax"], torch=peer["torch"],
       transformers=peer["transformers"], trl=peer["trl"], accelerate=peer["accelerate"],
       datasets=peer["datasets"], torch_threads=peer["torch_threads"],
       cpu_count=os.cpu_count(), device=ours["device"], jax_devices=ours["jax_devices"],
-      load_avg_1min=dict(before=load_before, after=load_after),
-      cpu_busy_pct_idle_5s=dict(before=busy_before, after=busy_after),
-      wall_s=wall_s)
+      quiet_before=quiet, cpu_busy_pct_5s_after=harness.cpu_busy_pct(),
+      wall_s=time.perf_counter() - start)
   print(json.dumps(result))
 
 

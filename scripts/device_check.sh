@@ -22,10 +22,11 @@ SITE=${SITE:-/tmp/rmjax-site}
 # MFU's denominator, TFLOP/s: H100/H200 SXM dense TF32 from the datasheet, since the
 # benchmarks compute in float32 at JAX's default matmul precision. Set it for another chip.
 PEAK_TFLOPS=${PEAK_TFLOPS:-495}
-# The larger shapes (the models stay at shape S0; only the batches grow). RM_SHAPE and
-# GEN_SHAPE replace them (e.g. a tiny shape to try the script on a CPU).
-RM_SHAPE=${RM_SHAPE:-"--pairs 64 --seq 1024 --warmup 3 --windows 5 --window-steps 5"}
-GEN_SHAPE=${GEN_SHAPE:-"--batch 64 --prompt 128 --new 128 --reps 5 --rm-batch 64 --rm-seq 1024"}
+# The larger shapes: preset S2 (d 512, 8 layers, vocab 4096, seq 512; benchmarks/shapes.py)
+# with batches four times the CPU defaults. RM_SHAPE and GEN_SHAPE replace them (e.g. a tiny
+# shape to try the script on a CPU).
+RM_SHAPE=${RM_SHAPE:-"--shape s2 --pairs 16 --warmup 3 --windows 5 --window-steps 5"}
+GEN_SHAPE=${GEN_SHAPE:-"--shape s2 --batch 16 --reps 5"}
 read -r -a RM_ARGS <<< "$RM_SHAPE"
 read -r -a GEN_ARGS <<< "$GEN_SHAPE"
 SKIP=${SKIP:-}
@@ -110,9 +111,7 @@ stage generation 40 "$PY" benchmarks/generation.py --side ours "${GEN_ARGS[@]}"
 # 5. tokens/s and MFU from the children's JSON, with the FLOP counts of the benchmarks.
 stage summary 10 env RM_FLAGS="${RM_ARGS[*]}" GEN_FLAGS="${GEN_ARGS[*]}" \
   PEAK_TFLOPS="$PEAK_TFLOPS" OUT="$OUT" "$PY" - <<'EOF'
-import argparse, json, os, statistics, sys
-sys.path.insert(0, "benchmarks")
-import generation, rm_train  # noqa: E402  (benchmarks/ on the path first)
+import json, os, statistics, sys
 
 def last_json(name):
   lines = [l for l in open(os.path.join(os.environ["OUT"], f"{name}.log")) if l.startswith("{")]
@@ -120,36 +119,30 @@ def last_json(name):
     raise SystemExit(f"{name}: no JSON line in {name}.log (the stage failed)")
   return json.loads(lines[-1])
 
-def flags(var):
-  words = os.environ[var].split()
-  return argparse.Namespace(**{words[i][2:].replace("-", "_"): int(words[i + 1])
-                               for i in range(0, len(words), 2)})
-
 peak = float(os.environ["PEAK_TFLOPS"]) * 1e12
 out = {}
 try:
-  rm, a = last_json("rm_train"), flags("RM_FLAGS")
-  window = statistics.median(rm["window_s"])
-  flops, _ = rm_train.train_flops(a)
-  step_s = window / a.window_steps
-  out["rm_train"] = dict(device=rm["device"], jax=rm["jax"], pairs=a.pairs, seq=a.seq,
-                         step_s=step_s, tokens_per_s=2 * a.pairs * a.seq / step_s,
+  rm = last_json("rm_train")
+  step_s = statistics.median(rm["window_s"]) / rm["window_steps"]
+  flops = rm["model_flops_per_step"]
+  out["rm_train"] = dict(device=rm["device"], jax=rm["jax"], flags=os.environ["RM_FLAGS"],
+                         step_s=step_s, tokens_per_s=rm["step_tokens"] / step_s,
                          model_tflops_per_s=flops / step_s / 1e12,
                          mfu=flops / step_s / peak, final_loss=rm["final_loss"])
 except (SystemExit, KeyError, ValueError) as e:
   out["rm_train"] = f"no result: {e}"
 try:
-  gen, a = last_json("generation"), flags("GEN_FLAGS")
+  gen = last_json("generation")
   sample_s = statistics.median(gen["times_s"])
-  flops, _ = generation.model_flops(a)
-  matmul_peak = gen["matmul_flops"] / gen["matmul_s"]
+  flops = gen["model_flops"]
   out["generation"] = dict(
-      device=gen["device"], batch=a.batch, prompt=a.prompt, new=a.new,
-      generate_s=sample_s, tokens_per_s=a.batch * a.new / sample_s,
+      device=gen["device"], flags=os.environ["GEN_FLAGS"], generate_s=sample_s,
+      tokens_per_s=gen["new_tokens"] / sample_s,
       model_tflops_per_s=flops / sample_s / 1e12, mfu=flops / sample_s / peak,
-      pct_of_measured_f32_matmul=100 * flops / sample_s / matmul_peak,
-      measured_f32_matmul_tflops_per_s=matmul_peak / 1e12,
-      rm_forward_tokens_per_s=a.rm_batch * a.rm_seq / statistics.median(gen["rm_times_s"]))
+      pct_of_measured_f32_matmul=100 * flops / sample_s / gen["matmul_flops_per_s"],
+      measured_f32_matmul_tflops_per_s=gen["matmul_flops_per_s"] / 1e12,
+      measured_memory_gb_per_s=gen["memory_bytes_per_s"] / 1e9,
+      rm_forward_tokens_per_s=gen["rm_tokens"] / statistics.median(gen["rm_times_s"]))
 except (SystemExit, KeyError, ValueError) as e:
   out["generation"] = f"no result: {e}"
 out["mfu_peak_tflops_per_s"] = peak / 1e12

@@ -5,6 +5,11 @@
 right-padded with different lengths: they are first packed to the left so that all
 rows write the same cache slot at each step.
 
+With ``samples_per_prompt`` k > 1 each prompt is prefilled once and its KV cache
+broadcast to k rows (prompt-major: row i * k + j is prompt i's sample j), the same rows,
+random numbers and results as sampling the prompts repeated k times, without encoding
+each prompt k times.
+
 The returned log-probabilities are those of the sampled tokens under the policy's
 own temperature-scaled softmax, *before* top-k/top-p truncation: PPO's old
 log-probs (``docs/algorithms.md`` §5).
@@ -103,18 +108,30 @@ def sample_token(logits: jax.Array, uniform: jax.Array, sampling: SamplingConfig
   return tokens.astype(jnp.int32), logprobs
 
 
-def _generate(graphdef, state, prompt_tokens, prompt_mask, key, sampling: SamplingConfig):
+def broadcast_rows(tree, k: int):
+  """Every array of ``tree`` with each row (axis 0) repeated ``k`` times in place; the
+  cache's scalar write index stays as it is."""
+  return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, tree)
+
+
+def _generate(graphdef, state, prompt_tokens, prompt_mask, key, sampling: SamplingConfig,
+              samples_per_prompt: int):
   model: Transformer = nnx.merge(graphdef, state)
-  batch, prompt_len = prompt_tokens.shape
+  prompt_len = prompt_tokens.shape[1]
   new = sampling.max_new_tokens
   prompt_tokens, prompt_mask = pack_left(prompt_tokens, prompt_mask)
-  cache = kvc.init_cache(model.cfg, batch, prompt_len + new)
+  cache = kvc.init_cache(model.cfg, prompt_tokens.shape[0], prompt_len + new)
   hidden, cache = model(prompt_tokens, prompt_mask, cache=cache)
+  logits = model.logits(hidden[:, -1])
+  if samples_per_prompt > 1:  # the prefill done once per prompt, then shared
+    prompt_tokens, prompt_mask, cache, logits = broadcast_rows(
+        (prompt_tokens, prompt_mask, cache, logits), samples_per_prompt)
+  batch = prompt_tokens.shape[0]
   positions = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # of the first new token
 
   tiny = jnp.finfo(jnp.float32).tiny
   uniforms = jax.random.uniform(key, (new, batch), minval=tiny, maxval=1.0)
-  token, logprob = sample_token(model.logits(hidden[:, -1]), uniforms[0], sampling)
+  token, logprob = sample_token(logits, uniforms[0], sampling)
   out_tokens = jnp.full((batch, new), sampling.pad_id, jnp.int32).at[:, 0].set(token)
   out_mask = jnp.zeros((batch, new), bool).at[:, 0].set(True)
   out_logprobs = jnp.zeros((batch, new), jnp.float32).at[:, 0].set(logprob)
@@ -143,21 +160,26 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, sampling: Sampli
   return SampleOutput(prompt_tokens, prompt_mask, *carry[4:])
 
 
-_generate_jit = jax.jit(_generate, static_argnums=(0, 5))
+_generate_jit = jax.jit(_generate, static_argnums=(0, 5, 6))
 
 
 def generate(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array | None,
-             key: jax.Array, sampling: SamplingConfig) -> SampleOutput:
-  """Sample ``sampling.max_new_tokens`` tokens after each prompt [batch, prompt_len].
+             key: jax.Array, sampling: SamplingConfig,
+             samples_per_prompt: int = 1) -> SampleOutput:
+  """Sample ``sampling.max_new_tokens`` tokens after each prompt [batch, prompt_len],
+  ``samples_per_prompt`` times per prompt (outputs [batch * samples_per_prompt, ...]).
 
-  Compiled once per (model structure, shapes, sampling config). Inputs keep their
-  shardings: pass a batch sharded over the data axes (``rmjax.parallel``) to sample
-  data-parallel.
+  Compiled once per (model structure, shapes, sampling config, samples per prompt).
+  Inputs keep their shardings: pass a batch sharded over the data axes
+  (``rmjax.parallel``) to sample data-parallel.
   """
+  if samples_per_prompt < 1:
+    raise ValueError(f"samples_per_prompt={samples_per_prompt} must be >= 1")
   if prompt_mask is None:
     prompt_mask = jnp.ones(prompt_tokens.shape, bool)
   if prompt_tokens.shape != prompt_mask.shape:
     raise ValueError(f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
                      f"{prompt_mask.shape} differ in shape")
   graphdef, state = nnx.split(model)
-  return _generate_jit(graphdef, state, prompt_tokens, prompt_mask, key, sampling)
+  return _generate_jit(graphdef, state, prompt_tokens, prompt_mask, key, sampling,
+                       samples_per_prompt)

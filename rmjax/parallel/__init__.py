@@ -3,6 +3,7 @@
 from rmjax.parallel.mesh import MeshConfig, make_mesh
 from rmjax.parallel.sharding import (
                                      compile_step,
+                                     data_parallel_size,
                                      init_sharded,
                                      shard_batch,
                                      shard_model,

@@ -7,6 +7,7 @@ gold reward, score_fn returns e.g. ``{"members": [B, K], "gold": [B]}`` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -70,12 +71,15 @@ def best_of_n_scores(key: jax.Array, model: Transformer, sampling: SamplingConfi
   rows = num_prompts * num_samples
   chunk = min(chunk_size, rows)
   prompt_len = prompt_mask.sum(axis=1).astype(np.int32)
+  shared = math.gcd(chunk, num_samples)
 
   outs = []
   for c, start in enumerate(range(0, rows, chunk)):
     which = (np.arange(start, start + chunk) % rows) // num_samples  # prompt of each row
-    out = generate(model, prompt_tokens[which], prompt_mask[which],
-                   jax.random.fold_in(key, c), sampling)
+    # Chunks start at multiples of `chunk` and prompts own runs of `num_samples` rows,
+    # so every aligned group of `shared` rows is one prompt: prefill it once.
+    out = generate(model, prompt_tokens[which[::shared]], prompt_mask[which[::shared]],
+                   jax.random.fold_in(key, c), sampling, samples_per_prompt=shared)
     tokens, mask = right_padded(*out.sequences())
     scores = score_fn(tokens, mask, jnp.asarray(prompt_len[which]))
     keep = min(chunk, rows - start)

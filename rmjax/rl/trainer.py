@@ -170,12 +170,15 @@ class PPOTrainer:
   def _sample(self, params, key, prompts, prompt_len, repeats: int):
     """Sampled episodes: (tokens, mask [B, W], response mask, log-probs [B, N], the
     prompt length of each row [B])."""
-    tokens = np.repeat(prompts, repeats, axis=0)
-    lengths = np.repeat(prompt_len, repeats)
-    mask = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    # Each prompt is prefilled once and shared by its samples when the prompts alone
+    # split over the data axes; otherwise they are repeated first (the same samples).
+    shared = repeats if len(prompts) % parallel.data_parallel_size(self.mesh) == 0 else 1
+    tokens = np.repeat(prompts, repeats // shared, axis=0)
+    mask = np.arange(tokens.shape[1])[None] < np.repeat(prompt_len, repeats // shared)[:, None]
     batch = parallel.shard_batch({"tokens": tokens, "mask": mask}, self.mesh)
     out = generate(nnx.merge(self.actor_graphdef, params), batch["tokens"], batch["mask"],
-                   key, self.sampling)
+                   key, self.sampling, samples_per_prompt=shared)
+    lengths = np.repeat(prompt_len, repeats)
     seq, seq_mask = out.sequences()
     return seq, seq_mask, out.mask, out.logprobs, lengths
 

@@ -261,6 +261,27 @@ def test_padded_prompts_decode_like_each_prompt_alone(model, prompts, side):
   np.testing.assert_allclose(out.logprobs, expected, atol=1e-4)
 
 
+def test_samples_per_prompt_shares_the_prefill(model, prompts):
+  """k samples per prompt from one prefill: the rows, random numbers and results of
+  sampling the prompts repeated k times (padded prompts, so the broadcast cache's
+  validity and positions matter too)."""
+  k, half = 3, BATCH // 2
+  tokens, mask = _padded(prompts, (3, 8, 5, 1), "right")
+  tokens, mask = tokens[:half], mask[:half]
+  sampling = SamplingConfig(max_new_tokens=NEW, temperature=0.7)
+  shared = generate(model, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(5), sampling,
+                    samples_per_prompt=k)
+  repeated = generate(model, jnp.asarray(np.repeat(tokens, k, 0)),
+                      jnp.asarray(np.repeat(mask, k, 0)), jax.random.key(5), sampling)
+  assert shared.tokens.shape == (half * k, NEW)
+  for field in ("prompt_tokens", "prompt_mask", "tokens", "mask"):
+    np.testing.assert_array_equal(getattr(shared, field), getattr(repeated, field))
+  np.testing.assert_allclose(shared.logprobs, repeated.logprobs, atol=1e-5)
+  assert len({tuple(r) for r in np.asarray(shared.tokens)[:k]}) > 1  # samples differ
+  with pytest.raises(ValueError, match="samples_per_prompt=0"):
+    generate(model, jnp.asarray(tokens), None, jax.random.key(5), sampling, samples_per_prompt=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 5])
 def test_prompt_alone_through_generate(model, prompts, n):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from rmjax.models import config as C
@@ -33,15 +34,18 @@ def tiny_policy():
   return nnx.merge(graphdef, state)
 
 
-def test_harness_shapes_layout_and_estimator_input():
+@pytest.mark.parametrize("chunk_size", [4, 10])
+def test_harness_shapes_layout_and_estimator_input(chunk_size):
+  """chunk_size 4: rows of different prompts per chunk; 10: chunks of whole prompts,
+  each prefilled once and shared by its N samples."""
   model = tiny_policy()
   sampling = SamplingConfig(max_new_tokens=NEW, eos_id=1)
   prompts = np.arange(PROMPTS * LEN, dtype=np.int32).reshape(PROMPTS, LEN) + 2
   prompt_mask = np.ones((PROMPTS, LEN), bool)
   prompt_mask[1, 3:] = False  # prompt 1 has 3 real tokens, right-padded
-  # 15 rows in chunks of 4: the last chunk is filled by repetition and cut.
+  # 15 rows in chunks: the last chunk is filled by repetition and cut.
   out = best_of_n_scores(jax.random.key(0), model, sampling, prompts, prompt_mask, N,
-                         score_fn, chunk_size=4)
+                         score_fn, chunk_size=chunk_size)
 
   assert out["members"].shape == (PROMPTS, N, K)
   assert out["gold"].shape == (PROMPTS, N)
