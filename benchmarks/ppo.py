@@ -6,9 +6,9 @@ At ``--shape`` (``shapes.py``; every number can be overridden) for every model: 
 reference, reward model (and, ours, the critic), float32, random init. One iteration =
 ``--prompts`` random prompts (default: 8 at S0, scaled to the same tokens per iteration) of
 ``--prompt-len`` tokens x ``--samples`` samples, exactly ``--new`` new tokens each (both
-default to half of ``--seq``; EOS never stops a row), reward-model scoring, reference (and critic) forward, and
-one epoch of updates as a single minibatch of all episodes. Ours: ``PPOTrainer.rollout``
-then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
+default to half of ``--seq``; EOS never stops a row), reward-model scoring, reference (and
+critic) forward, and one epoch of updates as a single minibatch of all episodes. Ours:
+``PPOTrainer.rollout`` then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
 (generation, old/reference log-probs, reward model, one backward and AdamW step).
 Each round starts one fresh child per side (``--side ours|peer``), alternating; a child
 runs ``--warmup`` untimed iterations (compilation excluded), then times ``--reps``.
@@ -84,7 +84,8 @@ def ppo_config(args):
 
 
 def build_ours(args):
-  """A PPOTrainer on models of the shape and the split timers wrapped around its rollout pieces."""
+  """A PPOTrainer on models of the shape and the split timers wrapped around its rollout
+  pieces."""
   import jax
   from flax import nnx
 

@@ -79,11 +79,10 @@ def workload_pairs(args) -> dict[str, np.ndarray]:
   return out
 
 
-def step_batches(args) -> list[dict]:
-  """Our host batch of every step: plain pairs (random), or packed with a shared prompt
-  into the batch's bucket width (hh)."""
+def step_batches(arrays: dict[str, np.ndarray], args) -> list[dict]:
+  """Our host batch of every step of ``workload_pairs``' arrays: plain pairs (random), or
+  packed with a shared prompt into the batch's bucket width (hh)."""
   from rmjax.data import shared_prompt
-  arrays = workload_pairs(args)
   batches = [{k: v[b * args.pairs:(b + 1) * args.pairs] for k, v in arrays.items()}
              for b in range(total_steps(args))]
   if args.workload == "random":
@@ -92,10 +91,14 @@ def step_batches(args) -> list[dict]:
   return [shared_prompt.pack(b, shared_prompt.bucket_width(b, width)) for b in batches]
 
 
-def real_tokens(args) -> float:
+def batch_width(batch: dict) -> int:
+  """Positions per row of a host batch (every array of it is [pairs, width] or [pairs])."""
+  return max(v.shape[1] for v in batch.values() if v.ndim == 2)
+
+
+def real_tokens(arrays: dict[str, np.ndarray], args) -> float:
   """Real tokens per step as two joined sequences per pair (what the peer encodes, padding
   excluded), the mean over the run's steps: the throughput's numerator for both sides."""
-  arrays = workload_pairs(args)
   return float((arrays["chosen_mask"].sum() + arrays["rejected_mask"].sum())
                / total_steps(args))
 
@@ -116,12 +119,12 @@ def run_ours(args) -> dict:
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  batches = step_batches(args)
-  widths = sorted({b[next(iter(b))].shape[1] for b in batches})
+  arrays = workload_pairs(args)
+  batches = step_batches(arrays, args)
+  widths = sorted({batch_width(b) for b in batches})
   # One untimed step more per bucket width the warm-up steps do not reach.
-  unseen = {b[next(iter(b))].shape[1]: b for b in batches[args.warmup:]}
-  for b in batches[:args.warmup]:
-    unseen.pop(b[next(iter(b))].shape[1], None)
+  warm = {batch_width(b) for b in batches[:args.warmup]}
+  unseen = {batch_width(b): b for b in batches[args.warmup:] if batch_width(b) not in warm}
   steps = total_steps(args) + len(unseen)
   cfg = shapes.model_config(shapes.of(args), num_reward_heads=1, lm_head=False)
   mesh = parallel.make_mesh()  # all devices on the data axis; one CPU device: 1x1x1
@@ -174,7 +177,7 @@ def run_ours(args) -> dict:
   dev = jax.devices()[0]
   return dict(**extra, window_s=windows, first_step_s=first_s, final_loss=float(metrics["loss"]),
               widths=widths, params=sum(x.size for x in jax.tree.leaves(params)),
-              model_flops_per_step=train_flops(cfg, args)[0], step_tokens=real_tokens(args),
+              model_flops_per_step=train_flops(cfg, args)[0], step_tokens=real_tokens(arrays, args),
               window_steps=args.window_steps,
               peak_rss_mb=harness.peak_rss_mb(), **harness.machine_limits(),
               jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
@@ -375,7 +378,7 @@ def main():
   ours, peer = runs["ours"][-1], runs["peer"][-1]
   median = lambda key, side: harness.median_over(runs, side, key)
   ours_s, peer_s = median("window_s", "ours"), median("window_s", "peer")
-  step_tokens = real_tokens(args)
+  step_tokens = ours["step_tokens"]  # the same pairs on both sides (workload_pairs)
   window_tokens = step_tokens * args.window_steps
   cfg = shapes.model_config(shape)
   flops, counted_flops = train_flops(cfg, args)

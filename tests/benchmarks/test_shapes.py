@@ -89,6 +89,6 @@ def test_workload_pairs_are_cut_as_the_trainer_cuts(workload):
     np.testing.assert_array_equal(arrays["chosen_tokens"][i, :k], arrays["rejected_tokens"][i, :k])
   else:
     assert (arrays["prompt_len"] == 0).all() and arrays["chosen_mask"].all()
-  batches = rm_train.step_batches(args)
+  batches = rm_train.step_batches(arrays, args)
   assert len(batches) == 5
   assert ("packed_tokens" in batches[0]) == (workload == "hh")
