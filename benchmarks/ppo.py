@@ -8,7 +8,7 @@ reference, reward model (and, ours, the critic), float32, random init. One itera
 ``--prompt-len`` tokens x ``--samples`` samples, exactly ``--new`` new tokens each (both
 default to half of ``--seq``; EOS never stops a row), reward-model scoring, reference (and
 critic) forward, and one epoch of updates as a single minibatch of all episodes. Ours:
-``PPOTrainer.rollout`` then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
+``RLTrainer.rollout`` then its compiled update (actor and critic). The peer: one ``RLOOTrainer`` step
 (generation, old/reference log-probs, reward model, one backward and AdamW step).
 Each round starts one fresh child per side (``--side ours|peer``), alternating; a child
 runs ``--warmup`` untimed iterations (compilation excluded), then times ``--reps``.
@@ -44,7 +44,7 @@ def iterations(args) -> int:
 
 
 class BenchTask:
-  """The few attributes of a synthetic task that ``PPOTrainer`` reads: a policy with an
+  """The few attributes of a synthetic task that ``RLTrainer`` reads: a policy with an
   LM head, random full-length prompts and a gold reward of zeros (there is none)."""
 
   def __init__(self, policy, prompt_len: int, new: int, vocab: int):
@@ -74,24 +74,24 @@ def timed(fn, split: dict, name: str):
 
 
 def ppo_config(args):
-  """rmjax/configs/ppo.py with the benchmark's batch: one minibatch, one epoch."""
-  from rmjax.configs import ppo as ppo_config_lib
+  """rmjax/configs/rl.py with the benchmark's batch: one minibatch, one epoch."""
+  from rmjax.configs import rl as ppo_config_lib
   c = ppo_config_lib.get_config()
-  c.ppo.update(iterations=iterations(args), prompts=args.prompts,
+  c.rl.update(iterations=iterations(args), prompts=args.prompts,
                samples_per_prompt=args.samples, max_new_tokens=args.new, minibatches=1,
                epochs=1)
   return c
 
 
 def build_ours(args):
-  """A PPOTrainer on models of the shape and the split timers wrapped around its rollout
+  """A RLTrainer on models of the shape and the split timers wrapped around its rollout
   pieces."""
   import jax
   from flax import nnx
 
   from rmjax import parallel
   from rmjax.models.transformer import Transformer
-  from rmjax.rl.trainer import PPOTrainer
+  from rmjax.rl.trainer import RLTrainer
   from rmjax.rm.members import Layout, RewardEnsemble
 
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
@@ -105,7 +105,7 @@ def build_ours(args):
   rm = parallel.init_sharded(lambda: Transformer(rm_cfg, rngs=nnx.Rngs(1)), mesh)
   scorer = RewardEnsemble(*nnx.split(rm), Layout(), rm_cfg)
   task = BenchTask(policy, args.prompt_len, args.new, policy_cfg.vocab_size)
-  trainer = PPOTrainer(conf, [scorer], task, rm, mesh)
+  trainer = RLTrainer(conf, [scorer], task, rm, mesh)
   # Exactly `new` tokens per row: the trainer stops rows at the synthetic task's EOS (id
   # 1), which a random S0 policy may sample; the peer forbids EOS by min_new_tokens.
   trainer.sampling = dataclasses.replace(trainer.sampling, eos_id=None)
@@ -290,7 +290,7 @@ def summary(runs, args, shape, quiet, wall_start) -> dict:
                  episodes=episodes),
       counted=(f"one iteration = {episodes} episodes: sample {args.prompts} prompts x "
                f"{args.samples} x {args.new} new tokens, score, reference/old log-probs, one "
-               "update on all episodes. Ours: PPOTrainer.rollout + minibatches + compiled "
+               "update on all episodes. Ours: RLTrainer.rollout + minibatches + compiled "
                "update + device_get metrics (actor and critic updated). Peer: "
                "RLOOTrainer step, on_step_end to on_step_end (generation, old and reference "
                "log-probs, reward model, loss, backward, AdamW; no critic in RLOO)"),

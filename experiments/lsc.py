@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, gold_ppo, report, stats  # noqa: E402
-from rmjax.configs import ppo as ppo_defaults  # noqa: E402
+from rmjax.configs import rl as ppo_defaults  # noqa: E402
 from rmjax.configs import train_rm  # noqa: E402
 from rmjax.data import schema  # noqa: E402
 from rmjax.models import lora  # noqa: E402
@@ -87,7 +87,7 @@ def apply_scale(config) -> ml_collections.ConfigDict:
   c.rm.train.steps *= s
   c.rm.model.d_model *= s
   c.rm.model.d_ff *= s
-  c.ppo.ppo.prompts *= s
+  c.ppo.rl.prompts *= s
   return c
 
 
@@ -203,13 +203,13 @@ def rm_config(c, label_by: str, seed: int, workdir: str) -> ml_collections.Confi
 
 
 def ppo_config(c, rm_dirs, transform: str, seed: int, workdir: str, iterations: int = 0):
-  """``rmjax ppo``'s defaults under ``c.ppo`` with the given reward models and transform
-  (and ``iterations`` in place of ``c.ppo.ppo.iterations`` unless 0)."""
+  """``rmjax rl``'s defaults under ``c.ppo`` with the given reward models and transform
+  (and ``iterations`` in place of ``c.ppo.rl.iterations`` unless 0)."""
   p = ppo_defaults.get_config()
   override(p, c.ppo)
   p.reward.update(workdirs=tuple(rm_dirs), transform=transform)
   p.seed = seed
-  p.ppo.iterations = iterations = iterations or p.ppo.iterations
+  p.rl.iterations = iterations = iterations or p.rl.iterations
   p.train.update(workdir=workdir, log_every=max(1, iterations // 4), save_every=iterations,
                  keep_checkpoints=1)
   return p
@@ -243,8 +243,8 @@ def eval_sampling(c, task) -> SamplingConfig:
   """How the evaluation samples: as PPO's rollouts do (``c.ppo``'s temperature and top-k/p)."""
   p = ppo_defaults.get_config()
   override(p, c.ppo)
-  return SamplingConfig(max_new_tokens=p.ppo.max_new_tokens or task.cfg.max_response_len,
-                        temperature=p.ppo.temperature, top_k=p.ppo.top_k, top_p=p.ppo.top_p,
+  return SamplingConfig(max_new_tokens=p.rl.max_new_tokens or task.cfg.max_response_len,
+                        temperature=p.rl.temperature, top_k=p.rl.top_k, top_p=p.rl.top_p,
                         eos_id=synthetic.EOS, pad_id=synthetic.PAD)
 
 
@@ -268,11 +268,11 @@ def gold_control(c, task, seed: int, critic_source, provenance_dir: str, prompts
   gold on full-length evaluation prompts [P], and the run's wall seconds."""
   start = time.time()
   workdir = fresh(os.path.join(c.workdir, "ppo", f"control_gold_seed{seed}"))
-  # workdirs only tells ppo_actor which task the run's policy came from; the reward is gold.
+  # workdirs only tells rl_actor which task the run's policy came from; the reward is gold.
   p = ppo_config(c, [provenance_dir], "none", seed, workdir, c.control_iterations)
   ppo_trainer.train(p, scorers=[gold_ppo.source(task)], task=gold_ppo.rollout(task),
                     critic_model=build.first_member(critic_source))
-  actor = lora.merged(build.ppo_actor(workdir))
+  actor = lora.merged(build.rl_actor(workdir))
   final = evaluate_policy(c, task, actor, {}, key, prompts, plen)
   base = evaluate_policy(c, task, task.policy, {}, key, prompts, plen)
   return final["total"] - base["total"], time.time() - start
@@ -334,7 +334,7 @@ def run_seed(c, task, seed: int, eval_prompts, control_prompts, with_control: bo
     ppo_trainer.train(ppo_config(c, [rm_dirs[n] for n in names], transform, seed, workdir))
     out["ppo_seconds"][arm] = time.time() - start
     start = time.time()
-    actor = lora.merged(build.ppo_actor(workdir))
+    actor = lora.merged(build.rl_actor(workdir))
     out["eval"][arm] = evaluate_policy(c, task, actor, {n: sources[n] for n in names}, key,
                                        *eval_prompts)
     out["eval_seconds"][arm] = time.time() - start
@@ -462,7 +462,7 @@ def cost(c, per_seed: list[dict]) -> dict:
         "ppo_seconds": float(sum(s["ppo_seconds"][arm] for s in per_seed)),
         "eval_seconds": float(sum(s["eval_seconds"][arm] for s in per_seed)),
         "rm_evaluations": len(per_seed) * ppo_rm_evaluations(
-            p.ppo.iterations, p.ppo.prompts, p.ppo.samples_per_prompt, p.reward.lsc_samples,
+            p.rl.iterations, p.rl.prompts, p.rl.samples_per_prompt, p.reward.lsc_samples,
             rms, transform),
         "reward_models": ["total"] if labelling == "total" else list(c.properties)}
   out["shared"] = {

@@ -35,14 +35,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import bon_analysis, cli, gold_ppo, ppo_analysis, proxies, report  # noqa: E402
 from experiments.overoptimization_bon import trained_features  # noqa: E402
-from rmjax.configs import ppo as ppo_configs  # noqa: E402
+from rmjax.configs import rl as rl_configs  # noqa: E402
 from rmjax.rl import best_of_n, build, rewards  # noqa: E402
 from rmjax.rl import trainer as ppo_trainer  # noqa: E402
 from rmjax.rm import reward_source  # noqa: E402
 from rmjax.runtime.metrics import read_metrics  # noqa: E402
 from rmjax.tasks import preference as synthetic  # noqa: E402
 
-LOGGED = ("gold", "score", "kl", "kl_half_squared", "response_length")  # per iteration
+LOGGED = ("gold", "score", "kl", "kl_k2", "response_length")  # per iteration
 BASE_STREAM = 4000  # folded into a seed's key: its base-policy prompts and samples
 
 
@@ -55,7 +55,7 @@ def apply_scale(config) -> ml_collections.ConfigDict:
   for section, name in [("base", "prompts"), ("norm", "prompts"), ("task", "num_train_pairs")]:
     c[section][name] *= s
   c.proxy.pretrain.sequences *= s
-  c.ppo.ppo.prompts *= s
+  c.ppo.rl.prompts *= s
   for name in ("d_model", "d_ff", "n_heads", "n_kv_heads"):
     c.proxy.model[name] *= s
   return c
@@ -86,15 +86,15 @@ def merge(base, overrides) -> None:
 
 def ppo_config(c, objective: str, kl_coef: float, uwo_lam: float, seed: int, workdir: str,
                member_norm: bool = True) -> ml_collections.ConfigDict:
-  """The ``rmjax ppo`` config of one run: ppo.py's defaults, ``c.ppo`` over them."""
-  p = ppo_configs.get_config()
+  """The ``rmjax rl`` config of one run: ppo.py's defaults, ``c.ppo`` over them."""
+  p = rl_configs.get_config()
   merge(p, c.ppo)
   p.seed = seed
-  episodes = p.ppo.prompts * p.ppo.samples_per_prompt  # the trainer samples in rollouts
+  episodes = p.rl.prompts * p.rl.samples_per_prompt  # the trainer samples in rollouts
   p.reward.update(workdirs=(), objective=objective, uwo_lam=uwo_lam, member_norm=member_norm,
                   norm_batches=max(1, -(-c.norm.prompts * c.norm.samples // episodes)))
   p.kl.update(adaptive=False, coef=kl_coef)
-  n = p.ppo.iterations
+  n = p.rl.iterations
   p.train.update(workdir=workdir, log_every=max(1, n // 4), save_every=n, keep_checkpoints=1)
   return p
 

@@ -141,7 +141,7 @@ def controls(c, per_seed) -> list[dict]:
 def cost(c, per_seed, names) -> dict:
   """Per method: PPO wall seconds (mean over seeds) and reward-model member evaluations
   per run (rollout episodes plus normalisation samples, times the members it needs)."""
-  episodes = c.ppo.ppo.iterations * c.ppo.ppo.prompts * c.ppo.ppo.samples_per_prompt
+  episodes = c.ppo.rl.iterations * c.ppo.rl.prompts * c.ppo.rl.samples_per_prompt
   norm = c.norm.prompts * c.norm.samples
   k = int(c.proxy.k)
   return {"proxy_train_seconds": float(np.mean([s["train_seconds"] for s in per_seed])),

@@ -41,7 +41,8 @@ COMMANDS = {
                 "pairwise accuracy of a trained reward model on preference sets"),
     "score-pairs": ("rmjax.commands.score_pairs",
                     "preference strength of every training pair from an ensemble run"),
-    "ppo": ("rmjax.commands.ppo", "PPO against a trained reward model; resumes an existing run"),
+    "rl": ("rmjax.commands.rl", "online RL (PPO, RLOO, GRPO, Dr. GRPO, REINFORCE++) against "
+                               "reward models; resumes an existing run"),
     "dry-run": ("rmjax.commands.dry_run",
                 "compile a train-rm or ppo step for a target mesh and report its memory"),
     "export-hf": ("rmjax.commands.export_hf",

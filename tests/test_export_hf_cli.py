@@ -163,7 +163,7 @@ def test_ppo_actor(runs, tmp_path):
   """A ppo-shaped checkpoint (state["actor"], provenance naming reward.workdirs) exports
   its actor; the kind comes from the run config."""
   actor = _random(synthetic.SyntheticConfig().policy_config(), 7)
-  run = {"ppo": {"iterations": 1}, "reward": {"workdirs": [str(runs["trained"])]}}
+  run = {"rl": {"iterations": 1}, "reward": {"workdirs": [str(runs["trained"])]}}
   checkpointer = Checkpointer(tmp_path / "ppo" / "checkpoints", provenance=provenance(run))
   checkpointer.save(5, {"actor": nnx.state(actor), "step": jnp.ones((), jnp.int32)}, force=True)
   checkpointer.wait()
@@ -171,7 +171,7 @@ def test_ppo_actor(runs, tmp_path):
   record = _export(tmp_path / "ppo", tmp_path / "actor")
   assert record["kind"] == "policy" and record["step"] == 5
   _check_policy(tmp_path / "actor", actor)
-  with pytest.raises(ValueError, match="is a ppo run: export its actor with kind=policy"):
+  with pytest.raises(ValueError, match="is an rl run: export its actor with kind=policy"):
     _export(tmp_path / "ppo", tmp_path / "x", kind="reward")
 
 

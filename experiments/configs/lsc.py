@@ -17,8 +17,8 @@ The verdicts come from paired intervals on held-out prompts (``eval``), Holm-cor
 over the two claims; the precondition is each reward model's held-out agreement with its
 own gold property; the control is PPO on the gold total itself.
 
-The ``rm`` section has ``rmjax train-rm``'s shape and the ``ppo`` section ``rmjax ppo``'s
-(rmjax/configs/train_rm.py, rmjax/configs/ppo.py): the fields given here replace those
+The ``rm`` section has ``rmjax train-rm``'s shape and the ``ppo`` section ``rmjax rl``'s
+(rmjax/configs/train_rm.py, rmjax/configs/rl.py): the fields given here replace those
 defaults and the rest keep them.
 """
 
@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   # minibatch order); the task (base policy, gold reward) is the same for every seed.
   c.seeds = (0, 1, 2, 3, 4)
   # Multiplies task.num_train_pairs, task.num_eval_pairs, rm.train.steps, rm.model.d_model
-  # and d_ff, ppo.ppo.prompts, eval.prompts and base_samples. 1 = the CPU default.
+  # and d_ff, ppo.rl.prompts, eval.prompts and base_samples. 1 = the CPU default.
   c.scale = 1
   # (b): the two properties, each the "+"-joined gold terms that label one reward model.
   # Together they partition the version-2 gold total (helpful + harmless + length +
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The control (PPO on the gold total itself must raise held-out gold) runs on the first
   # control_seeds seeds.
   c.control_seeds = 5
-  c.control_iterations = 0  # the control's PPO iterations; 0 = ppo.ppo.iterations (the arms')
+  c.control_iterations = 0  # the control's PPO iterations; 0 = ppo.rl.iterations (the arms')
   c.num_resamples = 2000  # bootstrap resamples of every interval
   c.alpha = 0.05  # family-wise error rate of Holm's correction over the two claims
   # The synthetic task: every SyntheticConfig field at its default unless set here;
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   # undo the saturation that is LSC's point (with them on, one exploratory seed at KL coef
   # 0.01 gave raw and LSC the same collapse). KL coef 0.05 is the paper's β (§5).
   c.ppo = ml_collections.ConfigDict(dict(
-      ppo=ml_collections.ConfigDict(dict(iterations=30, prompts=8, samples_per_prompt=4)),
+      rl=ml_collections.ConfigDict(dict(iterations=30, prompts=8, samples_per_prompt=4)),
       kl=ml_collections.ConfigDict(dict(coef=0.05)),
       # member_norm off: each arm has single-member reward models, and LSC is defined on
       # the raw reward (Wang et al.); rescaling it to unit std would move its saturation.

@@ -16,7 +16,7 @@ seed), then PPO runs once per method against it: ``objectives`` without a KL pen
 ``penalised`` objectives again with each of ``kl_coefs``, and the gold positive control
 (PPO against the gold reward itself). ``task`` and ``proxy`` are those of
 ``experiments/configs/overoptimization_bon.py`` (the proxies are trained by the same
-helper); ``ppo`` holds overrides of ``rmjax/configs/ppo.py`` by section (nested), the rest
+helper); ``ppo`` holds overrides of ``rmjax/configs/rl.py`` by section (nested), the rest
 keep that file's defaults.
 """
 
@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # A seed sets the proxies' training seed, the PPO seed (prompts, sampling, shuffles) and
   # the base-policy samples of the baseline and the preconditions.
   c.seeds = (0, 1, 2)
-  # Multiplies base.prompts, norm.prompts, ppo.ppo.prompts, task.num_train_pairs,
+  # Multiplies base.prompts, norm.prompts, ppo.rl.prompts, task.num_train_pairs,
   # proxy.pretrain.sequences and the proxy's d_model, d_ff and heads. 1 = the CPU default.
   c.scale = 1
   c.label_noise = 0.25  # fraction of swapped train labels (Coste et al.'s noisy setting)
@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   # from, whatever the members' agreement.
   c.uwo_ratio = 0.5
   # The x axis: the trainer's per-iteration "kl" (E[sum_t log pi/pi_ref], the k1 estimate
-  # of KL(pi || pi_ref) on the rollout's own samples) or "kl_half_squared" (k2).
+  # of KL(pi || pi_ref) on the rollout's own samples) or "kl_k2" (k2).
   c.kl_metric = "kl"
   # Gold at a KL value: the mean per-iteration gold of the `smooth` iterations centred on
   # the first one whose centred running mean (over `smooth` iterations) of KL reaches it.
@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.norm = ml_collections.ConfigDict(dict(prompts=64, samples=8))
   c.task, c.proxy = bon.task_section(), bon.proxy_section()  # the best-of-n study's
   c.ppo = ml_collections.ConfigDict(dict(
-      ppo=ml_collections.ConfigDict(dict(iterations=60, prompts=16, samples_per_prompt=4)),
+      rl=ml_collections.ConfigDict(dict(iterations=60, prompts=16, samples_per_prompt=4)),
       optim=ml_collections.ConfigDict(dict(
           # Warmup: Adam's first steps at the full rate move this small policy by several
           # nats of KL at once, and gold then falls from the jump, not from the proxy.

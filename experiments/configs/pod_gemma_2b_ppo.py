@@ -9,7 +9,7 @@ parameters and activations are. float32 parameters and AdamW moments, bfloat16 c
 every block rematerialised. 32 prompts of 512 tokens x 4 samples of 256 new tokens an
 iteration, 4 minibatches of 32 episodes. Mesh: fsdp 8.
 
-``rmjax ppo`` itself runs on the synthetic task, whose policy and reward model fix the
+``rmjax rl`` itself runs on the synthetic task, whose policy and reward model fix the
 shapes; this config is for ``rmjax dry-run``, which builds the networks from
 ``dry_run.model``::
 
@@ -17,20 +17,20 @@ shapes; this config is for ``rmjax dry-run``, which builds the networks from
 
 Peak 34.6 GiB per device of 95 (the PPO update; the rollout forward 16.1 GiB), with the
 activations sharded over the batch under fsdp (``benchmarks/README.md``, "Dry run").
-A v5p-16 has two hosts; ``rmjax ppo`` runs on several (``tests/parallel/test_multihost.py``).
+A v5p-16 has two hosts; ``rmjax rl`` runs on several (``tests/parallel/test_multihost.py``).
 """
 
 import ml_collections
 
-from rmjax.configs import dry_run, ppo
+from rmjax.configs import dry_run, rl
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ppo.get_config()
+  c = rl.get_config()
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=8, tensor=1, ensemble=1))
-  c.ppo.update(dict(prompts=32, samples_per_prompt=4, minibatches=4, max_new_tokens=256))
+  c.rl.update(dict(prompts=32, samples_per_prompt=4, minibatches=4, max_new_tokens=256))
   c.dry_run = dry_run.section(
-      command="ppo", devices=8, memory_per_device_gib=95.0, vocab_size=256_000,
+      command="rl", devices=8, memory_per_device_gib=95.0, vocab_size=256_000,
       prompt_len=512, model=ml_collections.ConfigDict(dict(
           preset="s0", family="llama", d_model=2048, n_layers=18, n_heads=8, n_kv_heads=1,
           head_dim=256, d_ff=16384, max_seq_len=8192, rope_theta=10_000.0, norm_eps=1e-6,

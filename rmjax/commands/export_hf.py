@@ -4,7 +4,7 @@ kind "reward" (a ``train-rm`` run) -> sequence classifiers (``rmjax.models.hf_cl
   one backbone (a single model, or K heads on a shared backbone) -> one folder with
   ``num_labels`` = K; separate ensemble members -> ``member_0/``, ``member_1/``, ... with
   ``num_labels`` = 1 each. ``member`` = m writes member (or head) m alone, in ``out`` itself.
-kind "policy" -> a causal LM (``hf_io.save_hf``): a ``ppo`` run's actor, or the synthetic
+kind "policy" -> a causal LM (``hf_io.save_hf``): an ``rl`` run's actor, or the synthetic
   task's base policy of a ``train-rm`` run on that task.
 
 ``out`` is written under a temporary name beside it and renamed into place at the end, so
@@ -71,7 +71,7 @@ def base_policy(run_config, where) -> Transformer:
   data = run_config["data"]
   if data["source"] != "synthetic":
     raise ValueError(f"{where} was trained on data.source={data['source']!r}: only a run on the "
-                     "synthetic task has a policy to export (or export a ppo run's actor)")
+                     "synthetic task has a policy to export (or export an rl run's actor)")
   return synthetic.build_task(synthetic.from_fields(data["synthetic"])).policy
 
 
@@ -141,19 +141,19 @@ def run(config) -> dict:
   step, provenance = load_rm.read_provenance(config.workdir,
                                              None if config.step < 0 else config.step)
   run_config = provenance.get("config") or {}
-  is_ppo = "ppo" in run_config
-  kind = config.kind if config.kind != "auto" else "policy" if is_ppo else "reward"
-  if kind == "reward" and is_ppo:
-    raise ValueError(f"{config.workdir} is a ppo run: export its actor with kind=policy")
+  is_rl = "rl" in run_config
+  kind = config.kind if config.kind != "auto" else "policy" if is_rl else "reward"
+  if kind == "reward" and is_rl:
+    raise ValueError(f"{config.workdir} is an rl run: export its actor with kind=policy")
   if kind == "reward":
     models, _ = reward_models(config.workdir, step, config.member)
   else:
     if config.member != -1:
       raise ValueError(f"member={config.member} applies to reward models; a policy is one model")
     where = f"{load_rm.checkpoint_dir(config.workdir)}/{step}"
-    if "model" not in run_config and not is_ppo:
-      raise ValueError(f"{where}: the provenance holds no train-rm or ppo run config")
-    model = (rl_build.ppo_actor(config.workdir, step) if is_ppo
+    if "model" not in run_config and not is_rl:
+      raise ValueError(f"{where}: the provenance holds no train-rm or rl run config")
+    model = (rl_build.rl_actor(config.workdir, step) if is_rl
              else base_policy(run_config, where))
     models = [("", model, None)]
   spec = tokenizer_spec(run_config)

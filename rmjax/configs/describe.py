@@ -61,10 +61,10 @@ MODEL = {
     **LORA,
 }
 
-# The ``dry_run`` section that turns a train-rm or ppo config into a dry-run config
+# The ``dry_run`` section that turns a train-rm or rl config into a dry-run config
 # (``rmjax/configs/dry_run.py``).
 DRY_RUN = {
-    "command": "which step to compile: \"train-rm\" or \"ppo\"",
+    "command": "which step to compile: \"train-rm\" or \"rl\"",
     "devices": "devices of the target mesh; the mesh must fill them",
     "memory_per_device_gib": "fail above this many GiB per device; 0 = no check",
     "topology": "libtpu topology to compile for without a TPU (e.g. \"v5p:4x4x2\"); \"\" = "
@@ -73,8 +73,8 @@ DRY_RUN = {
                      "\"concurrency\"",
     "vocab_size": "token ids the data would supply",
     "seq_len": "row width the data would supply (train-rm: each side, or the packed row)",
-    "prompt_len": "ppo: prompt tokens of a row",
-    "response_len": "ppo: response tokens of a row; 0 = ppo.max_new_tokens",
+    "prompt_len": "rl: prompt tokens of a row",
+    "response_len": "rl: response tokens of a row; 0 = rl.max_new_tokens",
     "batch_size": "rows per step; 0 = train.batch_size, or the PPO minibatch",
     "report": "also write the report as JSON here; \"\" = no file",
 }
@@ -88,7 +88,7 @@ def section(prefix: str, fields: Mapping[str, str]) -> dict[str, str]:
 def meanings(command: str) -> dict[str, str]:
   """Dotted field -> meaning for the embedded config of ``command`` (e.g. "train-rm").
 
-  A config module's own ``FIELDS``; the dry-run config is a train-rm or ppo config plus
+  A config module's own ``FIELDS``; the dry-run config is a train-rm or rl config plus
   the ``dry_run`` section, so it takes both tables and ``DRY_RUN``.
   """
   import importlib  # pylint: disable=import-outside-toplevel  (the configs import this module)
@@ -97,7 +97,7 @@ def meanings(command: str) -> dict[str, str]:
   if hasattr(module, "FIELDS"):
     return dict(module.FIELDS)
   if command == "dry-run":
-    return {**meanings("ppo"), **meanings("train-rm"), **section("dry_run", DRY_RUN)}
+    return {**meanings("rl"), **meanings("train-rm"), **section("dry_run", DRY_RUN)}
   return {}
 
 

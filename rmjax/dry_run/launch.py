@@ -15,7 +15,7 @@ import tempfile
 
 from rmjax.parallel.mesh import CONFIG_AXES, resolve_shape
 
-COMMANDS = ("train-rm", "ppo")
+COMMANDS = ("train-rm", "rl")
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 # dry_run.cpu_scheduler -> XLA:CPU's scheduler. "memory" (the default) orders ops to keep
 # fewer buffers alive, as an accelerator's scheduler does; "concurrency", XLA:CPU's own

@@ -10,17 +10,17 @@ jitted programs it runs, each with the abstract arguments to lower it with.
   compiles it, on a batch [B, seq] (or [K, B, seq] members), with MetaRM's meta responses
   when it is on. A pretrained backbone (``model.init_from``) gives its shapes from its
   config.json or GGUF metadata; no weight is read.
-* ``ppo``: actor, critic, both optimizer states, the frozen reference and one reward
-  model (LoRA adapters from the ``actor`` and ``critic`` sections, as ``rmjax ppo``
+* ``rl``: actor, critic, both optimizer states, the frozen reference and one reward
+  model (LoRA adapters from the ``actor`` and ``critic`` sections, as ``rmjax rl``
   adds them); two programs, the minibatch update (``ppo_step.make_update``, as
-  ``PPOTrainer.update_fn`` jits it) on [minibatch, P + N] episodes, and the
+  ``RLTrainer.update_fn`` jits it) on [minibatch, P + N] episodes, and the
   rollout's forward (reference log-probs and critic values) on [episodes, P + N]. The
   sampler's KV-cache generation is not compiled here.
 
 Shapes the data would normally supply come from the config's ``dry_run`` section:
 ``vocab_size``, ``seq_len`` (train-rm: the width of each side, or of a packed row with
-``train.shared_prompt``), ``prompt_len`` and ``response_len`` (ppo), ``batch_size``
-(0: ``train.batch_size``, or the PPO minibatch) and ``model`` (ppo: the policy's and
+``train.shared_prompt``), ``prompt_len`` and ``response_len`` (rl), ``batch_size``
+(0: ``train.batch_size``, or the PPO minibatch) and ``model`` (rl: the policy's and
 reward model's ModelConfig fields on a preset, as ``train-rm``'s ``model`` section).
 MetaRM's meta responses (prompt and response joined) are ``seq_len`` wide too.
 """
@@ -40,7 +40,7 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.models import lora
 from rmjax.models.transformer import Transformer
-from rmjax.rl import ppo_step
+from rmjax.rl import algorithms, ppo_step
 from rmjax.rm import build as rm_build
 from rmjax.rm import metarm
 from rmjax.rm import step as rm_step
@@ -175,42 +175,46 @@ def _policy_config(config, section, vocab_size: int):
     return rm_build.build_model_config(section, vocab_size, 0)
   if not init_from.endswith(".gguf") and not (pathlib.Path(init_from) / "config.json").is_file():
     raise ValueError(f"policy.init_from={init_from}: the dry run reads a policy's shapes from "
-                     "a Hugging Face folder or a GGUF file; for an rmjax ppo workdir leave "
+                     "a Hugging Face folder or a GGUF file; for an rmjax rl workdir leave "
                      "policy.init_from empty and give its shapes in dry_run.model")
   run = {k: section[k] for k in rm_build.RUN_FIELDS if k in section}
   return rm_build.pretrained_config(ml_collections.ConfigDict({"init_from": init_from, **run}),
                                     heads=0)
 
 
-def ppo_plan(config, mesh) -> Plan:
-  """PPO's minibatch update and rollout forward of ``config`` (a ``ppo`` config)."""
-  dr, c = config.dry_run, config.ppo
+def rl_plan(config, mesh) -> Plan:
+  """The minibatch update and rollout forward of ``config`` (an ``rl`` config), with a
+  critic only where ``rl.algorithm`` trains one."""
+  dr, c = config.dry_run, config.rl
+  settings = algorithms.settings(c, config.kl)
   response = dr.get("response_len") or c.max_new_tokens
   if response < 1:
-    raise ValueError("dry_run.response_len (or ppo.max_new_tokens) must be >= 1: the "
+    raise ValueError("dry_run.response_len (or rl.max_new_tokens) must be >= 1: the "
                      "synthetic task would otherwise supply it")
   _positive(dr, "vocab_size", "prompt_len")
   episodes = c.prompts * c.samples_per_prompt
   if episodes % c.minibatches:
-    raise ValueError(f"ppo.prompts x samples_per_prompt = {episodes} episodes do not split "
-                     f"into ppo.minibatches={c.minibatches}")
+    raise ValueError(f"rl.prompts x samples_per_prompt = {episodes} episodes do not split "
+                     f"into rl.minibatches={c.minibatches}")
   rows = dr.batch_size or episodes // c.minibatches
-  _check_rows("the PPO minibatch (dry_run.batch_size or episodes / ppo.minibatches)", rows, mesh)
-  _check_rows("ppo.prompts x samples_per_prompt", episodes, mesh)
+  _check_rows("the PPO minibatch (dry_run.batch_size or episodes / rl.minibatches)", rows, mesh)
+  _check_rows("rl.prompts x samples_per_prompt", episodes, mesh)
   section = _model_section(config)
   actor_cfg = _policy_config(config, section, dr.vocab_size).replace(
       lm_head=True, **lora.config_fields(config.get("actor")))
   reward_cfg = rm_build.build_model_config(section, dr.vocab_size, 1)
   critic_cfg = reward_cfg.replace(value_head=True, **lora.config_fields(config.get("critic")))
   actor_graphdef, actor = _abstract_model(actor_cfg)
-  critic_graphdef, critic = _abstract_model(critic_cfg)
   _, reward_model = _abstract_model(reward_cfg)
   updates = max(1, c.iterations * c.epochs * c.minibatches)
   actor_tx = make_optimizer(config.optim.actor, updates, lora.trainable_mask(actor))
-  critic_tx = make_optimizer(config.optim.critic, updates, lora.trainable_mask(critic))
-  state = {"actor": actor, "critic": critic, "actor_opt": jax.eval_shape(actor_tx.init, actor),
-           "critic_opt": jax.eval_shape(critic_tx.init, critic),
+  state = {"actor": actor, "actor_opt": jax.eval_shape(actor_tx.init, actor),
            "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  critic_graphdef = critic_tx = None
+  if settings.critic:
+    critic_graphdef, critic = _abstract_model(critic_cfg)
+    critic_tx = make_optimizer(config.optim.critic, updates, lora.trainable_mask(critic))
+    state.update(critic=critic, critic_opt=jax.eval_shape(critic_tx.init, critic))
   shardings = parallel.tree_shardings(state, mesh)
   state = abstract_like(state, shardings)
   reference, reward_model = _sharded(actor, mesh), _sharded(reward_model, mesh)
@@ -218,12 +222,13 @@ def ppo_plan(config, mesh) -> Plan:
   width, f32 = dr.prompt_len + response, jnp.float32
   spec = {"tokens": ((rows, width), jnp.int32), "mask": ((rows, width), bool),
           "response_mask": ((rows, response), bool)}
-  spec.update({k: ((rows, response), f32) for k in ppo_step.EPISODE_KEYS[3:]})
+  spec.update({k: ((rows,) if k == "kl_coef" else (rows, response), f32)
+               for k in ppo_step.episode_keys(settings)[3:]})
   if c.ptx_coef:
     spec.update({"ptx_tokens": ((rows, width), jnp.int32), "ptx_mask": ((rows, width), bool)})
   minibatch = _batch(spec, mesh)
   update = ppo_step.make_update(actor_graphdef, critic_graphdef, actor_tx, critic_tx,
-                                dr.prompt_len, c)
+                                dr.prompt_len, c, settings)
   update_jit = parallel.compile_step(update, mesh, shardings,
                                      {k: len(s) for k, (s, _) in spec.items()})
 
@@ -232,25 +237,29 @@ def ppo_plan(config, mesh) -> Plan:
   forward = _rollout_forward(actor_graphdef, critic_graphdef, dr.prompt_len, c.temperature)
   out = parallel.sharding.batch_sharding(mesh, 2)
   forward_jit = jax.jit(parallel.sharding.on_mesh(forward, mesh),
-                        in_shardings=(shardings["actor"], shardings["critic"], out, out),
-                        out_shardings=(out, out))
-  args = (reference, state["critic"], rollout["tokens"], rollout["mask"])
-  resident = {"actor": (PARAMETERS, state["actor"]), "critic": (PARAMETERS, state["critic"]),
-              "reference": (PARAMETERS, reference), "reward_model": (PARAMETERS, reward_model),
-              "actor_opt": (OPTIMIZER, state["actor_opt"]),
-              "critic_opt": (OPTIMIZER, state["critic_opt"])}
-  return Plan(resident, [Program("ppo_update", update_jit, (state, minibatch), minibatch),
+                        in_shardings=(shardings["actor"], shardings.get("critic"), out, out),
+                        out_shardings=(out, out if settings.critic else None))
+  args = (reference, state.get("critic"), rollout["tokens"], rollout["mask"])
+  resident = {"actor": (PARAMETERS, state["actor"]), "reference": (PARAMETERS, reference),
+              "reward_model": (PARAMETERS, reward_model),
+              "actor_opt": (OPTIMIZER, state["actor_opt"])}
+  if settings.critic:
+    resident.update(critic=(PARAMETERS, state["critic"]),
+                    critic_opt=(OPTIMIZER, state["critic_opt"]))
+  return Plan(resident, [Program("rl_update", update_jit, (state, minibatch), minibatch),
                          Program("rollout_forward", forward_jit, args, rollout)])
 
 
 def _rollout_forward(actor_graphdef, critic_graphdef, prompt_width: int,
                      temperature: float) -> Callable:
   """(reference, critic, tokens, mask [B, P + N]) -> (reference log-probs [B, N], critic
-  values [B, N]): what ``PPOTrainer._rollout_forward`` computes."""
+  values [B, N] or None without a critic): what ``RLTrainer._rollout_forward`` computes."""
 
   def forward(reference, critic, tokens, mask):
     ref_logprobs, _ = ppo_step.response_logprobs(nnx.merge(actor_graphdef, reference), tokens,
                                                  mask, prompt_width, temperature)
+    if critic is None:
+      return ref_logprobs, None
     values = ppo_step.response_values(nnx.merge(critic_graphdef, critic), tokens, mask,
                                       prompt_width)
     return ref_logprobs, values
@@ -258,7 +267,7 @@ def _rollout_forward(actor_graphdef, critic_graphdef, prompt_width: int,
   return forward
 
 
-PLANS = {"train-rm": rm_plan, "ppo": ppo_plan}
+PLANS = {"train-rm": rm_plan, "rl": rl_plan}
 
 
 def build(config, mesh) -> Plan:

@@ -62,7 +62,7 @@ def uncertainty_weighted(rewards, lam=UWO_LAM_BON, unbiased=False):
   Var is the population variance (1/K) Σ_i (R_i − R̄)², as in Coste et al.'s equation;
   ``unbiased=True`` uses 1/(K − 1), which their PPO code used (§3 marks this a split).
   λ = 0.5 (``UWO_LAM_BON``) is the paper's best-of-n value and the default here; PPO used
-  λ = 0.1 (``UWO_LAM_PPO``; §3: the paper is inconsistent), the default of ``rmjax ppo``'s
+  λ = 0.1 (``UWO_LAM_PPO``; §3: the paper is inconsistent), the default of ``rmjax rl``'s
   ``reward.uwo_lam``. λ = 0 is the plain mean.
 
   Args:

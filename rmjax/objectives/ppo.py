@@ -24,6 +24,32 @@ def masked_mean(x, mask):
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
 
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def aggregate(x, mask, how="token_mean"):
+  """A per-token loss [B, T] reduced to a scalar over the valid tokens (``mask``):
+
+    token_mean:     Σ_bt m·x / Σ_bt m            (PPO, REINFORCE++: every token weighs alike);
+    sequence_mean:  mean_b (Σ_t m·x / Σ_t m)     (GRPO: every sequence weighs alike, so a
+                                                  long response's tokens weigh less);
+    constant:       Σ_bt m·x / (B · T)           (Dr. GRPO, RLOO: the sum over tokens divided
+                                                  by a constant, no length bias).
+
+  A row with no valid token contributes 0 (and counts in B for sequence_mean and constant).
+  """
+  if how not in AGGREGATIONS:
+    raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}; got {how!r}")
+  m = jnp.asarray(mask, bool)
+  x = jnp.where(m, at_least_f32(x), 0.0)
+  if how == "token_mean":
+    return masked_mean(x, m)
+  if how == "constant":
+    return jnp.sum(x) / (m.shape[0] * m.shape[1])
+  per_row = jnp.sum(x, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1)
+  return jnp.mean(per_row)
+
+
 def per_token_rewards(score, logprobs, ref_logprobs, mask, kl_coef, estimator="k1"):
   """r_t = −β · KL_t on every valid token, plus the score on each sequence's last one (§5).
 
@@ -109,10 +135,11 @@ def whiten(x, mask, eps=1e-6, shift_mean=True, clip=None):
   return jnp.where(m, out, 0.0)
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
-  """PPO clipped surrogate, averaged over valid tokens (§5, ε = 0.2).
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2,
+                aggregation="token_mean"):
+  """PPO clipped surrogate over valid tokens (§5, ε = 0.2), reduced by ``aggregate``.
 
-    ρ_t = exp(log π_θ − log π_old),   L = mean_t max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)).
+    ρ_t = exp(log π_θ − log π_old),   ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)).
 
   ``old_logprobs`` and ``advantages`` are targets: no gradient flows into them.
 
@@ -120,7 +147,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
     logprobs: [B, T] log π_θ of the sampled tokens under the current parameters.
     old_logprobs: [B, T] log π_old, the sampling policy's own (untruncated) log-probs.
     advantages: [B, T] (usually whitened). mask: bool [B, T].
-    clip_eps: ε.
+    clip_eps: ε. aggregation: one of ``AGGREGATIONS`` (static).
 
   Returns:
     (loss scalar, metrics) with metrics, all masked token means:
@@ -133,7 +160,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
   ratio = jnp.exp(log_ratio)
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-  loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+  loss = aggregate(jnp.maximum(unclipped, clipped), mask, aggregation)
   log_ratio = jax.lax.stop_gradient(log_ratio)
   metrics = {
       "clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),

@@ -6,7 +6,7 @@ prompt sampler, the token ids that end and pad a response, and, optionally, an e
 hook (the synthetic task's gold reward) whose terms are logged but never optimised.
 ``rollout_task`` builds it from the ``policy`` and ``prompts`` sections of a ``ppo``
 config: the synthetic task of the reward models by default, or a policy from a Hugging
-Face folder, a GGUF file or an ``rmjax ppo`` checkpoint with prompts from a file.
+Face folder, a GGUF file or an ``rmjax rl`` checkpoint with prompts from a file.
 """
 
 from __future__ import annotations
@@ -150,13 +150,13 @@ def _read_provenance(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(load_rm.read_provenance(workdir)[1].get("config") or {})
 
 
-def ppo_actor(workdir, step: int | None = None) -> Transformer:
-  """The actor of an ``rmjax ppo`` run's checkpoint ``step`` (None: the latest), with its
+def rl_actor(workdir, step: int | None = None) -> Transformer:
+  """The actor of an ``rmjax rl`` run's checkpoint ``step`` (None: the latest), with its
   LoRA adapters as trained (``lora.merged`` folds them in); its architecture is the run's
   own ``policy_model``, so a run whose policy came from a file rebuilds the same model."""
   run = _read_provenance(workdir)
-  if "ppo" not in run:
-    raise ValueError(f"policy.init_from={workdir}: not an rmjax ppo run (a train-rm run's "
+  if "rl" not in run:
+    raise ValueError(f"policy.init_from={workdir}: not an rmjax rl run (a train-rm run's "
                      "reward model has no LM head to sample from)")
   base = policy_model(run, [])
   cfg = base.cfg.replace(**lora.config_fields(run.get("actor")))
@@ -173,7 +173,7 @@ def ppo_actor(workdir, step: int | None = None) -> Transformer:
 def policy_model(config, sources) -> Transformer:
   """The policy ``config.policy.init_from`` names: "" = the synthetic task of the first
   reward source (or of the first of the run's ``reward.workdirs``), a ``.gguf`` file, a
-  Hugging Face folder (config.json) or an ``rmjax ppo`` workdir (its actor)."""
+  Hugging Face folder (config.json) or an ``rmjax rl`` workdir (its actor)."""
   init_from = str((config.get("policy") or {}).get("init_from", "") or "")
   if not init_from:
     if sources and hasattr(sources[0], "run_config"):
@@ -190,9 +190,9 @@ def policy_model(config, sources) -> Transformer:
   if (path / "config.json").is_file():
     return hf_io.load_hf(path, lm_head=True)
   if path.is_dir():
-    return lora.merged(ppo_actor(path))
+    return lora.merged(rl_actor(path))
   raise FileNotFoundError(f"policy.init_from={init_from}: not a .gguf file, a Hugging Face "
-                          "folder (config.json) or an rmjax ppo workdir")
+                          "folder (config.json) or an rmjax rl workdir")
 
 
 # --- prompts from a file ------------------------------------------------------------------

@@ -1,22 +1,28 @@
-"""The PPO program (``rmjax ppo``): sample, score, advantages, compiled minibatch updates,
-run by the one training loop (``rmjax.runtime.loop.run``).
+"""The online RL program (``rmjax rl``): sample, score, advantages, compiled minibatch
+updates, run by the one training loop (``rmjax.runtime.loop.run``). ``rl.algorithm``
+(``rmjax.rl.algorithms``) picks PPO, RLOO, GRPO, Dr. GRPO or REINFORCE++.
 
-The whole run is one carry, ``state``, passed through ``PPOTrainer.step(state, i) ->
-(state, metrics)``: actor, critic, both optimizer states, the update counter, the KL
-controller, the running reward moments and the per-member normalisation statistics
-(measured once on initial-policy samples). Iteration i (``docs/algorithms.md`` §5):
+The whole run is one carry, ``state``, passed through ``RLTrainer.step(state, i) ->
+(state, metrics)``: actor, its optimizer state (and PPO's critic and its optimizer state),
+the update counter, the KL controller, the running reward moments and the per-member
+normalisation statistics (measured once on initial-policy samples). Iteration i
+(``docs/algorithms.md`` §5, §5b):
   1. prompts drawn from key fold_in(seed, i), each sampled ``samples_per_prompt`` times
-     with the KV-cache sampler; its log-probs are the old log-probs;
-  2. reference log-probs, critic values and the score through the pipeline of
+     with the KV-cache sampler (a prompt's samples in adjacent rows); its log-probs are
+     the old log-probs;
+  2. reference log-probs, critic values (PPO) and the score through the pipeline of
      ``rewards`` (reward sources → member normalisation → objective → transform →
      running normalisation → clip); the task's evaluation hook (the synthetic gold
      reward) is logged, never optimised;
-  3. per-token rewards (−β·KL at every token, the score at the last), GAE, whitening;
+  3. the algorithm's advantages (``algorithms.advantages``: GAE, leave-one-out, group-
+     relative or REINFORCE++'s whitened returns), the KL in the reward or kept for the loss;
   4. ``epochs`` passes over ``minibatches`` shuffled minibatches, each one jitted update
-     (``ppo_step.make_update``, which also reports ``loop.FINITE`` over the updated actor
-     and critic), and the KL controller's update.
-Everything iteration i does is a function of (config, state, i), and every key derives
-from (seed, i), so a run killed at any point resumes from its last checkpoint bit for bit.
+     (``ppo_step.make_update``, which also reports ``loop.FINITE`` over the updated
+     models), and the KL controller's update.
+Every run logs the KL to the reference by the k1 ("kl"), k2 and k3 estimators, the
+policy's entropy and the response length. Everything iteration i does is a function of
+(config, state, i), and every key derives from (seed, i), so a run killed at any point
+resumes from its last checkpoint bit for bit.
 """
 
 from __future__ import annotations
@@ -34,29 +40,32 @@ from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
 from rmjax.objectives import kl as kl_lib
-from rmjax.objectives import ppo, running_stats
+from rmjax.objectives import running_stats
 from rmjax.parallel.sharding import to_host
-from rmjax.rl import build
+from rmjax.rl import algorithms, build
 from rmjax.rl import rewards as ppo_rewards
 from rmjax.rl.best_of_n import right_padded
-from rmjax.rl.ppo_step import EPISODE_KEYS, make_update, response_logprobs, response_values
+from rmjax.rl.ppo_step import episode_keys, make_update, response_logprobs, response_values
 from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
 from rmjax.runtime.metrics import MetricsWriter, Progress
 from rmjax.runtime.optim import make_optimizer
 
-MODEL_KEYS = ("actor", "critic", "actor_opt", "critic_opt", "step")
 # Key streams no iteration uses: PPO-ptx's corpus and the member-normalisation samples.
 PTX_STREAM, NORM_STREAM = 2**32 - 1, 2**32 - 2
 
 
-class PPOTrainer:
-  """The models, compiled functions and score pipeline of one run; the state is not
-  held here but passed through ``step``."""
+class RLTrainer:
+  """The models, compiled functions and score pipeline of one run of any
+  ``rl.algorithm``; the state is not held here but passed through ``step``."""
 
-  def __init__(self, config, sources, task, critic_model: Transformer, mesh=None):
-    c = self.c = config.ppo
+  def __init__(self, config, sources, task, critic_model: Transformer | None, mesh=None):
+    c = self.c = config.rl
     self.config = config
+    self.s = algorithms.settings(c, config.kl)
+    self.model_keys = (("actor", "critic", "actor_opt", "critic_opt", "step") if self.s.critic
+                       else ("actor", "actor_opt", "step"))
+    self.episode_keys = episode_keys(self.s)
     self.task = build.as_rollout_task(task)
     self.sources = [build.as_source(s, self.task.policy.cfg.vocab_size, j)
                     for j, s in enumerate(sources)]
@@ -64,8 +73,8 @@ class PPOTrainer:
     self.score_cfg = ppo_rewards.ScoreConfig.from_config(config.reward)
     self.episodes = c.prompts * c.samples_per_prompt
     if self.episodes % c.minibatches:
-      raise ValueError(f"ppo.prompts x samples_per_prompt = {self.episodes} episodes do not "
-                       f"split into ppo.minibatches={c.minibatches}")
+      raise ValueError(f"rl.prompts x samples_per_prompt = {self.episodes} episodes do not "
+                       f"split into rl.minibatches={c.minibatches}")
     self.sampling = SamplingConfig(
         max_new_tokens=c.max_new_tokens or self.task.max_response_len,
         temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=self.task.eos_id,
@@ -73,17 +82,19 @@ class PPOTrainer:
     self.prompt_width = self.task.prompt_width
     width = self.prompt_width + self.sampling.max_new_tokens
     if width > self.task.policy.cfg.max_seq_len:
-      raise ValueError(f"prompts of {self.prompt_width} tokens plus ppo.max_new_tokens="
+      raise ValueError(f"prompts of {self.prompt_width} tokens plus rl.max_new_tokens="
                        f"{self.sampling.max_new_tokens} exceed the policy's max_seq_len "
                        f"{self.task.policy.cfg.max_seq_len}")
     self.actor_graphdef, reference = nnx.split(
         lora.adapt_from_config(self.task.policy, config.get("actor"), config.seed))
     self.reference = parallel.shard_tree(reference, self.mesh)
-    self.critic_graphdef, self._critic = build.critic_from(
-        lora.adapt_from_config(critic_model, config.get("critic"), config.seed), self.mesh)
     updates = c.iterations * c.epochs * c.minibatches
     self.actor_tx = make_optimizer_for(config.optim.actor, updates, reference)
-    self.critic_tx = make_optimizer_for(config.optim.critic, updates, self._critic)
+    self.critic_graphdef = self._critic = self.critic_tx = None
+    if self.s.critic:
+      self.critic_graphdef, self._critic = build.critic_from(
+          lora.adapt_from_config(critic_model, config.get("critic"), config.seed), self.mesh)
+      self.critic_tx = make_optimizer_for(config.optim.critic, updates, self._critic)
     self._forward = jax.jit(parallel.sharding.on_mesh(self._rollout_forward, self.mesh))
     self.ptx = self._ptx_source() if c.ptx_coef else None
     self.shardings = None
@@ -102,13 +113,14 @@ class PPOTrainer:
     if member_stats is None:
       member_stats = (self.measure_member_stats() if self.score_cfg.member_norm else
                       ppo_rewards.identity_stats(self.members_per_source()))
-    actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
-    critic, self._critic = self._critic, None  # used once: the state owns it from now on
-    if critic is None:
+    if self.shardings is not None:
       raise RuntimeError("init_state builds the state once per trainer")
-    state = {"actor": actor, "critic": critic,
-             "actor_opt": self.actor_tx.init(actor), "critic_opt": self.critic_tx.init(critic),
-             "step": jnp.zeros((), jnp.int32),
+    actor = jax.tree.map(jnp.copy, self.reference)  # its own buffers: the update donates them
+    models = {"actor": actor, "actor_opt": self.actor_tx.init(actor)}
+    if self.s.critic:
+      critic, self._critic = self._critic, None  # used once: the state owns it from now on
+      models.update(critic=critic, critic_opt=self.critic_tx.init(critic))
+    state = {**models, "step": jnp.zeros((), jnp.int32),
              "kl": (kl_lib.adaptive_kl_controller(config.kl.coef, config.kl.target,
                                                   config.kl.horizon)
                     if config.kl.adaptive else kl_lib.fixed_kl_controller(config.kl.coef)),
@@ -159,10 +171,13 @@ class PPOTrainer:
     return ArraySource(arrays, self.episodes // self.c.minibatches, seed=self.config.seed)
 
   def _rollout_forward(self, reference, critic, tokens, mask):
-    """(reference log-probs [B, N], critic values [B, N]) of sampled episodes."""
+    """(reference log-probs [B, N], critic values [B, N] or None without a critic) of
+    sampled episodes."""
     ref = nnx.merge(self.actor_graphdef, reference)
     ref_logprobs, _ = response_logprobs(ref, tokens, mask, self.prompt_width,
                                         self.c.temperature)
+    if critic is None:
+      return ref_logprobs, None
     values = response_values(nnx.merge(self.critic_graphdef, critic), tokens, mask,
                              self.prompt_width)
     return ref_logprobs, values
@@ -202,7 +217,7 @@ class PPOTrainer:
     seq, seq_mask, response_mask, old_logprobs, lengths = self._sample(
         state["actor"], jax.random.fold_in(key, 1), prompts, prompt_len,
         self.c.samples_per_prompt)
-    ref_logprobs, values = self._forward(self.reference, state["critic"], seq, seq_mask)
+    ref_logprobs, values = self._forward(self.reference, state.get("critic"), seq, seq_mask)
     scores, members, gold = self._scores(seq, seq_mask, lengths, stats)
     r_ref = None
     if self.score_cfg.transform == "lsc":
@@ -216,22 +231,21 @@ class PPOTrainer:
     combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
     processed, moments = ppo_rewards.running_normalize(combined, state["moments"], self.score_cfg)
     kl_state = state["kl"]
-    rewards = ppo.per_token_rewards(processed, old_logprobs, ref_logprobs, response_mask,
-                                    kl_state.beta, self.c.kl_estimator)
-    advantages, returns = ppo.gae(rewards, values, response_mask, self.c.gamma, self.c.lam)
-    if self.c.whiten:
-      advantages = ppo.whiten(advantages, response_mask, clip=self.c.advantage_clip or None)
+    advantages, returns = algorithms.advantages(
+        self.s, processed, old_logprobs, ref_logprobs, response_mask, kl_state.beta,
+        self.c.samples_per_prompt, values, self.c)
     seq_kl = kl_lib.sequence_kl(old_logprobs, ref_logprobs, response_mask, "k1")
     new_kl = kl_lib.update_kl_controller(kl_state, jnp.mean(seq_kl), self.episodes)
     episodes = {"tokens": seq, "mask": seq_mask, "response_mask": response_mask,
                 "old_logprobs": old_logprobs, "old_values": values, "advantages": advantages,
-                "returns": returns}
+                "returns": returns, "ref_logprobs": ref_logprobs,
+                "kl_coef": jnp.full((self.episodes,), kl_state.beta, jnp.float32)}
     metrics = {
         "score": float(np.mean(combined)), "score_processed": float(np.mean(processed)),
         "kl": float(jnp.mean(seq_kl)),
         **{f"proxy_{j}": float(v) for j, v in enumerate(np.mean(scores, axis=0))},
-        "kl_half_squared": float(jnp.mean(kl_lib.sequence_kl(
-            old_logprobs, ref_logprobs, response_mask, "k2"))),
+        **{f"kl_{e}": float(jnp.mean(kl_lib.sequence_kl(
+            old_logprobs, ref_logprobs, response_mask, e))) for e in ("k2", "k3")},
         "response_length": float(jnp.mean(jnp.sum(response_mask, axis=1))),
         "ensemble_variance": float(np.mean([m.var(axis=-1).mean() for m in members])),
         "beta": float(kl_state.beta)}
@@ -243,7 +257,7 @@ class PPOTrainer:
   def minibatches(self, episodes, iteration: int):
     """The shuffled minibatches of every epoch, in order (a function of the iteration)."""
     size = self.episodes // self.c.minibatches
-    host = to_host({k: episodes[k] for k in EPISODE_KEYS})
+    host = to_host({k: episodes[k] for k in self.episode_keys})
     for epoch in range(self.c.epochs):
       order = np.random.default_rng([self.config.seed, iteration, epoch]).permutation(
           self.episodes)
@@ -261,12 +275,13 @@ class PPOTrainer:
       if self.shardings is None:
         raise RuntimeError("init_state first: the update is compiled for its shardings")
       step = make_update(self.actor_graphdef, self.critic_graphdef, self.actor_tx,
-                         self.critic_tx, self.prompt_width, self.c)
-      ndims = {k: 2 for k in EPISODE_KEYS}
+                         self.critic_tx, self.prompt_width, self.c, self.s)
+      ndims = {k: 1 if k == "kl_coef" else 2 for k in self.episode_keys}
       if self.ptx is not None:
         ndims.update(ptx_tokens=2, ptx_mask=2)
       self._update = parallel.compile_step(step, self.mesh,
-                                           {k: self.shardings[k] for k in MODEL_KEYS}, ndims)
+                                           {k: self.shardings[k] for k in self.model_keys},
+                                           ndims)
     return self._update
 
   def step(self, state, iteration: int):
@@ -279,7 +294,7 @@ class PPOTrainer:
           {str(j): s for j, s in enumerate(stats)}, self.shardings["member_stats"])}
     episodes, metrics, carried = self.rollout(state, iteration)
     update = self.update_fn()
-    models = {k: state[k] for k in MODEL_KEYS}
+    models = {k: state[k] for k in self.model_keys}
     losses = []
     for batch in self.minibatches(episodes, iteration):
       models, step_metrics = update(models, batch)
@@ -311,7 +326,8 @@ def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
     rollout = build.rollout_task(config, sources, gold) if task is None else \
         build.as_rollout_task(task, gold)
     build.check_sources(sources, rollout)
-    if critic_model is None and config.critic.init == "reward_model":
+    if (critic_model is None and config.critic.init == "reward_model"
+        and algorithms.settings(config.rl, config.kl).critic):
       critic_model = build.first_member(sources[0])
   else:
     rollout = build.as_rollout_task(task, gold)
@@ -320,11 +336,13 @@ def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
     build.check_sources(sources, rollout)
   if config.critic.init == "policy" or critic_model is None:
     critic_model = rollout.policy
-  return PPOTrainer(config, sources, rollout, critic_model, mesh), mesh
+  if not algorithms.settings(config.rl, config.kl).critic:
+    critic_model = None  # a critic-free algorithm builds no critic
+  return RLTrainer(config, sources, rollout, critic_model, mesh), mesh
 
 
 def train(config, scorers=None, task=None, critic_model=None) -> dict:
-  """PPO per ``config`` (``rmjax/configs/ppo.py``) on ``loop.run``; returns the last
+  """PPO per ``config`` (``rmjax/configs/rl.py``) on ``loop.run``; returns the last
   iteration's metrics, the member statistics and the workdir.
 
   ``scorers`` (reward sources, or ``(tokens, mask) -> [B, K]`` functions), ``task`` (a
@@ -333,7 +351,7 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
   model (tests use a known reward function). Raises ``loop.NonFiniteError`` or
   ``loop.Preempted``.
   """
-  c, tc = config.ppo, config.train
+  c, tc = config.rl, config.train
   trainer, _ = build_run(config, scorers, task, critic_model)
   checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
   checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints,
@@ -347,7 +365,7 @@ def train(config, scorers=None, task=None, critic_model=None) -> dict:
       steps=c.iterations, checkpointer=checkpointer, writer=MetricsWriter(tc.workdir),
       progress=Progress(0, c.iterations), log_every=1, progress_every=tc.log_every,
       restore_target=abstract_like(state, trainer.shardings),
-      finite_keys=("policy_loss", "value_loss"),
+      finite_keys=("policy_loss", "value_loss") if trainer.s.critic else ("policy_loss",),
       progress_keys=("score", "gold", "kl"), extra=lambda done: {"iteration": done},
       unit="iteration",
       on_resume=lambda start: print(f"resumed from iteration {start} in {tc.workdir}"))

@@ -19,7 +19,7 @@ HARMLESS_FIELDS = {
     # schedule of runtime/optim.py spans the run's length, so the steps after the resume
     # follow the schedule of the new length.)
     "train.steps": "where the run stops",
-    "ppo.iterations": "where a PPO run stops (train.steps of PPO)",
+    "rl.iterations": "where a PPO run stops (train.steps of PPO)",
     # When things are written, not what is computed.
     "train.log_every": "how often means are logged",
     "train.eval_every": "how often the model is evaluated (evaluation does not train)",

@@ -65,7 +65,7 @@ def test_out_of_range_exits_2_naming_the_field_and_writes_nothing(tmp_path, over
 
 
 @pytest.mark.parametrize("command, override", [
-    ("ppo", "ppo.top_p=0"), ("score", "batch_size=0"), ("eval-rm", "max_len=-3"),
+    ("rl", "rl.top_p=0"), ("score", "batch_size=0"), ("eval-rm", "max_len=-3"),
     ("score-pairs", "batch_size=-1"), ("export-hf", "step=-2"), ("demo", "temperature=0")])
 def test_every_command_checks_ranges(tmp_path, command, override):
   result = _run(command, f"--config.{override}", cwd=tmp_path)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from rmjax import parallel
 from rmjax.commands import dry_run as command
-from rmjax.configs import dry_run, ppo, train_rm
+from rmjax.configs import dry_run, rl, train_rm
 from rmjax.dry_run import child, launch, programs, report
 from rmjax.models import hf_io
 from rmjax.models.transformer import Transformer
@@ -34,10 +34,10 @@ def rm_config(**mesh):
 
 
 def ppo_config():
-  c = ppo.get_config()
+  c = rl.get_config()
   c.mesh = ml_collections.ConfigDict(MESH)
-  c.ppo.update(dict(prompts=4, samples_per_prompt=2, minibatches=1, max_new_tokens=4))
-  c.dry_run = dry_run.section(command="ppo", vocab_size=64, prompt_len=4,
+  c.rl.update(dict(prompts=4, samples_per_prompt=2, minibatches=1, max_new_tokens=4))
+  c.dry_run = dry_run.section(command="rl", vocab_size=64, prompt_len=4,
                               model=ml_collections.ConfigDict(dict(preset="tiny_llama", **MODEL)))
   return c
 
@@ -118,7 +118,7 @@ def test_ppo_dry_run_over_the_limit_fails_naming_it(tmp_path):
   assert "exceeds dry_run.memory_per_device_gib=1e-06" in message
   assert "parameters" in message and "temporaries" in message and "fsdp" in message
   written = json.loads((tmp_path / "report.json").read_text())  # written before failing
-  assert set(written["programs"]) == {"ppo_update", "rollout_forward"}
+  assert set(written["programs"]) == {"rl_update", "rollout_forward"}
   assert set(written["groups"]) == {"actor", "critic", "reference", "reward_model",
                                     "actor_opt", "critic_opt"}
   groups = written["groups"]
@@ -314,4 +314,4 @@ def test_a_ppo_policy_from_an_rmjax_workdir_is_refused_by_name(tmp_path, eight_d
   config = ppo_config()
   config.policy.init_from = str(tmp_path)
   with pytest.raises(ValueError, match=rf"policy.init_from={tmp_path}: the dry run reads"):
-    programs.ppo_plan(config, _mesh(config, eight_devices))
+    programs.rl_plan(config, _mesh(config, eight_devices))

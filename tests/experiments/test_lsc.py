@@ -66,9 +66,9 @@ def test_scale_multiplies_sizes_only():
   c = config.get_config()
   c.scale = 3
   s = lsc.apply_scale(c)
-  assert (s.eval.prompts, s.rm.model.d_model, s.ppo.ppo.prompts) == (
-      3 * c.eval.prompts, 3 * c.rm.model.d_model, 3 * c.ppo.ppo.prompts)
-  assert s.ppo.ppo.iterations == c.ppo.ppo.iterations and s.seeds == c.seeds
+  assert (s.eval.prompts, s.rm.model.d_model, s.ppo.rl.prompts) == (
+      3 * c.eval.prompts, 3 * c.rm.model.d_model, 3 * c.ppo.rl.prompts)
+  assert s.ppo.rl.iterations == c.ppo.rl.iterations and s.seeds == c.seeds
   c.scale = 0
   with pytest.raises(ValueError, match="scale"):
     lsc.apply_scale(c)
@@ -84,8 +84,8 @@ def test_tiny_run_control_holds_and_records_are_complete(tmp_path, run_experimen
   flags = {"workdir": workdir, "seeds": "(0,)", "task.num_train_pairs": 64,
            "task.num_eval_pairs": 32, "rm.train.steps": 4, "rm.train.batch_size": 8,
            "rm.optim.warmup_steps": 1, "rm.model.d_model": 16, "rm.model.d_ff": 32,
-           "rm.model.n_layers": 1, "ppo.ppo.iterations": ITERATIONS,
-           "ppo.ppo.prompts": PROMPTS, "ppo.reward.lsc_samples": LSC_SAMPLES,
+           "rm.model.n_layers": 1, "ppo.rl.iterations": ITERATIONS,
+           "ppo.rl.prompts": PROMPTS, "ppo.reward.lsc_samples": LSC_SAMPLES,
            "control_iterations": 30,
            # Warmup starts from a zero rate, so the arms' one update would not move them.
            "ppo.optim.actor.warmup_steps": 0,

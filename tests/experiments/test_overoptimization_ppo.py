@@ -22,8 +22,8 @@ TINY = {"seeds": "0,", "task.num_train_pairs": 128, "task.num_eval_pairs": 32, "
         "proxy.pretrain.sequences": 128, "proxy.pretrain.steps": 4,
         "base.prompts": 8, "base.samples": 8, "norm.prompts": 8, "norm.samples": 4,
         "objectives": "('single','wco','uwo')", "penalised": "('uwo',)",
-        "ppo.ppo.iterations": ITERATIONS, "ppo.ppo.prompts": 8,
-        "ppo.ppo.samples_per_prompt": 4, "bootstrap.resamples": 200,
+        "ppo.rl.iterations": ITERATIONS, "ppo.rl.prompts": 8,
+        "ppo.rl.samples_per_prompt": 4, "bootstrap.resamples": 200,
         # The default's 10 warmup steps would spend a third of this short run below the full
         # rate, and the gold control then cannot show its gain within it.
         "ppo.optim.actor.warmup_steps": 0}
@@ -61,11 +61,11 @@ def test_methods_names_penalised_runs_and_refuses_bad_lists():
 def test_ppo_config_sets_objective_penalty_and_normalisation_batches():
   c = config.get_config()
   p = overoptimization_ppo.ppo_config(c, "uwo", 0.01, 2.5, 7, "/tmp/x")
-  episodes = c.ppo.ppo.prompts * c.ppo.ppo.samples_per_prompt
+  episodes = c.ppo.rl.prompts * c.ppo.rl.samples_per_prompt
   assert (p.reward.objective, p.reward.uwo_lam, p.kl.coef, p.kl.adaptive, p.seed) == (
       "uwo", 2.5, 0.01, False, 7)
   assert p.reward.norm_batches == -(-c.norm.prompts * c.norm.samples // episodes)
-  assert p.ppo.iterations == c.ppo.ppo.iterations and p.train.workdir == "/tmp/x"
+  assert p.rl.iterations == c.ppo.rl.iterations and p.train.workdir == "/tmp/x"
 
 
 def _curve(workdir, name: str, key: str) -> np.ndarray:

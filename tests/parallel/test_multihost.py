@@ -41,8 +41,8 @@ def _command(workdir) -> list[str]:
 def _ppo_command(workdir, reward_run) -> list[str]:
   args = [f"--config.train.workdir={workdir}", "--config.train.log_every=1",
           f"--config.reward.workdirs=('{reward_run}',)", *MESH]
-  args += [f"--config.ppo.{k}={v}" for k, v in PPO.items()]
-  return [sys.executable, "-m", "rmjax.cli", "ppo", *args]
+  args += [f"--config.rl.{k}={v}" for k, v in PPO.items()]
+  return [sys.executable, "-m", "rmjax.cli", "rl", *args]
 
 
 def _env(devices: int, cache, **extra) -> dict:

@@ -1,4 +1,4 @@
-"""``rmjax ppo`` off the synthetic task: a Hugging Face policy saved by transformers, prompts
+"""``rmjax rl`` off the synthetic task: a Hugging Face policy saved by transformers, prompts
 from a JSONL file, a reward model trained by ``rmjax train-rm`` on preference files with
 the same tokenizer; and every reward workdir checked against the policy, not only the
 first."""
@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from orbax.checkpoint import PyTreeCheckpointer
 
-from rmjax.configs import ppo as ppo_config
+from rmjax.configs import rl as ppo_config
 from rmjax.configs import train_rm
 from rmjax.models import gguf_io
 from rmjax.models.transformer import Transformer
@@ -98,7 +98,7 @@ def _ppo_config(world, workdir, *rm_dirs):
   c.reward.update(workdirs=tuple(str(d) for d in rm_dirs), objective="mean", norm_batches=2)
   c.policy.init_from = str(world / "policy")
   c.prompts.update(path=str(world / "prompts.jsonl"), max_len=16)
-  c.ppo.update(iterations=2, prompts=4, samples_per_prompt=2, max_new_tokens=8)
+  c.rl.update(iterations=2, prompts=4, samples_per_prompt=2, max_new_tokens=8)
   c.train.update(workdir=str(workdir), log_every=1, save_every=2)
   return c
 
@@ -112,7 +112,7 @@ def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_p
     assert np.isfinite(r["score"]) and np.isfinite(r["policy_loss"]) and r["kl"] >= -1e-4
     assert "gold" not in r  # no gold reward off the synthetic task
     assert 1 <= r["response_length"] <= 8
-  assert rows[0]["kl_half_squared"] == pytest.approx(0.0, abs=1e-5)  # pi = pi_ref at first
+  assert rows[0]["kl_k2"] == pytest.approx(0.0, abs=1e-5)  # pi = pi_ref at first
   (stats,) = result["member_stats"]
   assert stats["mu"].shape == stats["sigma"].shape == (1,) and stats["sigma"][0] > 0
   assert stats["mu"][0] != 0.0 and stats["sigma"][0] != 1.0  # measured, not placeholders
@@ -127,7 +127,7 @@ def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_p
     assert tok.decode(row[:n].tolist()) in prompts and np.all(row[n:] == 3)
   assert task.eos_id == 2 and task.pad_id == 3 and task.evaluate is None
   assert task.tokenizer == sources[0].tokenizer  # same tokenizer, found in two folders
-  # An rmjax ppo workdir as the policy: its actor, on the architecture of its own policy.
+  # An rmjax rl workdir as the policy: its actor, on the architecture of its own policy.
   again = _ppo_config(world, tmp_path / "unused", world / "rm")
   again.policy.init_from = str(tmp_path / "ppo")
   actor = nnx.to_pure_dict(nnx.state(build.policy_model(again, [])))
@@ -186,7 +186,7 @@ def test_synthetic_reward_workdirs_of_another_task_are_refused_by_name(tmp_path)
   first, second = synthetic_run("rm_a", 64), synthetic_run("rm_b", 80)
   c = ppo_config.get_config()
   c.reward.workdirs = (str(first), str(second))
-  c.ppo.update(iterations=1, prompts=4, samples_per_prompt=2, max_new_tokens=4)
+  c.rl.update(iterations=1, prompts=4, samples_per_prompt=2, max_new_tokens=4)
   c.train.workdir = str(tmp_path / "ppo")
   with pytest.raises(ValueError, match=rf"reward model {second}: its vocab_size 80 differs"):
     ppo_trainer.train(c)

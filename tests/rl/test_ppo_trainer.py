@@ -1,6 +1,6 @@
 """PPO end to end on the synthetic task's policy: learning a known reward, one update on a
 1-device mesh against an 8-device (2, 2, 2) mesh, exact resume after SIGKILL, and the
-reward-model path of ``rmjax ppo``."""
+reward-model path of ``rmjax rl``."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax import parallel
-from rmjax.configs import ppo as ppo_config
+from rmjax.configs import rl as ppo_config
 from rmjax.rl import trainer as ppo_trainer
 from rmjax.rl.ppo_step import language_model_loss, make_losses
 from rmjax.runtime.checkpoint import Checkpointer
@@ -29,10 +29,10 @@ def low_ids(tokens, mask):
   return jnp.sum(hit, axis=1, keepdims=True).astype(jnp.float32)
 
 
-def toy_config(workdir, iterations):
+def toy_config(workdir, iterations, algorithm="ppo"):
   c = ppo_config.get_config()
   c.critic.init = "policy"
-  c.ppo.update(iterations=iterations, max_new_tokens=12)
+  c.rl.update(iterations=iterations, max_new_tokens=12, algorithm=algorithm)
   c.optim.actor.learning_rate = 3e-4
   c.optim.critic.learning_rate = 1e-3
   c.kl.coef = 0.01
@@ -40,10 +40,10 @@ def toy_config(workdir, iterations):
   return c
 
 
-def toy_train(workdir, iterations):
+def toy_train(workdir, iterations, algorithm="ppo"):
   task = synthetic.build_task(synthetic.SyntheticConfig())
-  return ppo_trainer.train(toy_config(workdir, iterations), scorers=[jax.jit(low_ids)],
-                           task=task, critic_model=task.policy)
+  return ppo_trainer.train(toy_config(workdir, iterations, algorithm),
+                           scorers=[jax.jit(low_ids)], task=task, critic_model=task.policy)
 
 
 def metrics(workdir):
@@ -64,13 +64,13 @@ def test_update_on_one_device_equals_the_8_device_2_2_2_mesh(eight_devices):
   task = synthetic.build_task(synthetic.SyntheticConfig())
   config = toy_config("unused", 1)
   one = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), devices=eight_devices[:1])
-  trainer = ppo_trainer.PPOTrainer(config, [jax.jit(low_ids)], task, task.policy, one)
+  trainer = ppo_trainer.RLTrainer(config, [jax.jit(low_ids)], task, task.policy, one)
   state = trainer.init_state()
   episodes, _, _ = trainer.rollout(state, 0)
   batch = {k: np.asarray(v) for k, v in next(trainer.minibatches(episodes, 0)).items()}
   params = {k: jax.device_get(state[k]) for k in ("actor", "critic")}
   losses = make_losses(trainer.actor_graphdef, trainer.critic_graphdef, trainer.prompt_width,
-                       config.ppo)
+                       config.rl, trainer.s)
   grad_fn = jax.grad(losses, has_aux=True)
   results = []
   for mesh in (one, parallel.make_mesh(parallel.MeshConfig(2, 2, 2), devices=eight_devices)):
@@ -99,17 +99,18 @@ if kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
     return saved
   checkpoint.Checkpointer.save = save
-toy_train(sys.argv[1], 8)
+toy_train(sys.argv[1], 8, sys.argv[3])
 """
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_bit_identically(tmp_path):
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])  # with a critic, and without
+def test_sigkill_then_resume_continues_bit_identically(tmp_path, algorithm):
   script = tmp_path / "run.py"
   script.write_text(_SCRIPT.format(root=ROOT, here=os.path.dirname(__file__)))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
   run = lambda workdir, kill_at: subprocess.run(
-      [sys.executable, str(script), str(workdir), str(kill_at)], capture_output=True,
+      [sys.executable, str(script), str(workdir), str(kill_at), algorithm], capture_output=True,
       text=True, timeout=600, cwd=ROOT, env=env)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   assert run(straight, 0).returncode == 0
@@ -129,9 +130,9 @@ def test_sigkill_then_resume_continues_bit_identically(tmp_path):
 
 def test_bad_settings_say_what_is_wrong(tmp_path):
   config = toy_config(tmp_path, 1)
-  config.ppo.minibatches = 3
+  config.rl.minibatches = 3
   task = synthetic.build_task(synthetic.SyntheticConfig())
-  with pytest.raises(ValueError, match="do not split into ppo.minibatches=3"):
+  with pytest.raises(ValueError, match="do not split into rl.minibatches=3"):
     ppo_trainer.train(config, scorers=[low_ids], task=task, critic_model=task.policy)
   config = toy_config(tmp_path, 1)
   config.reward.transform = "exp"
@@ -157,7 +158,7 @@ def test_ptx_loss_is_the_next_token_nll_and_joins_the_update(tmp_path):
   assert float(language_model_loss(task.policy, tokens, mask)) == pytest.approx(
       np.mean(nll), rel=1e-5)
   config = toy_config(tmp_path, 2)
-  config.ppo.update(ptx_coef=0.5, ptx_sequences=64)
+  config.rl.update(ptx_coef=0.5, ptx_sequences=64)
   ppo_trainer.train(config, scorers=[jax.jit(low_ids)], task=task, critic_model=task.policy)
   rows = metrics(tmp_path)
   assert all(np.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows)
@@ -173,7 +174,7 @@ def test_member_statistics_are_measured_once_on_the_initial_policy_and_checkpoin
   config.reward.update(norm_batches=2, normalize=False, clip=0.0, objective="wco")
   result = ppo_trainer.train(config, scorers=[two], task=task, critic_model=task.policy)
   (stats,) = result["member_stats"]
-  (fresh,) = ppo_trainer.PPOTrainer(config, [two], task, task.policy).measure_member_stats()
+  (fresh,) = ppo_trainer.RLTrainer(config, [two], task, task.policy).measure_member_stats()
   np.testing.assert_allclose(stats["mu"], fresh["mu"], rtol=1e-6)
   np.testing.assert_allclose(stats["sigma"], fresh["sigma"], rtol=1e-6)
   np.testing.assert_allclose(stats["sigma"][1], 10.0 * stats["sigma"][0], rtol=1e-5)

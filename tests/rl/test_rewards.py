@@ -4,7 +4,7 @@ objective, reward sources checked one by one."""
 import numpy as np
 import pytest
 
-from rmjax.configs import ppo as ppo_config
+from rmjax.configs import rl as ppo_config
 from rmjax.objectives import ensemble
 from rmjax.rl import rewards
 from rmjax.rm import reward_source

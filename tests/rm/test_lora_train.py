@@ -19,7 +19,7 @@ from orbax.checkpoint import PyTreeCheckpointer
 from rmjax import parallel
 from rmjax.commands import export_hf
 from rmjax.configs import export_hf as export_config
-from rmjax.configs import ppo as ppo_config
+from rmjax.configs import rl as ppo_config
 from rmjax.configs import train_rm
 from rmjax.data import schema
 from rmjax.models import config as model_config
@@ -162,7 +162,7 @@ def test_ppo_with_lora_actor_and_critic_keeps_both_bases_frozen(rm_run, tmp_path
   config.reward.workdirs = (str(rm_dir),)
   config.critic.update(lora_rank=4)
   config.actor.update(lora_rank=4, lora_targets="qkv,down")
-  config.ppo.update(iterations=2, prompts=4, samples_per_prompt=2, max_new_tokens=6)
+  config.rl.update(iterations=2, prompts=4, samples_per_prompt=2, max_new_tokens=6)
   config.optim.actor.learning_rate = 1e-2
   config.train.update(workdir=str(tmp_path / "ppo"), save_every=2)
   ppo_trainer.train(config)
@@ -183,7 +183,7 @@ def test_ppo_with_lora_actor_and_critic_keeps_both_bases_frozen(rm_run, tmp_path
                          starts["critic"]["reward_head"][:, 0])  # the value head trains
   # The actor exported as a causal LM, adapters merged: transformers' logits match ours.
   tokens, mask = _batch()
-  actor = rl_build.ppo_actor(tmp_path / "ppo")
+  actor = rl_build.rl_actor(tmp_path / "ppo")
   assert actor.cfg.lora_rank == 4
   _export(tmp_path / "ppo", tmp_path / "actor", kind="policy")
   theirs = _hf_logits(transformers.LlamaForCausalLM, tmp_path / "actor", tokens, mask)

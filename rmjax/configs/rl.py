@@ -1,5 +1,5 @@
-"""Default config of ``rmjax ppo``: PPO-max against a reward model trained by
-``rmjax train-rm`` on the synthetic task, small enough for a laptop CPU.
+"""Default config of ``rmjax rl``: PPO-max (or another ``rl.algorithm``) against a reward
+model trained by ``rmjax train-rm`` on the synthetic task, small enough for a laptop CPU.
 
 The policy and the frozen reference start as the synthetic task's base policy (the task of
 the first reward model's run); the critic starts from that reward model (its backbone,
@@ -29,14 +29,14 @@ def get_config() -> ml_collections.ConfigDict:
       member_norm=True, norm_batches=8, transform="none",
       lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
   # The policy: "" = the synthetic task's base policy (the task of the reward models'
-  # runs); or a Hugging Face folder, a .gguf file, or an rmjax ppo workdir (its actor).
+  # runs); or a Hugging Face folder, a .gguf file, or an rmjax rl workdir (its actor).
   # eos_id: the id that ends a response (-1: the tokenizer's EOS).
   c.policy = ml_collections.ConfigDict(dict(init_from="", eos_id=-1))
   # Prompts: path "" = the synthetic task's; else a file of {"prompt": text or token ids}
   # rows (JSONL, JSON list, Parquet) or any preference format of rmjax.data.readers
   # (format "" = detected). tokenizer "" = the policy's own, else the reward models'.
   # Prompts keep their last max_len tokens; max_response_len applies when
-  # ppo.max_new_tokens is 0.
+  # rl.max_new_tokens is 0.
   c.prompts = ml_collections.ConfigDict(dict(
       path="", format="", tokenizer="", max_len=64, max_response_len=64,
       skip_bad_rows=False))
@@ -49,23 +49,31 @@ def get_config() -> ml_collections.ConfigDict:
   lora = dict(lora_rank=0, lora_alpha=16.0, lora_targets="qkv,o,gate_up,down")
   c.actor = ml_collections.ConfigDict(lora)
   c.critic = ml_collections.ConfigDict(dict(init="reward_model", **lora))  # or "policy"
-  c.ppo = ml_collections.ConfigDict(dict(
+  # algorithm: ppo (GAE, critic), rloo, grpo, dr_grpo or reinforce_pp (critic-free;
+  # rmjax/rl/algorithms.py has each one's advantages, loss reduction and KL placement).
+  # loss_aggregation "" and kl_estimator "" take the algorithm's (token_mean /
+  # sequence_mean / constant; k1 in the reward, k3 in the loss). group_eps: GRPO's std floor.
+  c.rl = ml_collections.ConfigDict(dict(
+      algorithm="ppo", loss_aggregation="", group_eps=1e-4,
       iterations=40, prompts=8, samples_per_prompt=4,
       max_new_tokens=0,  # 0 = the task's max_response_len
       temperature=1.0, top_k=0, top_p=1.0, epochs=1, minibatches=1, clip_eps=0.2,
       value_clip=0.2, gamma=1.0, lam=0.95, whiten=True, advantage_clip=0.0,
-      kl_estimator="k1", entropy_coef=0.0,
+      kl_estimator="", entropy_coef=0.0,
       # PPO-ptx: ptx_coef x the LM loss on reference-policy samples (ptx_sequences of
       # them, drawn once), one minibatch of them beside every PPO minibatch; 0 = off.
       ptx_coef=0.0, ptx_sequences=256))
   # Fixed beta = coef, or Ziegler et al.'s adaptive controller (coef is its start).
-  c.kl = ml_collections.ConfigDict(dict(adaptive=False, coef=0.05, target=6.0, horizon=10000))
+  # placement: "reward" (-beta KL in the reward), "loss" (+beta KL in the loss, GRPO's);
+  # "" = the algorithm's.
+  c.kl = ml_collections.ConfigDict(dict(adaptive=False, coef=0.05, target=6.0, horizon=10000,
+                                        placement=""))
   optim = dict(warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0, grad_accum=1)
   c.optim = ml_collections.ConfigDict(dict(
       actor=ml_collections.ConfigDict(dict(learning_rate=2e-5, **optim)),
       critic=ml_collections.ConfigDict(dict(learning_rate=1e-4, **optim))))
   c.train = ml_collections.ConfigDict(dict(
-      workdir="runs/ppo", log_every=5, save_every=10, keep_checkpoints=2,
+      workdir="runs/rl", log_every=5, save_every=10, keep_checkpoints=2,
       checkpoint_dir=""))  # "" = <workdir>/checkpoints; multi-host: shared storage (gs://...)
   return c
 
@@ -85,41 +93,46 @@ FIELDS = {
     "reward.normalize": "normalise scores by running mean and std",
     "reward.clip": "clip scores to [-clip, clip]; 0 = no clipping",
     "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "
-                        "file or a ppo workdir",
+                        "file or an rl workdir",
     "policy.eos_id": "the id that ends a response; -1 = the tokenizer's EOS",
     "prompts.path": "\"\" = the synthetic task's prompts; else a file of prompt rows or pairs",
     "prompts.format": "format of prompts.path; \"\" = detected",
     "prompts.tokenizer": "\"\" = the policy's own, else the reward models'",
     "prompts.max_len": "prompt tokens kept (its end)",
-    "prompts.max_response_len": "response tokens when ppo.max_new_tokens is 0",
+    "prompts.max_response_len": "response tokens when rl.max_new_tokens is 0",
     "prompts.skip_bad_rows": "drop malformed prompt rows (reported) instead of stopping",
     "evaluate.gold": "log the synthetic task's gold reward of every rollout (never optimised)",
     **describe.section("actor", describe.LORA),
     "critic.init": "critic start: \"reward_model\" (the first run's) or \"policy\"",
     **describe.section("critic", describe.LORA),
-    "ppo.iterations": "PPO iterations (rollout, then updates)",
-    "ppo.prompts": "prompts per iteration",
-    "ppo.samples_per_prompt": "responses sampled per prompt",
-    "ppo.max_new_tokens": "tokens per response; 0 = the task's max_response_len",
-    "ppo.temperature": "sampling temperature of the rollouts",
-    "ppo.top_k": "sample among the k most likely tokens; 0 = no limit",
-    "ppo.top_p": "nucleus sampling probability mass; 1 = no limit",
-    "ppo.epochs": "passes over each iteration's episodes",
-    "ppo.minibatches": "minibatches per epoch (divides the episodes)",
-    "ppo.clip_eps": "PPO ratio clip epsilon",
-    "ppo.value_clip": "clip of the value update around the old values",
-    "ppo.gamma": "discount of GAE",
-    "ppo.lam": "GAE lambda",
-    "ppo.whiten": "whiten advantages over the batch",
-    "ppo.advantage_clip": "clip whitened advantages to [-x, x]; 0 = no clipping",
-    "ppo.kl_estimator": "per-token KL estimator: k1, k2 or k3",
-    "ppo.entropy_coef": "weight of the entropy bonus",
-    "ppo.ptx_coef": "PPO-ptx: weight of the LM loss on reference-policy samples; 0 = off",
-    "ppo.ptx_sequences": "PPO-ptx: reference-policy samples drawn once for that loss",
+    "rl.algorithm": "ppo, rloo, grpo, dr_grpo or reinforce_pp",
+    "rl.loss_aggregation": "token_mean, sequence_mean or constant; \"\" = the algorithm's",
+    "rl.group_eps": "grpo: added to each group's reward std",
+    "rl.iterations": "iterations (rollout, then updates)",
+    "rl.prompts": "prompts per iteration",
+    "rl.samples_per_prompt": "responses sampled per prompt",
+    "rl.max_new_tokens": "tokens per response; 0 = the task's max_response_len",
+    "rl.temperature": "sampling temperature of the rollouts",
+    "rl.top_k": "sample among the k most likely tokens; 0 = no limit",
+    "rl.top_p": "nucleus sampling probability mass; 1 = no limit",
+    "rl.epochs": "passes over each iteration's episodes",
+    "rl.minibatches": "minibatches per epoch (divides the episodes)",
+    "rl.clip_eps": "PPO ratio clip epsilon",
+    "rl.value_clip": "clip of the value update around the old values",
+    "rl.gamma": "discount of GAE",
+    "rl.lam": "GAE lambda",
+    "rl.whiten": "whiten advantages over the batch",
+    "rl.advantage_clip": "clip whitened advantages to [-x, x]; 0 = no clipping",
+    "rl.kl_estimator": "KL estimator of the penalty: k1, k2, k3; \"\" = k1 in the reward, "
+                       "k3 in the loss",
+    "rl.entropy_coef": "weight of the entropy bonus",
+    "rl.ptx_coef": "PPO-ptx: weight of the LM loss on reference-policy samples; 0 = off",
+    "rl.ptx_sequences": "PPO-ptx: reference-policy samples drawn once for that loss",
     "kl.adaptive": "adapt beta with Ziegler et al.'s controller (else fixed beta = coef)",
     "kl.coef": "KL penalty beta (the adaptive controller's start)",
     "kl.target": "adaptive controller: target KL",
     "kl.horizon": "adaptive controller: horizon",
+    "kl.placement": "\"reward\" or \"loss\"; \"\" = the algorithm's",
     **describe.section("optim.actor", describe.OPTIM),
     **describe.section("optim.critic", describe.OPTIM),
     "train.workdir": "run folder: checkpoints, metrics; an existing run resumes",

@@ -1,4 +1,4 @@
-"""``rmjax ppo``: PPO of a policy (the synthetic task's, or ``policy.init_from`` on
+"""``rmjax rl``: PPO of a policy (the synthetic task's, or ``policy.init_from`` on
 ``prompts.path``) against trained reward models (``rmjax.rl.trainer``)."""
 
 from __future__ import annotations
