@@ -160,6 +160,14 @@ RANGES: dict[str, Range] = {
     "kl.target": POSITIVE,
     "kl.horizon": AT_LEAST_1,
     **_under("optim.actor", OPTIM), **_under("optim.critic", OPTIM),
+    # dpo
+    "dpo.beta": POSITIVE,
+    "dpo.label_smoothing": SMOOTHING,
+    "dpo.simpo_gamma": AT_LEAST_0,
+    "dpo.orpo_lambda": AT_LEAST_0,
+    "dpo.kto_desirable_weight": AT_LEAST_0,
+    "dpo.kto_undesirable_weight": AT_LEAST_0,
+    "train.eval_prompts": AT_LEAST_0,  # 0 = no policy samples in the evaluation
     # dry-run
     "dry_run.devices": AT_LEAST_1,
     "dry_run.memory_per_device_gib": AT_LEAST_0,

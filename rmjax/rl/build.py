@@ -182,6 +182,12 @@ def policy_model(config, sources) -> Transformer:
       where = config.reward.workdirs[0]
       run = _read_provenance(where)
     return synthetic.build_task(_synthetic_config(run, where)).policy
+  return policy_from(init_from)
+
+
+def policy_from(init_from: str) -> Transformer:
+  """The causal LM of a ``.gguf`` file, a Hugging Face folder (config.json) or an
+  ``rmjax rl`` workdir (its actor, LoRA folded in)."""
   path = pathlib.Path(init_from)
   if init_from.endswith(".gguf"):
     if not path.is_file():

@@ -1,0 +1,66 @@
+"""Default config of ``rmjax dpo``: direct preference optimisation of the synthetic task's
+base policy on the synthetic task's preference pairs, small enough for a laptop CPU.
+
+The data section is ``rmjax train-rm``'s (synthetic pairs, or preference files tokenised
+with a local tokenizer); the policy and the frozen reference start as the synthetic task's
+base policy, or as ``policy.init_from`` (a Hugging Face folder or a .gguf file).
+"""
+
+import ml_collections
+
+from rmjax.configs import describe, train_rm
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.data = train_rm.get_config().data
+  c.data.synthetic.num_train_pairs = 2000
+  c.data.synthetic.num_eval_pairs = 256
+  # "" = the synthetic task's base policy (data.source must be "synthetic"); else a Hugging
+  # Face folder or a .gguf file whose tokenizer the data was tokenised with.
+  c.policy = ml_collections.ConfigDict(dict(init_from=""))
+  # loss: dpo, cdpo (label_smoothing), ipo, simpo (beta 2, simpo_gamma), orpo (orpo_lambda)
+  # or kto (the kto_* weights); rmjax/objectives/dpo.py. beta: the implicit reward's scale
+  # (IPO's tau). reference: "model" (the frozen reference runs in every step) or
+  # "precomputed" (its log-probs of every training pair computed once before training);
+  # simpo and orpo use none.
+  c.dpo = ml_collections.ConfigDict(dict(
+      loss="dpo", beta=0.1, label_smoothing=0.1, simpo_gamma=1.0, orpo_lambda=0.1,
+      kto_desirable_weight=1.0, kto_undesirable_weight=1.0, reference="model"))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0,
+      grad_accum=1))
+  # eval_prompts > 0 (synthetic task): every eval also samples that many responses from the
+  # policy and logs their gold reward and KL to the reference (the frontier's two axes).
+  c.train = ml_collections.ConfigDict(dict(
+      steps=200, batch_size=16, log_every=10, eval_every=50, save_every=50,
+      keep_checkpoints=2, workdir="runs/dpo", checkpoint_dir="", eval_prompts=128))
+  return c
+
+
+FIELDS = {
+    "seed": "seed of the data order and the evaluation samples",
+    **describe.section("mesh", describe.MESH),
+    **{k: v for k, v in train_rm.FIELDS.items() if k.startswith("data.")},
+    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder or a .gguf file",
+    "dpo.loss": "dpo, cdpo, ipo, simpo, orpo or kto",
+    "dpo.beta": "scale of the implicit reward beta * log(pi / pi_ref) (IPO's tau; SimPO's beta)",
+    "dpo.label_smoothing": "cdpo: probability that a label is wrong",
+    "dpo.simpo_gamma": "simpo: target reward margin",
+    "dpo.orpo_lambda": "orpo: weight of the odds-ratio term beside the NLL",
+    "dpo.kto_desirable_weight": "kto: weight of the chosen (desirable) term",
+    "dpo.kto_undesirable_weight": "kto: weight of the rejected (undesirable) term",
+    "dpo.reference": "\"model\" (run in every step) or \"precomputed\" (once, before training)",
+    **describe.section("optim", describe.OPTIM),
+    "train.steps": "optimizer steps",
+    "train.batch_size": "pairs per step",
+    "train.log_every": "steps per logging window",
+    "train.eval_every": "steps between held-out evaluations (and one at the end)",
+    "train.save_every": "steps between checkpoints (and one at the end)",
+    "train.keep_checkpoints": "checkpoints kept (the newest)",
+    "train.workdir": "run folder: checkpoints, metrics; an existing run resumes",
+    "train.checkpoint_dir": "\"\" = <workdir>/checkpoints; several hosts need shared storage",
+    "train.eval_prompts": "synthetic task: policy samples per eval for gold and KL; 0 = none",
+}

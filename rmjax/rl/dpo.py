@@ -1,0 +1,259 @@
+"""The direct preference optimisation program (``rmjax dpo``): a policy trained on
+preference pairs by one of ``objectives.dpo.LOSSES``, on the one training loop.
+
+Data are ``rmjax train-rm``'s (``rm.batches.load``: the synthetic task's pairs or
+preference files), each pair prompt + response joined per side with its prompt length.
+The state is ``{"params", "opt_state", "step"}``; the frozen reference is held beside it
+and passed to the jitted step, never checkpointed (it is the starting policy, rebuilt from
+the config). With ``dpo.reference="precomputed"`` its log-probs of every training pair
+are computed once before training (the pair's "index" finds them) and the step runs the
+policy alone. Every batch is a pure function of the step, so a killed run resumes bit
+for bit.
+
+The evaluation scores the held-out pairs by the loss's implicit reward (accuracy, margin)
+and, on the synthetic task, samples ``train.eval_prompts`` responses from the policy and
+logs their gold reward and their KL to the reference (k1, summed per response), beside
+the gold of the reference's own samples from the same prompts and keys ("gold_reference").
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.data import schema
+from rmjax.data.array_source import padded_batches
+from rmjax.models.sampler import SamplingConfig, generate
+from rmjax.objectives import dpo as dpo_lib
+from rmjax.objectives import kl as kl_lib
+from rmjax.parallel.sharding import to_host
+from rmjax.rl import build
+from rmjax.rl.best_of_n import right_padded
+from rmjax.rl.ppo_step import response_logprobs
+from rmjax.rm import batches as rm_batches
+from rmjax.rm.strength import INDEX
+from rmjax.runtime import loop
+from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
+from rmjax.runtime.metrics import MetricsWriter, Progress
+from rmjax.runtime.optim import make_optimizer
+from rmjax.tasks import preference as synthetic
+
+PAIR_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
+             schema.REJECTED_MASK, "prompt_len", schema.WEIGHT)
+REF_CHOSEN, REF_REJECTED = "ref_chosen", "ref_rejected"  # precomputed reference log-probs
+REFERENCES = ("model", "precomputed")
+EVAL_STREAM = 2**32 - 3  # the key stream of the evaluation's policy samples
+
+
+def sequence_logprobs(model, tokens, mask, prompt_len):
+  """(Σ log π(y_t | x, y_<t) over each row's response tokens [B], their count [B]) of
+  right-padded rows [B, S] whose first ``prompt_len`` [B] tokens are the prompt."""
+  hidden, _ = model(tokens, mask)
+  logits = model.logits(hidden[:, :-1]).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  position = jnp.arange(1, tokens.shape[1])[None, :]
+  response = mask[:, 1:] & (position >= prompt_len[:, None])
+  return jnp.sum(jnp.where(response, token_logp, 0.0), axis=1), jnp.sum(response, axis=1)
+
+
+def pair_logprobs(model, batch):
+  """(log π chosen, log π rejected, |chosen|, |rejected|), each [B]: both sides in one
+  forward pass of 2B rows."""
+  b = batch[schema.CHOSEN_TOKENS].shape[0]
+  tokens = jnp.concatenate([batch[schema.CHOSEN_TOKENS], batch[schema.REJECTED_TOKENS]])
+  mask = jnp.concatenate([batch[schema.CHOSEN_MASK], batch[schema.REJECTED_MASK]])
+  plen = jnp.concatenate([batch["prompt_len"], batch["prompt_len"]])
+  logp, count = sequence_logprobs(model, tokens, mask, plen)
+  return logp[:b], logp[b:], count[:b], count[b:]
+
+
+def make_loss(graphdef, cfg):
+  """``loss(params, reference, batch) -> (weighted mean loss, metrics)`` of the ``dpo``
+  section ``cfg``; the reference's log-probs come from the batch when it has them, from
+  ``reference`` (params, no gradient) otherwise, or are zeros for simpo and orpo."""
+
+  def loss(params, reference, batch):
+    lc, lr, nc, nr = pair_logprobs(nnx.merge(graphdef, params), batch)
+    if REF_CHOSEN in batch:
+      rc, rr = batch[REF_CHOSEN], batch[REF_REJECTED]
+    elif reference is not None:
+      rc, rr, _, _ = jax.lax.stop_gradient(pair_logprobs(nnx.merge(graphdef, reference), batch))
+    else:
+      rc = rr = jnp.zeros_like(lc)
+    losses, metrics = dpo_lib.losses(cfg.loss, cfg, lc, lr, rc, rr, nc, nr)
+    w = batch[schema.WEIGHT].astype(jnp.float32)
+    total = jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1e-8)
+    return total, {**metrics, "loss": total, "logp_chosen": jnp.mean(lc),
+                   "logp_rejected": jnp.mean(lr)}
+
+  return loss
+
+
+def make_step(graphdef, tx: optax.GradientTransformation, cfg):
+  """``step(state, reference, batch) -> (state, metrics)``: one AdamW update; metrics of
+  ``make_loss`` plus grad_norm and ``loop.FINITE`` over the updated parameters."""
+  loss = make_loss(graphdef, cfg)
+
+  def step(state, reference, batch):
+    grads, metrics = jax.grad(loss, has_aux=True)(state["params"], reference, batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics.update(grad_norm=optax.tree.norm(grads), **{loop.FINITE: loop.all_finite(params)})
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return step
+
+
+class DPOTrainer:
+  """The policy, reference, data and compiled functions of one run; the state is passed
+  through ``step``."""
+
+  def __init__(self, config, mesh=None):
+    c = self.c = config.dpo
+    if c.loss not in dpo_lib.LOSSES:
+      raise ValueError(f"dpo.loss={c.loss!r} is not one of {dpo_lib.LOSSES}")
+    if c.reference not in REFERENCES:
+      raise ValueError(f"dpo.reference={c.reference!r} is not one of {REFERENCES}")
+    self.config = config
+    self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+    tc = config.train
+    self.task = None
+    if not config.policy.init_from:
+      if config.data.source != "synthetic":
+        raise ValueError("policy.init_from is empty, so the policy is the synthetic task's, "
+                         f"but data.source={config.data.source!r}: set policy.init_from")
+      self.task = synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict()))
+      policy = self.task.policy
+    else:
+      policy = build.policy_from(str(config.policy.init_from))
+    self.data = rm_batches.load(config.data, tc.batch_size, config.seed)
+    if self.data.vocab_size > policy.cfg.vocab_size:
+      raise ValueError(f"the data's vocabulary of {self.data.vocab_size} ids does not fit "
+                       f"the policy's {policy.cfg.vocab_size}")
+    self.graphdef, reference = nnx.split(policy)
+    self.reference = parallel.shard_tree(reference, self.mesh)
+    self.tx = make_optimizer(config.optim, tc.steps, None)
+    self.uses_reference = c.loss in dpo_lib.NEEDS_REFERENCE
+    self.precomputed = None
+    if self.uses_reference and c.reference == "precomputed":
+      self.precomputed = self._reference_table()
+    self.shardings = None
+    self._step = None
+    self._gold_reference = None  # the reference's samples' gold, measured once
+
+  def init_state(self):
+    params = jax.tree.map(jnp.copy, self.reference)  # own buffers: the step donates them
+    state = {"params": params, "opt_state": self.tx.init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    self.shardings = parallel.tree_shardings(state, self.mesh)
+    return jax.device_put(state, self.shardings)
+
+  def _reference_table(self) -> np.ndarray:
+    """[num_train_pairs, 2] the reference's (chosen, rejected) log-probs of every training
+    pair, by its index."""
+    pairs = rm_batches.train_pairs(self.config.data)
+    forward = jax.jit(lambda ref, b: pair_logprobs(nnx.merge(self.graphdef, ref), b)[:2])
+    rows = self.config.train.batch_size
+    parts = []
+    for batch, real in padded_batches({k: pairs[k] for k in PAIR_KEYS}, rows):
+      lc, lr = to_host(forward(self.reference, parallel.shard_batch(batch, self.mesh)))
+      parts.append(np.stack([lc, lr], axis=1)[:real])
+    return np.concatenate(parts)
+
+  def batch(self, step: int) -> dict:
+    raw = self.data.train.batch(step)
+    batch = {k: raw[k] for k in PAIR_KEYS}
+    if self.precomputed is not None:
+      ref = self.precomputed[raw[INDEX]]
+      batch.update({REF_CHOSEN: ref[:, 0], REF_REJECTED: ref[:, 1]})
+    return batch
+
+  def step_fn(self):
+    """``(state, batch) -> (state, metrics)``, compiled once for the state's shardings."""
+    if self._step is None:
+      if self.shardings is None:
+        raise RuntimeError("init_state first: the step is compiled for its shardings")
+      reference = self.reference if self.uses_reference and self.precomputed is None else None
+      ref_shardings = parallel.tree_shardings(reference, self.mesh)
+      ndims = {k: v.ndim for k, v in self.batch(0).items()}
+      batch_shardings = {k: parallel.sharding.batch_sharding(self.mesh, n)
+                         for k, n in ndims.items()}
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      jitted = jax.jit(parallel.sharding.on_mesh(make_step(self.graphdef, self.tx, self.c),
+                                                 self.mesh),
+                       in_shardings=(self.shardings, ref_shardings, batch_shardings),
+                       out_shardings=(self.shardings, replicated), donate_argnums=(0,))
+      self._step = lambda state, batch: jitted(state, reference, batch)
+    return self._step
+
+  # --- evaluation ------------------------------------------------------------------------
+
+  def evaluate(self, state) -> dict[str, float]:
+    """Implicit-reward metrics of the held-out pairs; on the synthetic task also the gold
+    reward of policy samples and their KL to the reference."""
+    arrays = {k: self.data.eval[k] for k in PAIR_KEYS}
+    forward = jax.jit(lambda p, b: pair_logprobs(nnx.merge(self.graphdef, p), b))
+    sums = {"policy": [], "reference": []}
+    for batch, real in padded_batches(arrays, self.config.train.batch_size):
+      batch = parallel.shard_batch(batch, self.mesh)
+      for name, params in (("policy", state["params"]), ("reference", self.reference)):
+        sums[name].append([x[:real] for x in to_host(forward(params, batch))])
+    lc, lr, nc, nr = (np.concatenate(x) for x in zip(*sums["policy"]))
+    rc, rr = (np.concatenate(x) for x in list(zip(*sums["reference"]))[:2])
+    if not self.uses_reference:
+      rc, rr = np.zeros_like(lc), np.zeros_like(lr)
+    losses, metrics = dpo_lib.losses(self.c.loss, self.c, lc, lr, rc, rr, nc, nr)
+    out = {"loss": float(np.mean(losses)), **{k: float(v) for k, v in metrics.items()}}
+    if self.task is not None and self.config.train.eval_prompts:
+      out.update(self._gold(state["params"]))
+      if self._gold_reference is None:
+        self._gold_reference = self._gold(self.reference)["gold"]
+      out["gold_reference"] = self._gold_reference
+    return out
+
+  def _gold(self, params) -> dict[str, float]:
+    """Gold reward and k1 KL to the reference of ``train.eval_prompts`` samples of
+    ``params``, from fixed prompts and keys (the same at every evaluation)."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), EVAL_STREAM)
+    n = self.config.train.eval_prompts
+    prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0), n)
+    mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
+    sampling = SamplingConfig(max_new_tokens=self.task.cfg.max_response_len,
+                              eos_id=synthetic.EOS, pad_id=synthetic.PAD)
+    batch = parallel.shard_batch({"tokens": prompts, "mask": mask}, self.mesh)
+    out = generate(nnx.merge(self.graphdef, params), batch["tokens"], batch["mask"],
+                   jax.random.fold_in(key, 1), sampling)
+    seq, seq_mask = out.sequences()
+    ref_logp, _ = response_logprobs(nnx.merge(self.graphdef, self.reference), seq, seq_mask,
+                                    prompts.shape[1])
+    kl = kl_lib.sequence_kl(out.logprobs, ref_logp, out.mask, "k1")
+    tokens, tmask = to_host(right_padded(seq, seq_mask))
+    gold = self.task.gold_reward(tokens, tmask, jnp.asarray(prompt_len))
+    return {"gold": float(np.mean(np.asarray(gold["total"]))), "kl": float(jnp.mean(kl))}
+
+
+def train(config) -> dict:
+  """DPO (or another ``dpo.loss``) per ``config`` (``rmjax/configs/dpo.py``) on
+  ``loop.run``; returns the last evaluation, the last step's metrics and the workdir."""
+  tc = config.train
+  trainer = DPOTrainer(config)
+  state = trainer.init_state()
+  checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
+  checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints, interval=tc.save_every,
+                              provenance=provenance(config, trainer.data.data_hash))
+  result = loop.run(
+      state=state, step_fn=trainer.step_fn(), steps=tc.steps,
+      batches=lambda step: parallel.shard_batch(trainer.batch(step), trainer.mesh),
+      checkpointer=checkpointer, writer=MetricsWriter(tc.workdir),
+      progress=Progress(0, tc.steps), log_every=tc.log_every, eval_every=tc.eval_every,
+      evaluate=trainer.evaluate, restore_target=abstract_like(state, trainer.shardings),
+      progress_keys=("loss", "reward_accuracy"),
+      on_resume=lambda step: print(f"resumed from step {step} in {tc.workdir}"))
+  return {"eval": result.eval, "metrics": result.metrics, "workdir": tc.workdir}
