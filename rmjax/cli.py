@@ -43,6 +43,8 @@ COMMANDS = {
                     "preference strength of every training pair from an ensemble run"),
     "rl": ("rmjax.commands.rl", "online RL (PPO, RLOO, GRPO, Dr. GRPO, REINFORCE++) against "
                                "reward models; resumes an existing run"),
+    "sft": ("rmjax.commands.sft", "supervised fine-tuning of a policy (or rejection sampling: "
+                                  "best of n by a reward model); resumes"),
     "dpo": ("rmjax.commands.dpo", "direct preference optimisation (DPO, cDPO, IPO, SimPO, ORPO, "
                                   "KTO) of a policy on preference pairs; resumes"),
     "dry-run": ("rmjax.commands.dry_run",

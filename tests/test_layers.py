@@ -23,7 +23,7 @@ ALLOWED = {
 ALLOWED["rm"] = set(ALLOWED) | {"rm"}
 # Backbone pretraining, a program beside rm/ and rl/: no task and no reward model.
 ALLOWED["lm"] = {"models", "data", "runtime", "objectives", "parallel"}
-ALLOWED["rl"] = ALLOWED["rm"] | {"rl"}
+ALLOWED["rl"] = ALLOWED["rm"] | {"rl", "lm"}  # SFT reuses the pretraining step
 FACE = ("commands", "configs", "dry_run", "cli")  # may import anything
 
 

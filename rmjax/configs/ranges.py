@@ -168,6 +168,10 @@ RANGES: dict[str, Range] = {
     "dpo.kto_desirable_weight": AT_LEAST_0,
     "dpo.kto_undesirable_weight": AT_LEAST_0,
     "train.eval_prompts": AT_LEAST_0,  # 0 = no policy samples in the evaluation
+    # sft
+    "data.best_of_n.prompts": AT_LEAST_1,
+    "data.best_of_n.n": AT_LEAST_1,
+    "data.best_of_n.temperature": POSITIVE,
     # dry-run
     "dry_run.devices": AT_LEAST_1,
     "dry_run.memory_per_device_gib": AT_LEAST_0,

@@ -36,11 +36,13 @@ def make_loss_fn(graphdef):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, seed: int,
-                    dropout: bool = False):
+                    dropout: bool = False, loss_fn=None):
   """``step(state, batch) -> (state, metrics)``; metrics: loss, grad_norm and
   ``loop.FINITE`` over the updated parameters. ``dropout``: run the model's dropout with
-  the key ``fold_in(key(seed), step)``, so a resumed run draws what an unbroken one would."""
-  loss_fn = make_loss_fn(graphdef)
+  the key ``fold_in(key(seed), step)``, so a resumed run draws what an unbroken one would.
+  ``loss_fn(params, batch, dropout_key)``: None = ``make_loss_fn(graphdef)`` (every token;
+  supervised fine-tuning passes its response-only loss)."""
+  loss_fn = loss_fn or make_loss_fn(graphdef)
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.key(seed), state["step"]) if dropout else None

@@ -2,8 +2,9 @@
 
 Position t's logits predict token t + 1. A prediction counts only when both tokens are
 real (``mask`` True at t and at t + 1), so right or left padding and a row's first token
-(which nothing predicts) drop out. Used by the backbone pretraining of ``rmjax.lm`` and
-by PPO-ptx's language-model loss (``rmjax.rl.ppo_step``).
+(which nothing predicts) drop out. Used by the backbone pretraining of ``rmjax.lm``, by
+PPO-ptx's language-model loss (``rmjax.rl.ppo_step``), and, over response tokens only, by
+supervised fine-tuning (``rmjax.rl.sft``) and the sequence log-probs of ``rmjax.rl.dpo``.
 """
 
 from __future__ import annotations
@@ -43,3 +44,22 @@ def next_token_loss(logits, tokens, mask):
   """
   total, count = next_token_sums(logits, tokens, mask)
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+
+
+def response_prediction_mask(mask, prompt_len):
+  """bool [B, S − 1]: the counted predictions (``next_token_mask``) whose target is a
+  response token, i.e. at position ≥ ``prompt_len`` [B] of a row that is prompt then
+  response (right-padded). The first response token counts: the prompt's last predicts it."""
+  m = next_token_mask(mask)
+  position = jnp.arange(1, m.shape[1] + 1)[None, :]
+  return m & (position >= jnp.asarray(prompt_len)[:, None])
+
+
+def response_loss(logits, tokens, mask, prompt_len):
+  """Supervised fine-tuning's loss: the mean next-token cross-entropy over response tokens
+  only (the prompt is context, not a target); 0 when a batch has none. Shapes as
+  ``next_token_loss`` plus prompt_len int [B]."""
+  m = response_prediction_mask(mask, prompt_len)
+  nll = next_token_nll(logits, tokens)
+  count = jnp.sum(m)
+  return jnp.where(count > 0, jnp.sum(jnp.where(m, nll, 0.0)) / jnp.maximum(count, 1), 0.0)

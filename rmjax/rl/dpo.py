@@ -29,13 +29,10 @@ from flax import nnx
 from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import padded_batches
-from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.objectives import dpo as dpo_lib
-from rmjax.objectives import kl as kl_lib
+from rmjax.objectives import language_model
 from rmjax.parallel.sharding import to_host
-from rmjax.rl import build
-from rmjax.rl.best_of_n import right_padded
-from rmjax.rl.ppo_step import response_logprobs
+from rmjax.rl import build, policy_eval
 from rmjax.rm import batches as rm_batches
 from rmjax.rm.strength import INDEX
 from rmjax.runtime import loop
@@ -48,18 +45,14 @@ PAIR_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
              schema.REJECTED_MASK, "prompt_len", schema.WEIGHT)
 REF_CHOSEN, REF_REJECTED = "ref_chosen", "ref_rejected"  # precomputed reference log-probs
 REFERENCES = ("model", "precomputed")
-EVAL_STREAM = 2**32 - 3  # the key stream of the evaluation's policy samples
 
 
 def sequence_logprobs(model, tokens, mask, prompt_len):
   """(Σ log π(y_t | x, y_<t) over each row's response tokens [B], their count [B]) of
   right-padded rows [B, S] whose first ``prompt_len`` [B] tokens are the prompt."""
   hidden, _ = model(tokens, mask)
-  logits = model.logits(hidden[:, :-1]).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  token_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  position = jnp.arange(1, tokens.shape[1])[None, :]
-  response = mask[:, 1:] & (position >= prompt_len[:, None])
+  token_logp = -language_model.next_token_nll(model.logits(hidden), tokens)
+  response = language_model.response_prediction_mask(mask, prompt_len)
   return jnp.sum(jnp.where(response, token_logp, 0.0), axis=1), jnp.sum(response, axis=1)
 
 
@@ -219,24 +212,8 @@ class DPOTrainer:
     return out
 
   def _gold(self, params) -> dict[str, float]:
-    """Gold reward and k1 KL to the reference of ``train.eval_prompts`` samples of
-    ``params``, from fixed prompts and keys (the same at every evaluation)."""
-    key = jax.random.fold_in(jax.random.key(self.config.seed), EVAL_STREAM)
-    n = self.config.train.eval_prompts
-    prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0), n)
-    mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
-    sampling = SamplingConfig(max_new_tokens=self.task.cfg.max_response_len,
-                              eos_id=synthetic.EOS, pad_id=synthetic.PAD)
-    batch = parallel.shard_batch({"tokens": prompts, "mask": mask}, self.mesh)
-    out = generate(nnx.merge(self.graphdef, params), batch["tokens"], batch["mask"],
-                   jax.random.fold_in(key, 1), sampling)
-    seq, seq_mask = out.sequences()
-    ref_logp, _ = response_logprobs(nnx.merge(self.graphdef, self.reference), seq, seq_mask,
-                                    prompts.shape[1])
-    kl = kl_lib.sequence_kl(out.logprobs, ref_logp, out.mask, "k1")
-    tokens, tmask = to_host(right_padded(seq, seq_mask))
-    gold = self.task.gold_reward(tokens, tmask, jnp.asarray(prompt_len))
-    return {"gold": float(np.mean(np.asarray(gold["total"]))), "kl": float(jnp.mean(kl))}
+    return policy_eval.gold_and_kl(self.task, self.graphdef, params, self.reference,
+                                   self.config.seed, self.config.train.eval_prompts, self.mesh)
 
 
 def train(config) -> dict:

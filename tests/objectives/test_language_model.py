@@ -39,3 +39,17 @@ def test_no_counted_prediction_gives_zero():
   logits = jnp.zeros((1, 2, 3))
   assert float(language_model.next_token_loss(logits, jnp.array([[1, 0]]),
                                               jnp.array([[True, False]]))) == 0.0
+
+
+def test_response_loss_counts_only_the_response_tokens():
+  # row 0: prompt of 2 tokens then 2 response tokens; row 1: prompt 1, response 1, padding
+  logits = np.log(np.array([[[0.5, 0.25, 0.25]] * 4, [[0.2, 0.2, 0.6]] * 4]))
+  tokens = np.array([[0, 1, 2, 1], [0, 2, 0, 0]])
+  mask = np.array([[True] * 4, [True, True, False, False]])
+  prompt_len = np.array([2, 1])
+  # targets: row 0 positions 2, 3 (ids 2, 1: p 0.25 each); row 1 position 1 (id 2: p 0.6)
+  want = -(2 * np.log(0.25) + np.log(0.6)) / 3
+  got = language_model.response_loss(logits, tokens, mask, prompt_len)
+  assert float(got) == pytest.approx(want, rel=1e-6)
+  m = language_model.response_prediction_mask(mask, prompt_len)
+  np.testing.assert_array_equal(m, [[False, True, True], [True, False, False]])

@@ -1,0 +1,41 @@
+"""What a policy's own samples score on the synthetic task: the gold reward and the KL to
+the reference, the two axes of the reward–KL frontier. Shared by the programs that train a
+policy offline (``rmjax dpo``, ``rmjax sft``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.models.sampler import SamplingConfig, generate
+from rmjax.objectives import kl as kl_lib
+from rmjax.parallel.sharding import to_host
+from rmjax.rl.best_of_n import right_padded
+from rmjax.rl.ppo_step import response_logprobs
+from rmjax.tasks import preference as synthetic
+
+EVAL_STREAM = 2**32 - 3  # the key stream of the evaluation's policy samples
+
+
+def gold_and_kl(task, graphdef, params, reference, seed: int, n: int, mesh) -> dict:
+  """{"gold": mean gold reward, "kl": mean k1 KL to ``reference`` summed per response} of
+  ``n`` samples of ``params`` (temperature 1) from prompts and keys fixed by ``seed``, so
+  every evaluation of a run, and of its reference, reads the same prompts."""
+  key = jax.random.fold_in(jax.random.key(seed), EVAL_STREAM)
+  prompts, prompt_len = task.sample_prompts(jax.random.fold_in(key, 0), n)
+  mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
+  sampling = SamplingConfig(max_new_tokens=task.cfg.max_response_len, eos_id=synthetic.EOS,
+                            pad_id=synthetic.PAD)
+  batch = parallel.shard_batch({"tokens": prompts, "mask": mask}, mesh)
+  out = generate(nnx.merge(graphdef, params), batch["tokens"], batch["mask"],
+                 jax.random.fold_in(key, 1), sampling)
+  seq, seq_mask = out.sequences()
+  ref_logp, _ = response_logprobs(nnx.merge(graphdef, reference), seq, seq_mask,
+                                  prompts.shape[1])
+  kl = kl_lib.sequence_kl(out.logprobs, ref_logp, out.mask, "k1")
+  tokens, tmask = to_host(right_padded(seq, seq_mask))
+  gold = task.gold_reward(tokens, tmask, jnp.asarray(prompt_len))
+  return {"gold": float(np.mean(np.asarray(gold["total"]))), "kl": float(jnp.mean(kl))}
