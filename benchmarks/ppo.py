@@ -73,19 +73,21 @@ def timed(fn, split: dict, name: str):
   return wrapper
 
 
-def ppo_config(args):
-  """rmjax/configs/rl.py with the benchmark's batch: one minibatch, one epoch."""
+def ppo_config(args, algorithm: str = "ppo", beta: float = 0.05):
+  """rmjax/configs/rl.py with the benchmark's batch (one minibatch, one epoch), the
+  ``rl.algorithm`` and the KL coefficient."""
   from rmjax.configs import rl as ppo_config_lib
   c = ppo_config_lib.get_config()
   c.rl.update(iterations=iterations(args), prompts=args.prompts,
-               samples_per_prompt=args.samples, max_new_tokens=args.new, minibatches=1,
-               epochs=1)
+              samples_per_prompt=args.samples, max_new_tokens=args.new, minibatches=1,
+              epochs=1, algorithm=algorithm)
+  c.kl.coef = beta
   return c
 
 
-def build_ours(args):
-  """A RLTrainer on models of the shape and the split timers wrapped around its rollout
-  pieces."""
+def build_ours(args, algorithm: str = "ppo", beta: float = 0.05):
+  """An RLTrainer of ``algorithm`` on models of the shape and the split timers wrapped
+  around its rollout pieces."""
   import jax
   from flax import nnx
 
@@ -97,7 +99,7 @@ def build_ours(args):
   if args.cache_dir:  # shared by the ours-children: only the first one compiles
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  conf = ppo_config(args)
+  conf = ppo_config(args, algorithm, beta)
   mesh = parallel.make_mesh(parallel.MeshConfig(**conf.mesh))
   policy_cfg = shapes.model_config(shapes.of(args))
   rm_cfg = policy_cfg.replace(num_reward_heads=1, lm_head=False)
@@ -116,14 +118,13 @@ def build_ours(args):
   return trainer, split
 
 
-def run_ours(args) -> dict:
+def run_ours(args, algorithm: str = "ppo", beta: float = 0.05) -> dict:
   import flax
   import jax
 
   from rmjax.rl import rewards
-  from rmjax.rl.trainer import MODEL_KEYS
 
-  trainer, split = build_ours(args)
+  trainer, split = build_ours(args, algorithm, beta)
   # Members as scored (no normalisation samples): the benchmark times iterations only.
   state = trainer.init_state(rewards.identity_stats(trainer.members_per_source()))
   update, rows = None, []
@@ -133,14 +134,14 @@ def run_ours(args) -> dict:
     episodes, metrics, carried = trainer.rollout(state, it)
     rolled = time.perf_counter()
     update = update or trainer.update_fn()
-    models = {k: state[k] for k in MODEL_KEYS}
+    models = {k: state[k] for k in trainer.model_keys}
     for batch in trainer.minibatches(episodes, it):
       models, step_metrics = update(models, batch)
       step_metrics = jax.device_get(step_metrics)
     state = {**state, **models, **carried}
     end, cpu_end = time.perf_counter(), time.process_time()
     assert metrics["response_length"] == args.new, metrics["response_length"]
-    assert np.isfinite(step_metrics["policy_loss"] + step_metrics["value_loss"])
+    assert np.isfinite(step_metrics["policy_loss"] + step_metrics.get("value_loss", 0.0))
     rows.append(dict(split, iteration_s=end - start, rollout_s=rolled - start,
                      update_s=end - rolled, cpu_s=cpu_end - cpu_start))
   timed_rows = rows[args.warmup:]
@@ -205,7 +206,9 @@ class StepTimer:
     return _Timer()
 
 
-def run_peer(args) -> dict:
+def run_peer(args, algorithm: str = "rloo", beta: float = 0.05) -> dict:
+  """One TRL trainer run: ``RLOOTrainer`` ("rloo"), or ``GRPOTrainer`` with
+  ``loss_type`` and ``scale_rewards`` of "grpo" (group) or "dr_grpo" (none)."""
   import datasets
   import torch
   import transformers
@@ -221,19 +224,24 @@ def run_peer(args) -> dict:
     policy_path, reward_path = save_peer_models(out, tokenizer, cfg)
     data = datasets.Dataset.from_dict(
         {"prompt": prompt_texts(args, args.prompts * steps, len(tokenizer))})
-    targs = trl.RLOOConfig(
+    config_cls, trainer_cls, extra = {
+        "rloo": (trl.RLOOConfig, trl.RLOOTrainer, {}),
+        "grpo": (trl.GRPOConfig, trl.GRPOTrainer, dict(loss_type="grpo", scale_rewards="group")),
+        "dr_grpo": (trl.GRPOConfig, trl.GRPOTrainer,
+                    dict(loss_type="dr_grpo", scale_rewards="none")),
+    }[algorithm]
+    targs = config_cls(
         output_dir=os.path.join(out, "run"), max_steps=steps, num_generations=args.samples,
         per_device_train_batch_size=episodes, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_iterations=1, beta=0.05, temperature=1.0, top_k=0,
+        steps_per_generation=1, num_iterations=1, beta=beta, temperature=1.0, top_k=0,
         top_p=1.0, max_completion_length=args.new,
         generation_kwargs={"min_new_tokens": args.new}, learning_rate=2e-5,
         use_cpu=True, report_to=[], logging_strategy="no", save_strategy="no",
         eval_strategy="no", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0, dataloader_pin_memory=False,
-        gradient_checkpointing=False, bf16=False, fp16=False, seed=0)
-    trainer = trl.RLOOTrainer(model=policy_path, reward_funcs=reward_path, args=targs,
-                              train_dataset=data, processing_class=tokenizer,
-                              callbacks=[timer])
+        gradient_checkpointing=False, bf16=False, fp16=False, seed=0, **extra)
+    trainer = trainer_cls(model=policy_path, reward_funcs=reward_path, args=targs,
+                          train_dataset=data, processing_class=tokenizer, callbacks=[timer])
     assert trainer.ref_model is not None
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints a summary dict
       trainer.train()
