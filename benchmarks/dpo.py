@@ -109,7 +109,9 @@ def run_peer(args) -> dict:
   timer = rl_bench.StepTimer()
   with tempfile.TemporaryDirectory(prefix="rmjax-bench-dpo-") as out:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(shapes.hf_config(cfg)).float()
+    model = os.path.join(out, "policy")  # by path: TRL loads its reference from it
+    LlamaForCausalLM(shapes.hf_config(cfg)).float().save_pretrained(model)
+    tokenizer.save_pretrained(model)
     targs = trl.DPOConfig(
         output_dir=os.path.join(out, "run"), max_steps=steps,
         per_device_train_batch_size=args.pairs, gradient_accumulation_steps=1,

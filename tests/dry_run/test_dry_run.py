@@ -126,6 +126,18 @@ def test_ppo_dry_run_over_the_limit_fails_naming_it(tmp_path):
   assert groups["actor_opt"]["count"] == 2 * groups["actor"]["count"] + 2  # mu, nu, counts
 
 
+def test_critic_free_dry_run_holds_no_critic(tmp_path):
+  config = ppo_config()
+  config.rl.algorithm = "grpo"
+  config.dry_run.memory_per_device_gib = 1e-6
+  config.dry_run.report = str(tmp_path / "report.json")
+  with pytest.raises(SystemExit):
+    command.run(config)
+  written = json.loads((tmp_path / "report.json").read_text())
+  assert set(written["groups"]) == {"actor", "reference", "reward_model", "actor_opt"}
+  assert set(written["programs"]) == {"rl_update", "rollout_forward"}
+
+
 def test_mesh_not_filling_the_devices_is_a_clear_error():
   config = rm_config(data=3, fsdp=1, tensor=1)
   with pytest.raises(ValueError, match="needs 3 devices but 8 are available"

@@ -103,6 +103,19 @@ def _ppo_config(world, workdir, *rm_dirs):
   return c
 
 
+def test_a_critic_free_algorithm_on_file_prompts_with_an_hf_policy(world, tmp_path):
+  config = _ppo_config(world, tmp_path / "grpo", world / "rm")
+  config.rl.algorithm = "grpo"
+  ppo_trainer.train(config)
+  rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+  rows = [r for r in rows if r.get("split") == "train"]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert np.isfinite(r["kl_loss"]) and np.isfinite(r["policy_loss"]) and "value_loss" not in r
+  saved = PyTreeCheckpointer().restore(str(tmp_path / "grpo" / "checkpoints" / "2" / "state"))
+  assert "critic" not in saved and "actor" in saved
+
+
 def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_path):
   result = ppo_trainer.train(_ppo_config(world, tmp_path / "ppo", world / "rm"))
   rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
