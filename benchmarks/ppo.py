@@ -311,29 +311,36 @@ def summary(runs, args, shape, quiet, wall_start) -> dict:
       wall_s=time.perf_counter() - wall_start)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def parse_args(doc: str, sides):
+  """(args, shape) of an RL iteration benchmark's command line (this script's and
+  ``rl.py``'s), every default resolved from the shape."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   shapes.add_flags(p)
   p.add_argument("--prompts", type=int, help="prompts per iteration (default: 8 at S0, scaled)")
   p.add_argument("--samples", type=int, default=4, help="samples per prompt")
   p.add_argument("--prompt-len", type=int, help="prompt tokens, all real (default: seq / 2)")
   p.add_argument("--new", type=int, help="new tokens per sample, exactly (default: seq / 2)")
-  p.add_argument("--rounds", type=int, default=3, help="fresh child pairs, alternating")
+  p.add_argument("--rounds", type=int, default=3, help="fresh child sets, alternating")
   p.add_argument("--reps", type=int, default=2, help="timed iterations per child")
   p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (>= 1)")
-  p.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
+  p.add_argument("--side", choices=sides, help=argparse.SUPPRESS)
   p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
   shape = shapes.resolve(args)
   args.prompts = args.prompts or shapes.rows(8, shape)
   args.prompt_len = args.prompt_len or shape.seq // 2
   args.new = args.new or shape.seq - shape.seq // 2
+  if not args.side and (args.rounds * args.reps < 5 or args.warmup < 1):
+    p.error("need >= 5 timed iterations per side (rounds x reps) and --warmup >= 1")
+  return args, shape
+
+
+def main():
+  args, shape = parse_args(__doc__, harness.SIDES)
   if args.side:
     print(json.dumps((run_ours if args.side == "ours" else run_peer)(args)), flush=True)
     return
-  if args.rounds * args.reps < 5 or args.warmup < 1:
-    p.error("need >= 5 timed iterations per side (rounds x reps) and --warmup >= 1")
   quiet, start = harness.warn_if_busy(), time.perf_counter()
   runs = harness.alternating_rounds(
       os.path.abspath(__file__), args, FLAGS,

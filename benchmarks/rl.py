@@ -17,7 +17,6 @@ with ``rloo_ratio``, ``grpo_ratio``, ``dr_grpo_ratio`` (peer seconds / ours per
 iteration) and ``ppo_over_rloo`` (our PPO's seconds per iteration / our RLOO's).
 """
 
-import argparse
 import json
 import os
 import time
@@ -66,28 +65,10 @@ def summary(runs, args, shape, quiet, wall_start) -> dict:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  shapes.add_flags(p)
-  p.add_argument("--prompts", type=int, help="prompts per iteration (default: 8 at S0, scaled)")
-  p.add_argument("--samples", type=int, default=4, help="samples per prompt")
-  p.add_argument("--prompt-len", type=int, help="prompt tokens, all real (default: seq / 2)")
-  p.add_argument("--new", type=int, help="new tokens per sample, exactly (default: seq / 2)")
-  p.add_argument("--rounds", type=int, default=3, help="fresh child sets, alternating")
-  p.add_argument("--reps", type=int, default=2, help="timed iterations per child")
-  p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (>= 1)")
-  p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-  p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
-  args = p.parse_args()
-  shape = shapes.resolve(args)
-  args.prompts = args.prompts or shapes.rows(8, shape)
-  args.prompt_len = args.prompt_len or shape.seq // 2
-  args.new = args.new or shape.seq - shape.seq // 2
+  args, shape = base.parse_args(__doc__, SIDES)
   if args.side:
     print(json.dumps(run_side(args)), flush=True)
     return
-  if args.rounds * args.reps < 5 or args.warmup < 1:
-    p.error("need >= 5 timed iterations per side (rounds x reps) and --warmup >= 1")
   quiet, start = harness.warn_if_busy(), time.perf_counter()
   runs = harness.alternating_rounds(
       os.path.abspath(__file__), args, base.FLAGS,

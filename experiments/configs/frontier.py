@@ -18,15 +18,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.scale = 1
   c.methods = ("bon_distill", "ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo")
   # KL(pi || pi_base) values (nats, k1 summed over a response) at which gold is compared.
-  c.kls = (0.25, 0.5, 1.0, 2.0)
+  c.kls = (0.25, 0.5, 1.0, 1.5)
   c.smooth = 5  # RL: centred running mean over this many iterations before reading off
   # The proxy: rmjax train-rm's default reward model on the synthetic task's pairs, trained
   # once (seed 0) and shared by every method and seed.
   c.proxy = ml_collections.ConfigDict(dict(steps=600, seed=0))
   c.rl = ml_collections.ConfigDict(dict(
-      rl=ml_collections.ConfigDict(dict(iterations=40, prompts=8, samples_per_prompt=4)),
+      rl=ml_collections.ConfigDict(dict(iterations=60, prompts=16, samples_per_prompt=4)),
       kl=ml_collections.ConfigDict(dict(coef=0.05)),
-      # The PPO study's rates: this small policy moves within 40 iterations (warmup: the
+      # The PPO study's rates: this small policy moves within 60 iterations (warmup: the
       # first full-rate Adam steps would jump several nats of KL at once).
       optim=ml_collections.ConfigDict(dict(
           actor=ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=10)),

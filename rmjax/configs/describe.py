@@ -34,6 +34,18 @@ OPTIM = {
     "clip_norm": "clip the global gradient norm to this; 0 = no clipping",
     "grad_accum": "micro-batches whose gradients are averaged into one update",
 }
+# The train section of the offline policy programs (rmjax sft, rmjax dpo).
+POLICY_TRAIN = {
+    "steps": "optimizer steps",
+    "batch_size": "rows (sft) or pairs (dpo) per step",
+    "log_every": "steps per logging window",
+    "eval_every": "steps between held-out evaluations (and one at the end)",
+    "save_every": "steps between checkpoints (and one at the end)",
+    "keep_checkpoints": "checkpoints kept (the newest)",
+    "workdir": "run folder: checkpoints, metrics; an existing run resumes",
+    "checkpoint_dir": "\"\" = <workdir>/checkpoints; several hosts need shared storage",
+    "eval_prompts": "synthetic task: policy samples per eval for gold and KL; 0 = none",
+}
 # Any ModelConfig field (rmjax/models/config.py) a config's model section may set on top
 # of its preset; used for model fields a config file adds beyond the embedded ones.
 MODEL = {

@@ -201,6 +201,16 @@ def policy_from(init_from: str) -> Transformer:
                           "folder (config.json) or an rmjax rl workdir")
 
 
+def policy_state(reference, tx, mesh):
+  """(state, its shardings) of a policy trained from ``reference`` by ``tx``: {"params":
+  a copy with its own buffers (the step donates them; the reference lives on),
+  "opt_state", "step"}, on ``mesh``. What ``rmjax sft`` and ``rmjax dpo`` train."""
+  params = jax.tree.map(jnp.copy, reference)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  shardings = parallel.tree_shardings(state, mesh)
+  return jax.device_put(state, shardings), shardings
+
+
 # --- prompts from a file ------------------------------------------------------------------
 
 def _prompt_rows(path: str, format: str, skip_bad_rows: bool) -> list:

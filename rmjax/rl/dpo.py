@@ -142,11 +142,8 @@ class DPOTrainer:
     self._gold_reference = None  # the reference's samples' gold, measured once
 
   def init_state(self):
-    params = jax.tree.map(jnp.copy, self.reference)  # own buffers: the step donates them
-    state = {"params": params, "opt_state": self.tx.init(params),
-             "step": jnp.zeros((), jnp.int32)}
-    self.shardings = parallel.tree_shardings(state, self.mesh)
-    return jax.device_put(state, self.shardings)
+    state, self.shardings = build.policy_state(self.reference, self.tx, self.mesh)
+    return state
 
   def _reference_table(self) -> np.ndarray:
     """[num_train_pairs, 2] the reference's (chosen, rejected) log-probs of every training

@@ -184,11 +184,8 @@ class SFTTrainer:
     self._gold_reference = None
 
   def init_state(self):
-    params = jax.tree.map(jnp.copy, self.reference)  # own buffers: the step donates them
-    state = {"params": params, "opt_state": self.tx.init(params),
-             "step": jnp.zeros((), jnp.int32)}
-    self.shardings = parallel.tree_shardings(state, self.mesh)
-    return jax.device_put(state, self.shardings)
+    state, self.shardings = build.policy_state(self.reference, self.tx, self.mesh)
+    return state
 
   def _response_sums(self, params, batch):
     """(Σ NLL over the response tokens, their count) of a batch."""

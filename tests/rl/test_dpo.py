@@ -4,21 +4,16 @@ SIGKILL."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
+import kill_resume
 import numpy as np
 import pytest
-from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax.configs import dpo as dpo_config
 from rmjax.rl import dpo
-from rmjax.runtime.checkpoint import Checkpointer
 from rmjax.tasks import preference as synthetic
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(workdir, steps=4, loss="dpo"):
@@ -92,17 +87,9 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
 
 
 def test_preference_file_with_a_hugging_face_policy(tmp_path):
-  transformers = pytest.importorskip("transformers")
-  torch = pytest.importorskip("torch")
-  sys.path.insert(0, os.path.dirname(__file__))
-  from test_ppo_files import WORDS, _tokenizer
+  from test_ppo_files import WORDS, save_hf_policy
 
-  tok = _tokenizer(tmp_path / "policy", WORDS)
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
-      bos_token_id=1, eos_token_id=2, pad_token_id=3)).save_pretrained(tmp_path / "policy")
+  save_hf_policy(tmp_path / "policy")
   rng = np.random.default_rng(0)
   text = lambda n: " ".join(rng.choice(WORDS, n))
   with open(tmp_path / "pairs.jsonl", "w") as f:
@@ -123,44 +110,8 @@ def test_preference_file_with_a_hugging_face_policy(tmp_path):
   assert result["eval"]["chosen_reward"] > 0
 
 
-_SCRIPT = """
-import os, sys, signal
-sys.path[:0] = [{root!r}, {here!r}]
-from test_dpo import tiny_config
-from rmjax.rl import dpo
-from rmjax.runtime import checkpoint
-kill_at = int(sys.argv[2])
-if kill_at:
-  real_save = checkpoint.Checkpointer.save
-  def save(self, step, *args, **kwargs):
-    saved = real_save(self, step, *args, **kwargs)
-    if saved and step == kill_at:
-      self.wait()
-      os.kill(os.getpid(), signal.SIGKILL)
-    return saved
-  checkpoint.Checkpointer.save = save
-dpo.train(tiny_config(sys.argv[1], steps=6))
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_bit_identically(tmp_path):
-  script = tmp_path / "run.py"
-  script.write_text(_SCRIPT.format(root=ROOT, here=os.path.dirname(__file__)))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  run = lambda workdir, kill_at: subprocess.run(
-      [sys.executable, str(script), str(workdir), str(kill_at)], capture_output=True,
-      text=True, timeout=600, cwd=ROOT, env=env)
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  assert run(straight, 0).returncode == 0
-  first = run(killed, 4)
-  assert first.returncode == -9, first.stderr[-2000:]
-  assert Checkpointer(killed / "checkpoints").all_steps()[-1] == 4
-  second = run(killed, 0)
-  assert second.returncode == 0, second.stderr[-2000:]
-  assert "resumed from step 4" in second.stdout
-  final = lambda d: PyTreeCheckpointer().restore(str(d / "checkpoints" / "6" / "state"))
-  a, b = final(straight), final(killed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(x, y)
-  assert metrics(straight)[-1] == metrics(killed)[-1]
+  kill_resume.check(tmp_path, "from test_dpo import tiny_config\nfrom rmjax.rl import dpo\n"
+                    "dpo.train(tiny_config(sys.argv[1], steps=6))\n",
+                    os.path.dirname(__file__), kill_at=4, final=6, resumed="resumed from step 4")

@@ -41,6 +41,19 @@ def _tokenizer(folder, words):
   return tok
 
 
+def save_hf_policy(folder):
+  """A tiny random Hugging Face llama saved in ``folder`` with the WordLevel tokenizer of
+  WORDS (BOS 1, EOS 2, PAD 3); returns the tokenizer."""
+  tok = _tokenizer(folder, WORDS)
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+      bos_token_id=1, eos_token_id=2, pad_token_id=3)).save_pretrained(folder,
+                                                                   safe_serialization=True)
+  return tok
+
+
 def _rm_config(workdir, tokenizer, pairs):
   c = train_rm.get_config()
   c.data.source = "files"
@@ -73,14 +86,8 @@ def _fake_run(workdir, config, vocab):
 def world(tmp_path_factory):
   """A tokenizer, a tiny random HF llama saved with it, prompts and a trained RM."""
   root = tmp_path_factory.mktemp("files_world")
-  tok = _tokenizer(root / "tok", WORDS)
-  torch.manual_seed(0)
-  policy = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
-      bos_token_id=1, eos_token_id=2, pad_token_id=3))
-  policy.save_pretrained(root / "policy", safe_serialization=True)
-  tok.save_pretrained(root / "policy")  # the policy's own tokenizer: the same one
+  _tokenizer(root / "tok", WORDS)
+  save_hf_policy(root / "policy")  # the policy's own tokenizer: the same one
   rng = np.random.default_rng(0)
   text = lambda n: " ".join(rng.choice(WORDS, n))
   with open(root / "pairs.jsonl", "w") as f:

@@ -4,11 +4,10 @@ reward-model path of ``rmjax rl``."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
+import kill_resume
 import numpy as np
 import pytest
 from orbax.checkpoint import PyTreeCheckpointer
@@ -17,7 +16,6 @@ from rmjax import parallel
 from rmjax.configs import rl as ppo_config
 from rmjax.rl import trainer as ppo_trainer
 from rmjax.rl.ppo_step import language_model_loss, make_losses
-from rmjax.runtime.checkpoint import Checkpointer
 from rmjax.tasks import preference as synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,48 +82,13 @@ def test_update_on_one_device_equals_the_8_device_2_2_2_mesh(eight_devices):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
-_SCRIPT = """
-import os, sys, signal
-sys.path[:0] = [{root!r}, {here!r}]
-from test_ppo_trainer import toy_train
-from rmjax.runtime import checkpoint
-kill_at = int(sys.argv[2])
-if kill_at:
-  real_save = checkpoint.Checkpointer.save
-  def save(self, step, *args, **kwargs):
-    saved = real_save(self, step, *args, **kwargs)
-    if saved and step == kill_at:
-      self.wait()  # iteration kill_at is committed: die without cleanup
-      os.kill(os.getpid(), signal.SIGKILL)
-    return saved
-  checkpoint.Checkpointer.save = save
-toy_train(sys.argv[1], 8, sys.argv[3])
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])  # with a critic, and without
 def test_sigkill_then_resume_continues_bit_identically(tmp_path, algorithm):
-  script = tmp_path / "run.py"
-  script.write_text(_SCRIPT.format(root=ROOT, here=os.path.dirname(__file__)))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
-  run = lambda workdir, kill_at: subprocess.run(
-      [sys.executable, str(script), str(workdir), str(kill_at), algorithm], capture_output=True,
-      text=True, timeout=600, cwd=ROOT, env=env)
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  assert run(straight, 0).returncode == 0
-  first = run(killed, 4)
-  assert first.returncode == -9, first.stderr[-2000:]
-  assert Checkpointer(killed / "checkpoints").all_steps()[-1] == 4
-  second = run(killed, 0)
-  assert second.returncode == 0, second.stderr[-2000:]
-  assert "resumed from iteration 4" in second.stdout
-  final = lambda d: PyTreeCheckpointer().restore(str(d / "checkpoints" / "8" / "state"))
-  a, b = final(straight), final(killed)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  assert metrics(straight)[-1] == metrics(killed)[-1]
+  kill_resume.check(tmp_path, "from test_ppo_trainer import toy_train\n"
+                    "toy_train(sys.argv[1], 8, sys.argv[3])\n", os.path.dirname(__file__),
+                    kill_at=4, final=8, resumed="resumed from iteration 4",
+                    extra_args=(algorithm,))
 
 
 def test_bad_settings_say_what_is_wrong(tmp_path):

@@ -2,8 +2,6 @@
 selects by the reward, and a {"prompt", "response"} file with a Hugging Face policy."""
 
 import json
-import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -67,17 +65,9 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
 
 
 def test_prompt_response_file_with_a_hugging_face_policy(tmp_path):
-  transformers = pytest.importorskip("transformers")
-  torch = pytest.importorskip("torch")
-  sys.path.insert(0, os.path.dirname(__file__))
-  from test_ppo_files import WORDS, _tokenizer
+  from test_ppo_files import WORDS, save_hf_policy
 
-  tok = _tokenizer(tmp_path / "policy", WORDS)
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
-      bos_token_id=1, eos_token_id=2, pad_token_id=3)).save_pretrained(tmp_path / "policy")
+  save_hf_policy(tmp_path / "policy")
   rng = np.random.default_rng(0)
   with open(tmp_path / "rows.jsonl", "w") as f:
     for _ in range(24):
