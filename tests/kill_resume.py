@@ -37,7 +37,8 @@ def check(tmp_path, body: str, here: str, kill_at: int, final: int, resumed: str
   then killed after step ``kill_at`` and rerun; assert the rerun printed ``resumed`` and
   that both final checkpoints and last metrics rows are identical. One CPU device."""
   script = tmp_path / "run.py"
-  script.write_text(_HOOK.format(paths=[ROOT, here]) + body)
+  script.write_text(_HOOK.format(paths=[ROOT, os.path.dirname(os.path.abspath(__file__)), here])
+                    + body)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   run = lambda workdir, kill: subprocess.run(
       [sys.executable, str(script), str(workdir), str(kill), *map(str, extra_args)],

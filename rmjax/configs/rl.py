@@ -23,10 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
   # every member to mean 0, std 1 on norm_batches rollout-sized batches of initial-policy
   # samples (Coste et al.; the statistics are checkpointed). One parameter per objective:
   # uwo_lam (Coste et al.'s PPO value 0.1; 0.5 was their best-of-n value), brme_lam (open
-  # in Yan et al.; 0.5 is neutral).
+  # in Yan et al.; 0.5 is neutral). rules: rule rewards after the runs, each a source of
+  # its own scoring a response against its prompt's reference in prompts.path ("bleu",
+  # "exact_match"; rmjax/rl/rule_rewards.py); weights: one per source (runs, then rules)
+  # in transform "none"'s sum, () = all 1.
   c.reward = ml_collections.ConfigDict(dict(
       workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.1, brme_lam=0.5,
-      member_norm=True, norm_batches=8, transform="none",
+      member_norm=True, norm_batches=8, transform="none", rules=(), weights=(),
       lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
   # The policy: "" = the synthetic task's base policy (the task of the reward models'
   # runs); or a Hugging Face folder, a .gguf file, or an rmjax rl workdir (its actor).
@@ -39,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   # rl.max_new_tokens is 0.
   c.prompts = ml_collections.ConfigDict(dict(
       path="", format="", tokenizer="", max_len=64, max_response_len=64,
-      skip_bad_rows=False))
+      skip_bad_rows=False, reference_field="reference"))
   # Evaluation hook: log the synthetic task's gold reward of every rollout (never optimised).
   c.evaluate = ml_collections.ConfigDict(dict(gold=True))
   # LoRA (rmjax/models/lora.py) on the actor and on the critic: lora_rank > 0 freezes that
@@ -88,6 +91,8 @@ FIELDS = {
     "reward.member_norm": "scale every member to mean 0, std 1 on initial-policy samples first",
     "reward.norm_batches": "member_norm: rollout-sized batches of samples for the statistics",
     "reward.transform": "\"none\" (sum over runs) or \"lsc\" (sum of log sigmoid(r - r_ref))",
+    "reward.rules": "rule rewards against each prompt's reference: bleu, exact_match",
+    "reward.weights": "weight of each source (runs, then rules) in the sum; () = all 1",
     "reward.lsc_quantile": "lsc: quantile of the reference samples' rewards that is r_ref",
     "reward.lsc_samples": "lsc: reference-policy samples per prompt for r_ref",
     "reward.normalize": "normalise scores by running mean and std",
@@ -100,6 +105,7 @@ FIELDS = {
     "prompts.tokenizer": "\"\" = the policy's own, else the reward models'",
     "prompts.max_len": "prompt tokens kept (its end)",
     "prompts.max_response_len": "response tokens when rl.max_new_tokens is 0",
+    "prompts.reference_field": "the field of prompts.path rows the rule rewards compare with",
     "prompts.skip_bad_rows": "drop malformed prompt rows (reported) instead of stopping",
     "evaluate.gold": "log the synthetic task's gold reward of every rollout (never optimised)",
     **describe.section("actor", describe.LORA),

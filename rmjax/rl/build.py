@@ -28,6 +28,7 @@ from rmjax.data.schema import DataError
 from rmjax.models import gguf_io, hf_io, lora
 from rmjax.models.transformer import Transformer
 from rmjax.parallel.sharding import to_host
+from rmjax.rl import rule_rewards
 from rmjax.rm import load as load_rm
 from rmjax.rm import reward_source
 from rmjax.runtime.checkpoint import abstract_like
@@ -367,6 +368,30 @@ def _synthetic_policy_on_file(config, sources, path, prompts_cfg, gold) -> Rollo
   return dataclasses.replace(out, sample_prompts=file_prompt_sampler(tokens, lengths),
                              prompt_width=tokens.shape[1],
                              name=f"the synthetic task's policy on prompts.path={path}")
+
+
+def rule_sources(config, task: RolloutTask, sources) -> list:
+  """The ``reward.rules`` sources (``rule_rewards.RuleSource``), each scoring a response
+  against the reference its prompt has in ``prompts.path`` (``prompts.reference_field``),
+  the prompts encoded exactly as the rollout encodes them."""
+  names = tuple(config.reward.get("rules", ()) or ())
+  if not names:
+    return []
+  prompts_cfg = config.prompts
+  path = str(prompts_cfg.get("path", "") or "")
+  if not path:
+    raise ValueError("reward.rules score responses against references: give prompts.path, "
+                     "a file whose rows hold them (prompts.reference_field)")
+  spec = _tokenizer_spec(config, sources)
+  tokenizer = tokenize.load_tokenizer(spec) if spec else None
+  prompts, references = rule_rewards.reference_rows(
+      path, str(prompts_cfg.get("reference_field", "reference")))
+  tokens, lengths = encode_prompts(prompts, tokenizer, int(prompts_cfg.get("max_len", 64)),
+                                   task.pad_id)
+  keys = [tuple(int(t) for t in row[:n]) for row, n in zip(tokens, lengths)]
+  table = dict(zip(keys, rule_rewards.encode_references(references, tokenizer)))
+  return [rule_rewards.RuleSource(name, table, task.policy.cfg.vocab_size, task.eos_id,
+                                  task.tokenizer) for name in names]
 
 
 def check_sources(sources, task: RolloutTask) -> None:

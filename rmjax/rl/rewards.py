@@ -8,7 +8,8 @@ the initial policy (``member_stats``; Coste et al.), so that members on differen
 weigh alike in WCO's min and UWO's variance; the statistics are part of a run's
 checkpointed state. Each source's members are then reduced by the ensemble objective
 (``rmjax.objectives.ensemble.combine``, one parameter per objective) to [B]. The
-transform makes one score per episode from the J columns: "none" sums them, "lsc" sums
+transform makes one score per episode from the J columns: "none" sums them (weighted by
+``reward.weights`` when given), "lsc" sums
 log σ(r_j − r_j^ref(x)) (the LSC transform, and for J > 1 the AND-combination of
 ``rmjax.objectives.transforms``), r^ref(x) being the per-prompt quantile of the reward of
 reference-policy samples for the same prompt. Last, running normalisation (Welford moments
@@ -39,6 +40,7 @@ class ScoreConfig:
   brme_lam: float = objectives.BRME_LAM  # BRME's λ (open in Yan et al.)
   member_norm: bool = True  # per-member normalisation on initial-policy samples
   transform: str = "none"
+  weights: tuple = ()  # "none": the weight of each source in the sum; () = all 1
   lsc_quantile: float = 0.85
   normalize: bool = True
   clip: float = 0.8  # 0: no clipping
@@ -55,22 +57,29 @@ class ScoreConfig:
       raise ValueError(f"reward.uwo_lam={self.uwo_lam} must be >= 0")
     if not 0 <= self.brme_lam <= 1:
       raise ValueError(f"reward.brme_lam={self.brme_lam} must be in [0, 1]")
+    if self.weights and self.transform != "none":
+      raise ValueError(f"reward.weights weigh the sum of transform 'none', not "
+                       f"{self.transform!r}")
 
   @classmethod
   def from_config(cls, cfg) -> ScoreConfig:
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in cfg.items() if k in names})
+    fields = {k: v for k, v in cfg.items() if k in names}
+    if "weights" in fields:
+      fields["weights"] = tuple(float(w) for w in fields["weights"])
+    return cls(**fields)
 
   @property
   def objective_kwargs(self) -> dict:
     return objectives.options(self.objective, self.uwo_lam, self.brme_lam)
 
 
-def member_scores(sources, tokens, mask) -> list[np.ndarray]:
-  """Every reward source's member rewards [B, K_j] (numpy) of right-padded sequences."""
+def member_scores(sources, tokens, mask, prompt_len=None) -> list[np.ndarray]:
+  """Every reward source's member rewards [B, K_j] (numpy) of right-padded sequences whose
+  first ``prompt_len`` [B] tokens are the prompt (None: sources that need it refuse)."""
   out = []
   for source in sources:
-    rewards = to_host(source(tokens, mask))
+    rewards = to_host(source(tokens, mask, prompt_len))
     out.append(rewards[:, None] if rewards.ndim == 1 else rewards)
   return out
 
@@ -119,10 +128,16 @@ def reference_levels(ref_scores: np.ndarray, cfg: ScoreConfig) -> np.ndarray:
 
 
 def transform(scores: np.ndarray, r_ref: np.ndarray | None, cfg: ScoreConfig) -> np.ndarray:
-  """[B, J] objective scores (and [B, J] reference levels for "lsc") -> [B]."""
+  """[B, J] objective scores (and [B, J] reference levels for "lsc") -> [B]: "lsc" the
+  AND-combination, "none" the sum weighted by ``cfg.weights`` (all 1 when empty)."""
   if cfg.transform == "lsc":
     return np.asarray(transforms.and_combine(scores, r_ref))
-  return scores.sum(-1)
+  if not cfg.weights:
+    return scores.sum(-1)
+  if len(cfg.weights) != scores.shape[-1]:
+    raise ValueError(f"reward.weights has {len(cfg.weights)} entries for "
+                     f"{scores.shape[-1]} reward sources")
+  return scores @ np.asarray(cfg.weights, scores.dtype)
 
 
 def running_normalize(scores: np.ndarray, moments, cfg: ScoreConfig):

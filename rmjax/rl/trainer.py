@@ -149,10 +149,10 @@ class RLTrainer:
     for b in range(batches):
       k = jax.random.fold_in(key, b)
       prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(k, 0), self.c.prompts)
-      seq, seq_mask, *_ = self._sample(self.reference, jax.random.fold_in(k, 1), prompts,
-                                       prompt_len, self.c.samples_per_prompt)
+      seq, seq_mask, _, _, lengths = self._sample(self.reference, jax.random.fold_in(k, 1),
+                                                  prompts, prompt_len, self.c.samples_per_prompt)
       tokens, mask = to_host(right_padded(seq, seq_mask))
-      for j, m in enumerate(ppo_rewards.member_scores(self.sources, tokens, mask)):
+      for j, m in enumerate(ppo_rewards.member_scores(self.sources, tokens, mask, lengths)):
         rewards[j].append(m)
     return ppo_rewards.member_stats([np.concatenate(r) for r in rewards])
 
@@ -201,7 +201,7 @@ class RLTrainer:
     """(objective scores [B, J], member rewards per source, evaluation terms {total, ...}
     each [B], or None without an evaluation hook) of episodes."""
     tokens, mask = to_host(right_padded(seq, seq_mask))  # every process: all rows
-    members = ppo_rewards.member_scores(self.sources, tokens, mask)
+    members = ppo_rewards.member_scores(self.sources, tokens, mask, lengths)
     gold = None
     if self.task.evaluate is not None:
       gold = {k: np.asarray(v) for k, v in
@@ -322,13 +322,19 @@ def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
     raise ValueError("scorers given without the task whose prompts they score")
   gold = bool((config.get("evaluate") or {}).get("gold", True))
   if scorers is None:
-    sources = build.load_reward_sources(tuple(config.reward.workdirs), mesh)
+    workdirs = tuple(config.reward.workdirs)
+    sources = (build.load_reward_sources(workdirs, mesh)
+               if workdirs or not config.reward.get("rules") else [])
     rollout = build.rollout_task(config, sources, gold) if task is None else \
         build.as_rollout_task(task, gold)
-    build.check_sources(sources, rollout)
     if (critic_model is None and config.critic.init == "reward_model"
         and algorithms.settings(config.rl, config.kl).critic):
+      if not sources:
+        raise ValueError("critic.init='reward_model' needs a reward.workdirs run; with rule "
+                         "rewards only set critic.init='policy' or a critic-free algorithm")
       critic_model = build.first_member(sources[0])
+    sources = sources + build.rule_sources(config, rollout, sources)
+    build.check_sources(sources, rollout)
   else:
     rollout = build.as_rollout_task(task, gold)
     sources = [build.as_source(s, rollout.policy.cfg.vocab_size, j)
@@ -338,6 +344,8 @@ def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
     critic_model = rollout.policy
   if not algorithms.settings(config.rl, config.kl).critic:
     critic_model = None  # a critic-free algorithm builds no critic
+  for source in sources:
+    print(f"reward source {source.name}: {getattr(source, 'scale', 'scale not stated')}")
   return RLTrainer(config, sources, rollout, critic_model, mesh), mesh
 
 

@@ -1,9 +1,12 @@
 """Reward sources: what RL and best-of-n score token sequences with.
 
-A reward source maps sequences to member rewards: ``source(tokens, mask) -> [B, K]``
-float32 for tokens [B, T] int32 and mask [B, T] bool (prompt then response, real tokens
-first, right-padded), K >= 1 members. Beside the call it tells a consumer what it needs to
-check that the source can score its sequences:
+A reward source maps sequences to member rewards: ``source(tokens, mask, prompt_len=None)
+-> [B, K]`` float32 for tokens [B, T] int32 and mask [B, T] bool (prompt then response,
+real tokens first, right-padded), K >= 1 members; ``prompt_len`` [B] int (each row's
+prompt tokens) is passed by the RL trainer and read by the sources that score a response
+against its prompt (``rmjax.rl.rule_rewards``); a reward model ignores it. Beside the call
+it tells a consumer what it needs to check that the source can score its sequences, and
+what its numbers mean:
 
 * ``name``: where it came from (a workdir, or a label), so that a message can name it;
 * ``vocab_size``: the token ids it reads (a policy must sample below it);
@@ -11,7 +14,9 @@ check that the source can score its sequences:
   of its vocabulary; "" for token ids no tokenizer made, e.g. the synthetic task's);
 * ``task``: the world it was trained in (``task_id``: the synthetic task's config, or
   "files" for preference files), which decides which prompts and policy belong to it;
-* ``num_members``: K.
+* ``num_members``: K;
+* ``scale``: what its rewards are, in words (a Bradley–Terry logit, BLEU in [0, 1], ...),
+  so that a run that combines several says what it added.
 
 ``WorkdirSource`` wraps a ``rmjax train-rm`` run (``load.load_ensemble``);
 ``FunctionSource`` wraps any jitted function (a known reward in tests, a normalised or
@@ -44,8 +49,9 @@ class RewardSource(Protocol):
   tokenizer: str
   task: str
   num_members: int
+  scale: str
 
-  def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array: ...
+  def __call__(self, tokens: jax.Array, mask: jax.Array, prompt_len=None) -> jax.Array: ...
 
 
 @functools.lru_cache(maxsize=16)
@@ -96,8 +102,11 @@ class WorkdirSource:
     self.tokenizer = tokenizer_id(run_tokenizer(run_config))
     self.task = task_id(run_config)
     self.num_members = int(ensemble.k)
+    self.scale = ("Bradley–Terry logits (unbounded; only differences are meaningful), one per "
+                  f"member of {self.num_members}")
 
-  def __call__(self, tokens, mask):
+  def __call__(self, tokens, mask, prompt_len=None):
+    del prompt_len  # a reward model reads the whole sequence
     return self.ensemble(tokens, mask)
 
 
@@ -117,8 +126,10 @@ class FunctionSource:
   tokenizer: str = ""
   task: str = ""
   name: str = "function"
+  scale: str = "as the function returns it (not stated)"
 
-  def __call__(self, tokens, mask):
+  def __call__(self, tokens, mask, prompt_len=None):
+    del prompt_len
     out = self.fn(tokens, mask)
     return out[:, None] if out.ndim == 1 else out
 

@@ -123,6 +123,25 @@ def test_a_critic_free_algorithm_on_file_prompts_with_an_hf_policy(world, tmp_pa
   assert "critic" not in saved and "actor" in saved
 
 
+def test_rule_rewards_alone_on_prompts_with_references(world, tmp_path):
+  """GRPO with exact match and BLEU against each prompt's reference: no reward model."""
+  rows = [{"prompt": f"w{i} w{i + 1}", "reference": f"w{i + 2} w{i + 3}"} for i in range(6)]
+  (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = _ppo_config(world, tmp_path / "rules")
+  config.rl.algorithm = "grpo"
+  config.reward.update(workdirs=(), rules=("exact_match", "bleu"), weights=(1.0, 0.5),
+                       member_norm=False, normalize=False, clip=0.0)
+  config.prompts.path = str(tmp_path / "qa.jsonl")
+  trainer, _ = ppo_trainer.build_run(config)
+  assert [s.name for s in trainer.sources] == ["rule exact_match", "rule bleu"]
+  ppo_trainer.train(config)
+  rows = [json.loads(line) for line in open(tmp_path / "rules" / "metrics.jsonl")]
+  rows = [r for r in rows if r.get("split") == "train"]
+  for r in rows:
+    assert 0.0 <= r["proxy_0"] <= 1.0 and 0.0 <= r["proxy_1"] <= 1.0
+    assert r["score"] == pytest.approx(r["proxy_0"] + 0.5 * r["proxy_1"], abs=1e-5)
+
+
 def test_hf_policy_file_prompts_and_a_files_reward_model_end_to_end(world, tmp_path):
   result = ppo_trainer.train(_ppo_config(world, tmp_path / "ppo", world / "rm"))
   rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]

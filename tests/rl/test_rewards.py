@@ -92,3 +92,30 @@ def test_every_source_is_checked_and_the_one_that_differs_is_named():
   with pytest.raises(ValueError, match=r"reward model runs/c: its task 'files'"):
     reward_source.check_compatible([_source("runs/a", 128, task="synthetic:{}"),
                                     _source("runs/c", 128, task="files")])
+
+
+def test_weighted_sum_of_sources_and_its_checks():
+  scores = np.array([[1.0, 10.0], [2.0, 20.0]], np.float32)
+  cfg = rewards.ScoreConfig(weights=(0.5, 0.1))
+  np.testing.assert_allclose(rewards.transform(scores, None, cfg), [1.5, 3.0])
+  np.testing.assert_allclose(rewards.transform(scores, None, rewards.ScoreConfig()),
+                             [11.0, 22.0])
+  with pytest.raises(ValueError, match="3 entries for 2 reward sources"):
+    rewards.transform(scores, None, rewards.ScoreConfig(weights=(1.0, 1.0, 1.0)))
+  with pytest.raises(ValueError, match="not 'lsc'"):
+    rewards.ScoreConfig(weights=(1.0,), transform="lsc")
+
+
+def test_rule_source_scores_each_response_against_its_prompts_reference():
+  from rmjax.rl.rule_rewards import RuleSource
+  refs = {(1, 5): [7, 8], (1, 6, 6): [9]}
+  source = RuleSource("exact_match", refs, vocab_size=16, eos_id=2)
+  tokens = np.array([[1, 5, 7, 8, 2, 0], [1, 6, 6, 9, 9, 2], [1, 5, 7, 2, 0, 0]])
+  mask = tokens > 0
+  out = source(tokens, mask, np.array([2, 3, 2]))
+  np.testing.assert_array_equal(out[:, 0], [1.0, 0.0, 0.0])  # EOS dropped; 9 9 != 9
+  assert source.num_members == 1 and "0" in source.scale
+  with pytest.raises(ValueError, match="must pass each row's prompt_len"):
+    source(tokens, mask)
+  with pytest.raises(ValueError, match="has no reference"):
+    source(tokens, mask, np.array([1, 3, 2]))
