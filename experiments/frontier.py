@@ -187,6 +187,10 @@ def summarise(c, curves: dict, controls_curves: dict, proxy_eval: dict, seconds:
         "verdict": stats.verdict(dl, -1, True) if dl else stats.NOT_TESTABLE,
         "evidence": "length(Dr. GRPO) - length(GRPO), last 5 iterations: "
                     + (report.interval(dl, signed=True) if dl else "fewer than 2 seeds")}
+  broken = stats.harness_message(controls)
+  if broken:  # a failed control: no comparison of this run means anything
+    for v in verdicts.values():
+      v["verdict"] = broken
   return {"gold_at_kl": table, "minus_ppo": diffs, "reach": reach, "base_gold": base,
           "proxy_eval": proxy_eval, "precondition": precondition, "controls": controls,
           "verdicts": verdicts, "seconds": seconds,
