@@ -171,7 +171,7 @@ def test_ppo_actor(runs, tmp_path):
   record = _export(tmp_path / "ppo", tmp_path / "actor")
   assert record["kind"] == "policy" and record["step"] == 5
   _check_policy(tmp_path / "actor", actor)
-  with pytest.raises(ValueError, match="is an rl run: export its actor with kind=policy"):
+  with pytest.raises(ValueError, match="is an rl run: export its policy with kind=policy"):
     _export(tmp_path / "ppo", tmp_path / "x", kind="reward")
 
 

@@ -141,19 +141,21 @@ def run(config) -> dict:
   step, provenance = load_rm.read_provenance(config.workdir,
                                              None if config.step < 0 else config.step)
   run_config = provenance.get("config") or {}
-  is_rl = "rl" in run_config
-  kind = config.kind if config.kind != "auto" else "policy" if is_rl else "reward"
-  if kind == "reward" and is_rl:
-    raise ValueError(f"{config.workdir} is an rl run: export its actor with kind=policy")
+  program = rl_build.run_program(run_config)  # "rl", "dpo", "sft" or "" (train-rm)
+  is_policy_run = bool(program)
+  kind = config.kind if config.kind != "auto" else "policy" if is_policy_run else "reward"
+  if kind == "reward" and is_policy_run:
+    raise ValueError(f"{config.workdir} is an {program} run: export its policy with "
+                     "kind=policy")
   if kind == "reward":
     models, _ = reward_models(config.workdir, step, config.member)
   else:
     if config.member != -1:
       raise ValueError(f"member={config.member} applies to reward models; a policy is one model")
     where = f"{load_rm.checkpoint_dir(config.workdir)}/{step}"
-    if "model" not in run_config and not is_rl:
-      raise ValueError(f"{where}: the provenance holds no train-rm or rl run config")
-    model = (rl_build.rl_actor(config.workdir, step) if is_rl
+    if "model" not in run_config and not is_policy_run:
+      raise ValueError(f"{where}: the provenance holds no train-rm, rl, dpo or sft run config")
+    model = (rl_build.trained_policy(config.workdir, step) if is_policy_run
              else base_policy(run_config, where))
     models = [("", model, None)]
   spec = tokenizer_spec(run_config)

@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synthetic.num_train_pairs = 2000
   c.data.synthetic.num_eval_pairs = 256
   # "" = the synthetic task's base policy (data.source must be "synthetic"); else a Hugging
-  # Face folder or a .gguf file whose tokenizer the data was tokenised with.
+  # Face folder or a .gguf file whose tokenizer the data was tokenised with, or an rmjax
+  # rl, dpo or sft workdir (its trained policy: e.g. DPO after SFT).
   c.policy = ml_collections.ConfigDict(dict(init_from=""))
   # loss: dpo, cdpo (label_smoothing), ipo, simpo (beta 2, simpo_gamma), orpo (orpo_lambda)
   # or kto (the kto_* weights); rmjax/objectives/dpo.py. beta: the implicit reward's scale
@@ -44,7 +45,8 @@ FIELDS = {
     "seed": "seed of the data order and the evaluation samples",
     **describe.section("mesh", describe.MESH),
     **{k: v for k, v in train_rm.FIELDS.items() if k.startswith("data.")},
-    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder or a .gguf file",
+    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "
+                        "file or an rl, dpo or sft workdir",
     "dpo.loss": "dpo, cdpo, ipo, simpo, orpo or kto",
     "dpo.beta": "scale of the implicit reward beta * log(pi / pi_ref) (IPO's tau; SimPO's beta)",
     "dpo.label_smoothing": "cdpo: probability that a label is wrong",

@@ -169,6 +169,7 @@ RANGES: dict[str, Range] = {
     "dpo.kto_undesirable_weight": AT_LEAST_0,
     "train.eval_prompts": AT_LEAST_0,  # 0 = no policy samples in the evaluation
     # sft
+    "sft.prompt_loss_weight": AT_LEAST_0,
     "data.best_of_n.prompts": AT_LEAST_1,
     "data.best_of_n.n": AT_LEAST_1,
     "data.best_of_n.temperature": POSITIVE,

@@ -27,8 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
       best_of_n=ml_collections.ConfigDict(dict(
           prompts=1024, n=8, reward="runs/train_rm", temperature=1.0))))
   c.data.synthetic.update(num_train_pairs=2000, num_eval_pairs=256)
-  # "" = the synthetic task's base policy; else a Hugging Face folder or a .gguf file.
+  # "" = the synthetic task's base policy; else a Hugging Face folder, a .gguf file or an
+  # rmjax rl, dpo or sft workdir (its trained policy).
   c.policy = ml_collections.ConfigDict(dict(init_from=""))
+  # The weight of the prompt's own next-token predictions in the loss: 0 = response tokens
+  # only (the usual SFT), 1 = every token alike.
+  c.sft = ml_collections.ConfigDict(dict(prompt_loss_weight=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0,
       grad_accum=1))
@@ -55,7 +59,9 @@ FIELDS = {
     "data.best_of_n.n": "samples per prompt to choose from",
     "data.best_of_n.reward": "a train-rm workdir (its members' mean) or \"gold\" (the control)",
     "data.best_of_n.temperature": "sampling temperature of the candidates",
-    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder or a .gguf file",
+    "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "
+                        "file or an rl, dpo or sft workdir",
+    "sft.prompt_loss_weight": "weight of the prompt tokens' predictions; 0 = response only",
     **describe.section("optim", describe.OPTIM),
     **describe.section("train", describe.POLICY_TRAIN),
 }

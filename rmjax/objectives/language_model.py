@@ -55,11 +55,14 @@ def response_prediction_mask(mask, prompt_len):
   return m & (position >= jnp.asarray(prompt_len)[:, None])
 
 
-def response_loss(logits, tokens, mask, prompt_len):
-  """Supervised fine-tuning's loss: the mean next-token cross-entropy over response tokens
-  only (the prompt is context, not a target); 0 when a batch has none. Shapes as
-  ``next_token_loss`` plus prompt_len int [B]."""
-  m = response_prediction_mask(mask, prompt_len)
+def response_loss(logits, tokens, mask, prompt_len, prompt_weight=0.0):
+  """Supervised fine-tuning's loss: the next-token cross-entropy of the response tokens
+  (the prompt is context, not a target), plus the prompt's own predictions weighted by
+  ``prompt_weight`` (0: response only; 1: every token alike, as pretraining); the weighted
+  mean, 0 when a batch has nothing to predict. Shapes as ``next_token_loss`` plus
+  prompt_len int [B]."""
+  response = response_prediction_mask(mask, prompt_len)
+  weight = jnp.where(response, 1.0, jnp.where(next_token_mask(mask), prompt_weight, 0.0))
   nll = next_token_nll(logits, tokens)
-  count = jnp.sum(m)
-  return jnp.where(count > 0, jnp.sum(jnp.where(m, nll, 0.0)) / jnp.maximum(count, 1), 0.0)
+  total = jnp.sum(weight)
+  return jnp.where(total > 0, jnp.sum(weight * nll) / jnp.maximum(total, 1e-12), 0.0)

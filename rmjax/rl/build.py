@@ -28,7 +28,7 @@ from rmjax.data.schema import DataError
 from rmjax.models import gguf_io, hf_io, lora
 from rmjax.models.transformer import Transformer
 from rmjax.parallel.sharding import to_host
-from rmjax.rl import rule_rewards
+from rmjax.rl import implicit_reward, rule_rewards
 from rmjax.rm import load as load_rm
 from rmjax.rm import reward_source
 from rmjax.runtime.checkpoint import abstract_like
@@ -90,11 +90,25 @@ def as_rollout_task(task, gold: bool = True) -> RolloutTask:
 
 # --- reward sources -----------------------------------------------------------------------
 
-def load_reward_sources(workdirs, mesh) -> list[reward_source.WorkdirSource]:
-  """The reward source of every ``reward.workdirs`` entry, in order."""
+def load_reward_sources(workdirs, mesh) -> list:
+  """The reward source of every ``reward.workdirs`` entry, in order: a ``train-rm`` run's
+  reward model or ensemble, or an ``rmjax dpo`` run's implicit reward."""
   if not workdirs:
     raise ValueError("reward.workdirs is empty; train a reward model with rmjax train-rm")
-  return [reward_source.from_workdir(w, mesh) for w in workdirs]
+  return [dpo_source(w) if run_program(_read_provenance(w)) == "dpo"
+          else reward_source.from_workdir(w, mesh) for w in workdirs]
+
+
+def dpo_source(workdir) -> implicit_reward.ImplicitRewardSource:
+  """The implicit reward of an ``rmjax dpo`` run's latest policy against the policy it
+  started from, with the run's β."""
+  run = _read_provenance(workdir)
+  source = implicit_reward.ImplicitRewardSource(
+      trained_policy(workdir), starting_policy(run), float(run.dpo.beta), str(workdir),
+      tokenizer=reward_source.tokenizer_id(reward_source.run_tokenizer(run)),
+      task=reward_source.task_id(run))
+  source.run_config = run  # its data name the task whose prompts and policy belong to it
+  return source
 
 
 def as_source(fn, vocab_size: int, index: int = 0):
@@ -151,24 +165,46 @@ def _read_provenance(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(load_rm.read_provenance(workdir)[1].get("config") or {})
 
 
-def rl_actor(workdir, step: int | None = None) -> Transformer:
-  """The actor of an ``rmjax rl`` run's checkpoint ``step`` (None: the latest), with its
-  LoRA adapters as trained (``lora.merged`` folds them in); its architecture is the run's
-  own ``policy_model``, so a run whose policy came from a file rebuilds the same model."""
+POLICY_PROGRAMS = ("rl", "dpo", "sft")  # runs whose checkpoints hold a trained policy
+
+
+def run_program(run) -> str:
+  """Which policy program wrote a run config: "rl", "dpo" or "sft" ("" for none, e.g. a
+  train-rm run)."""
+  return next((name for name in POLICY_PROGRAMS if name in run), "")
+
+
+def starting_policy(run) -> Transformer:
+  """The policy a run of ``run_program(run)`` started from (the architecture its
+  checkpoints hold, and its reference): its ``policy.init_from``, or the synthetic task's
+  base policy (an rl run: of its reward models' task; dpo and sft: of their data's)."""
+  if run_program(run) == "rl" or (run.get("policy") or {}).get("init_from"):
+    return policy_model(run, [])
+  return synthetic.build_task(synthetic.from_fields(run.data.synthetic.to_dict())).policy
+
+
+def trained_policy(workdir, step: int | None = None) -> Transformer:
+  """The policy of an ``rmjax rl``, ``dpo`` or ``sft`` run's checkpoint ``step`` (None: the
+  latest): rl's actor with its LoRA adapters as trained (``lora.merged`` folds them in),
+  dpo's and sft's params; its architecture is the run's own starting policy, so a run
+  whose policy came from a file rebuilds the same model."""
   run = _read_provenance(workdir)
-  if "rl" not in run:
-    raise ValueError(f"policy.init_from={workdir}: not an rmjax rl run (a train-rm run's "
-                     "reward model has no LM head to sample from)")
-  base = policy_model(run, [])
-  cfg = base.cfg.replace(**lora.config_fields(run.get("actor")))
+  program = run_program(run)
+  if not program:
+    raise ValueError(f"policy.init_from={workdir}: not an rmjax rl, dpo or sft run (a "
+                     "train-rm run's reward model has no LM head to sample from)")
+  cfg = starting_policy(run).cfg
+  key = "actor" if program == "rl" else "params"
+  if program == "rl":
+    cfg = cfg.replace(**lora.config_fields(run.get("actor")))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-  target = {"actor": abstract_like(abstract, parallel.tree_shardings(
+  target = {key: abstract_like(abstract, parallel.tree_shardings(
       abstract, load_rm.single_device_mesh()))}
   with load_rm.opened_step(workdir, step) as (manager, step):
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)))
-  return nnx.merge(graphdef, restored.state["actor"])
+  return nnx.merge(graphdef, restored.state[key])
 
 
 def policy_model(config, sources) -> Transformer:
@@ -188,7 +224,7 @@ def policy_model(config, sources) -> Transformer:
 
 def policy_from(init_from: str) -> Transformer:
   """The causal LM of a ``.gguf`` file, a Hugging Face folder (config.json) or an
-  ``rmjax rl`` workdir (its actor, LoRA folded in)."""
+  ``rmjax rl``, ``dpo`` or ``sft`` workdir (its trained policy, LoRA folded in)."""
   path = pathlib.Path(init_from)
   if init_from.endswith(".gguf"):
     if not path.is_file():
@@ -197,9 +233,9 @@ def policy_from(init_from: str) -> Transformer:
   if (path / "config.json").is_file():
     return hf_io.load_hf(path, lm_head=True)
   if path.is_dir():
-    return lora.merged(rl_actor(path))
+    return lora.merged(trained_policy(path))
   raise FileNotFoundError(f"policy.init_from={init_from}: not a .gguf file, a Hugging Face "
-                          "folder (config.json) or an rmjax rl workdir")
+                          "folder (config.json) or an rmjax rl, dpo or sft workdir")
 
 
 def policy_state(reference, tx, mesh):

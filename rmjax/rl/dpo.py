@@ -30,9 +30,9 @@ from rmjax import parallel
 from rmjax.data import schema
 from rmjax.data.array_source import padded_batches
 from rmjax.objectives import dpo as dpo_lib
-from rmjax.objectives import language_model
 from rmjax.parallel.sharding import to_host
 from rmjax.rl import build, policy_eval
+from rmjax.rl.implicit_reward import sequence_logprobs
 from rmjax.rm import batches as rm_batches
 from rmjax.rm.strength import INDEX
 from rmjax.runtime import loop
@@ -45,15 +45,6 @@ PAIR_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
              schema.REJECTED_MASK, "prompt_len", schema.WEIGHT)
 REF_CHOSEN, REF_REJECTED = "ref_chosen", "ref_rejected"  # precomputed reference log-probs
 REFERENCES = ("model", "precomputed")
-
-
-def sequence_logprobs(model, tokens, mask, prompt_len):
-  """(Σ log π(y_t | x, y_<t) over each row's response tokens [B], their count [B]) of
-  right-padded rows [B, S] whose first ``prompt_len`` [B] tokens are the prompt."""
-  hidden, _ = model(tokens, mask)
-  token_logp = -language_model.next_token_nll(model.logits(hidden), tokens)
-  response = language_model.response_prediction_mask(mask, prompt_len)
-  return jnp.sum(jnp.where(response, token_logp, 0.0), axis=1), jnp.sum(response, axis=1)
 
 
 def pair_logprobs(model, batch):
@@ -117,15 +108,14 @@ class DPOTrainer:
     self.config = config
     self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
     tc = config.train
-    self.task = None
-    if not config.policy.init_from:
-      if config.data.source != "synthetic":
-        raise ValueError("policy.init_from is empty, so the policy is the synthetic task's, "
-                         f"but data.source={config.data.source!r}: set policy.init_from")
+    if not config.policy.init_from and config.data.source != "synthetic":
+      raise ValueError("policy.init_from is empty, so the policy is the synthetic task's, "
+                       f"but data.source={config.data.source!r}: set policy.init_from")
+    self.task = None  # the synthetic task, when the data are its pairs: the gold hook
+    if config.data.source == "synthetic":
       self.task = synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict()))
-      policy = self.task.policy
-    else:
-      policy = build.policy_from(str(config.policy.init_from))
+    policy = (build.policy_from(str(config.policy.init_from)) if config.policy.init_from
+              else self.task.policy)
     self.data = rm_batches.load(config.data, tc.batch_size, config.seed)
     if self.data.vocab_size > policy.cfg.vocab_size:
       raise ValueError(f"the data's vocabulary of {self.data.vocab_size} ids does not fit "

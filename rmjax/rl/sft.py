@@ -132,14 +132,15 @@ def rows_hash(*splits: dict) -> str:
   return digest.hexdigest()[:16]
 
 
-def make_loss_fn(graphdef):
-  """``loss_fn(params, batch, dropout_key) -> scalar``: the response tokens' mean NLL."""
+def make_loss_fn(graphdef, prompt_weight: float = 0.0):
+  """``loss_fn(params, batch, dropout_key) -> scalar``: the response tokens' mean NLL (the
+  prompt's predictions weighted by ``prompt_weight``)."""
 
   def loss_fn(params, batch, dropout_key):
     model = nnx.merge(graphdef, params)
     hidden, _ = model(batch["tokens"], batch["mask"], dropout_key=dropout_key)
     return language_model.response_loss(model.logits(hidden), batch["tokens"], batch["mask"],
-                                        batch["prompt_len"])
+                                        batch["prompt_len"], prompt_weight)
 
   return loss_fn
 
@@ -178,7 +179,7 @@ class SFTTrainer:
     self.graphdef, reference = nnx.split(policy)
     self.reference = parallel.shard_tree(reference, self.mesh)
     self.tx = make_optimizer(config.optim, tc.steps, None)
-    self.loss_fn = make_loss_fn(self.graphdef)
+    self.loss_fn = make_loss_fn(self.graphdef, float(config.sft.prompt_loss_weight))
     self._eval_sums = jax.jit(self._response_sums)
     self.shardings = None
     self._gold_reference = None

@@ -329,9 +329,10 @@ def build_run(config, scorers=None, task=None, critic_model=None, mesh=None):
         build.as_rollout_task(task, gold)
     if (critic_model is None and config.critic.init == "reward_model"
         and algorithms.settings(config.rl, config.kl).critic):
-      if not sources:
-        raise ValueError("critic.init='reward_model' needs a reward.workdirs run; with rule "
-                         "rewards only set critic.init='policy' or a critic-free algorithm")
+      if not sources or not hasattr(sources[0], "ensemble"):
+        raise ValueError("critic.init='reward_model' needs a train-rm run first in "
+                         "reward.workdirs; otherwise set critic.init='policy' or use a "
+                         "critic-free algorithm")
       critic_model = build.first_member(sources[0])
     sources = sources + build.rule_sources(config, rollout, sources)
     build.check_sources(sources, rollout)

@@ -53,3 +53,11 @@ def test_response_loss_counts_only_the_response_tokens():
   assert float(got) == pytest.approx(want, rel=1e-6)
   m = language_model.response_prediction_mask(mask, prompt_len)
   np.testing.assert_array_equal(m, [[False, True, True], [True, False, False]])
+
+
+def test_response_loss_weighs_the_prompt_by_prompt_weight():
+  logits = np.log(np.array([[[0.5, 0.25, 0.25]] * 3]))
+  tokens, mask, prompt_len = np.array([[0, 1, 2]]), np.ones((1, 3), bool), np.array([2])
+  # predictions: position 1 (prompt, id 1: p 0.25), position 2 (response, id 2: p 0.25)
+  got = language_model.response_loss(logits, tokens, mask, prompt_len, prompt_weight=0.5)
+  assert float(got) == pytest.approx(-(0.5 * np.log(0.25) + np.log(0.25)) / 1.5, rel=1e-6)

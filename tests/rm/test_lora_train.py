@@ -183,7 +183,7 @@ def test_ppo_with_lora_actor_and_critic_keeps_both_bases_frozen(rm_run, tmp_path
                          starts["critic"]["reward_head"][:, 0])  # the value head trains
   # The actor exported as a causal LM, adapters merged: transformers' logits match ours.
   tokens, mask = _batch()
-  actor = rl_build.rl_actor(tmp_path / "ppo")
+  actor = rl_build.trained_policy(tmp_path / "ppo")
   assert actor.cfg.lora_rank == 4
   _export(tmp_path / "ppo", tmp_path / "actor", kind="policy")
   theirs = _hf_logits(transformers.LlamaForCausalLM, tmp_path / "actor", tokens, mask)

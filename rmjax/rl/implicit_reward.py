@@ -1,0 +1,55 @@
+"""A DPO-trained policy as a reward source: the implicit reward r(x, y) = β·(log π(y | x) −
+log π_ref(y | x)), summed over the response's tokens (Rafailov et al. 2023), so that
+``rmjax rl`` and best-of-n score with a DPO policy exactly as with a classifier reward
+model (``reward.workdirs`` may name an ``rmjax dpo`` run).
+
+``sequence_logprobs`` is the response log-likelihood of right-padded prompt + response
+rows, shared with the DPO trainer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rmjax.models.transformer import Transformer
+from rmjax.objectives import language_model
+
+
+def sequence_logprobs(model, tokens, mask, prompt_len):
+  """(Σ log π(y_t | x, y_<t) over each row's response tokens [B], their count [B]) of
+  right-padded rows [B, S] whose first ``prompt_len`` [B] tokens are the prompt."""
+  hidden, _ = model(tokens, mask)
+  token_logp = -language_model.next_token_nll(model.logits(hidden), tokens)
+  response = language_model.response_prediction_mask(mask, prompt_len)
+  return jnp.sum(jnp.where(response, token_logp, 0.0), axis=1), jnp.sum(response, axis=1)
+
+
+class ImplicitRewardSource:
+  """β·log(π/π_ref) of each response, one member; needs each row's ``prompt_len``."""
+
+  num_members = 1
+
+  def __init__(self, policy: Transformer, reference: Transformer, beta: float, name: str,
+               tokenizer: str = "", task: str = ""):
+    self.graphdef, self.params = nnx.split(policy)
+    ref_graphdef, self.reference = nnx.split(reference)
+    self.vocab_size = int(policy.cfg.vocab_size)
+    self.beta, self.name, self.tokenizer, self.task = float(beta), name, tokenizer, task
+    self.scale = (f"DPO implicit reward beta * log(pi / pi_ref) summed over the response "
+                  f"(beta {self.beta:g}; unbounded, 0 where the policy equals its reference)")
+
+    def score(params, reference, tokens, mask, prompt_len):
+      logp, _ = sequence_logprobs(nnx.merge(self.graphdef, params), tokens, mask, prompt_len)
+      ref, _ = sequence_logprobs(nnx.merge(ref_graphdef, reference), tokens, mask, prompt_len)
+      return (self.beta * (logp - ref))[:, None]
+
+    self._score = jax.jit(score)
+
+  def __call__(self, tokens, mask, prompt_len=None):
+    if prompt_len is None:
+      raise ValueError(f"{self.name}: the implicit reward sums over the response, so the "
+                       "caller must pass each row's prompt_len")
+    return self._score(self.params, self.reference, jnp.asarray(tokens), jnp.asarray(mask),
+                       jnp.asarray(prompt_len, jnp.int32))
