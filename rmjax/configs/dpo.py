@@ -30,6 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(
       loss="dpo", beta=0.1, label_smoothing=0.1, simpo_gamma=1.0, orpo_lambda=0.1,
       kto_desirable_weight=1.0, kto_undesirable_weight=1.0, reference="model"))
+  # Iterative (online) DPO, rmjax/rl/online_dpo.py: rounds > 0 replaces the data's pairs by
+  # pairs of the policy's own samples, each round: prompts synthetic prompts x samples
+  # responses, labelled by labeller "reward" (the members' mean of the train-rm run
+  # `reward`) or "implicit" (the policy's own beta log pi/pi_ref, SPA); pairs
+  # "best_worst" or "all"; then updates DPO steps on them.
+  c.dpo.online = ml_collections.ConfigDict(dict(
+      rounds=0, prompts=64, samples=4, pairs="best_worst", labeller="reward",
+      reward="runs/train_rm", updates=4, temperature=1.0))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0,
       grad_accum=1))
@@ -55,6 +63,14 @@ FIELDS = {
     "dpo.kto_desirable_weight": "kto: weight of the chosen (desirable) term",
     "dpo.kto_undesirable_weight": "kto: weight of the rejected (undesirable) term",
     "dpo.reference": "\"model\" (run in every step) or \"precomputed\" (once, before training)",
+    "dpo.online.rounds": "iterative DPO rounds on the policy's own samples; 0 = offline pairs",
+    "dpo.online.prompts": "synthetic prompts sampled each round",
+    "dpo.online.samples": "responses per prompt each round",
+    "dpo.online.pairs": "\"best_worst\" per prompt, or \"all\" pairs of its samples",
+    "dpo.online.labeller": "\"reward\" (dpo.online.reward) or \"implicit\" (the policy's own, SPA)",
+    "dpo.online.reward": "the train-rm run that labels pairs (labeller \"reward\")",
+    "dpo.online.updates": "DPO steps (minibatches of the round's pairs) per round",
+    "dpo.online.temperature": "sampling temperature of the round's responses",
     **describe.section("optim", describe.OPTIM),
     **describe.section("train", describe.POLICY_TRAIN),
 }

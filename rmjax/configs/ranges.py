@@ -168,6 +168,11 @@ RANGES: dict[str, Range] = {
     "dpo.kto_desirable_weight": AT_LEAST_0,
     "dpo.kto_undesirable_weight": AT_LEAST_0,
     "train.eval_prompts": AT_LEAST_0,  # 0 = no policy samples in the evaluation
+    "dpo.online.rounds": AT_LEAST_0,  # 0 = offline
+    "dpo.online.prompts": AT_LEAST_1,
+    "dpo.online.samples": Range(2),  # a pair needs two
+    "dpo.online.updates": AT_LEAST_1,
+    "dpo.online.temperature": POSITIVE,
     # sft
     "sft.prompt_loss_weight": AT_LEAST_0,
     "data.best_of_n.prompts": AT_LEAST_1,

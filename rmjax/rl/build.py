@@ -95,14 +95,14 @@ def load_reward_sources(workdirs, mesh) -> list:
   reward model or ensemble, or an ``rmjax dpo`` run's implicit reward."""
   if not workdirs:
     raise ValueError("reward.workdirs is empty; train a reward model with rmjax train-rm")
-  return [dpo_source(w) if run_program(_read_provenance(w)) == "dpo"
+  return [dpo_source(w) if run_program(read_run_config(w)) == "dpo"
           else reward_source.from_workdir(w, mesh) for w in workdirs]
 
 
 def dpo_source(workdir) -> implicit_reward.ImplicitRewardSource:
   """The implicit reward of an ``rmjax dpo`` run's latest policy against the policy it
   started from, with the run's β."""
-  run = _read_provenance(workdir)
+  run = read_run_config(workdir)
   source = implicit_reward.ImplicitRewardSource(
       trained_policy(workdir), starting_policy(run), float(run.dpo.beta), str(workdir),
       tokenizer=reward_source.tokenizer_id(reward_source.run_tokenizer(run)),
@@ -160,7 +160,7 @@ def _synthetic_config(run_config, where: str) -> synthetic.SyntheticConfig:
   return synthetic.from_fields(data["synthetic"])
 
 
-def _read_provenance(workdir) -> ml_collections.ConfigDict:
+def read_run_config(workdir) -> ml_collections.ConfigDict:
   """The run config stored with a run's latest checkpoint."""
   return ml_collections.ConfigDict(load_rm.read_provenance(workdir)[1].get("config") or {})
 
@@ -188,7 +188,7 @@ def trained_policy(workdir, step: int | None = None) -> Transformer:
   latest): rl's actor with its LoRA adapters as trained (``lora.merged`` folds them in),
   dpo's and sft's params; its architecture is the run's own starting policy, so a run
   whose policy came from a file rebuilds the same model."""
-  run = _read_provenance(workdir)
+  run = read_run_config(workdir)
   program = run_program(run)
   if not program:
     raise ValueError(f"policy.init_from={workdir}: not an rmjax rl, dpo or sft run (a "
@@ -217,7 +217,7 @@ def policy_model(config, sources) -> Transformer:
       run, where = sources[0].run_config, sources[0].name
     else:
       where = config.reward.workdirs[0]
-      run = _read_provenance(where)
+      run = read_run_config(where)
     return synthetic.build_task(_synthetic_config(run, where)).policy
   return policy_from(init_from)
 

@@ -1,0 +1,206 @@
+"""Iterative (online) DPO (``rmjax dpo`` with ``dpo.online.rounds > 0``): each round samples
+``samples`` responses to ``prompts`` synthetic-task prompts from the current policy, labels
+pairs among them, and takes ``updates`` DPO steps (``dpo.loss``) on those pairs.
+
+Labellers (``dpo.online.labeller``): "reward", the members' mean of a ``train-rm`` run
+(``dpo.online.reward``), or "implicit", the policy's own implicit reward β·log(π/π_ref)
+summed over the response, as "Aligning Large Language Models with Self-generated
+Preference Data" (SPA) labels its own samples; it goes on from an ``rmjax dpo`` run (trained
+on seed pairs: ``policy.init_from``) against that run's reference. Pairs (``dpo.online.pairs``): "best_worst",
+each prompt's highest against its lowest scored sample (a prompt whose samples tie
+weighs 0), or "all", every two samples of a prompt, the higher scored as chosen (ties 0).
+The reference is the starting policy (SPA: the DPO run's own reference). One round is one step of the training loop, so
+every checkpoint falls between rounds and, as every key derives from (seed, round), a
+killed run resumes bit for bit. Each round logs the DPO metrics (means over its updates),
+the labeller's chosen − rejected gap, and on the synthetic task the gold reward and the k1
+KL to the reference of the round's samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rmjax import parallel
+from rmjax.data import schema
+from rmjax.models.sampler import SamplingConfig, generate
+from rmjax.objectives import dpo as dpo_lib
+from rmjax.objectives import kl as kl_lib
+from rmjax.parallel.sharding import to_host
+from rmjax.rl import build, dpo
+from rmjax.rl import rewards as rl_rewards
+from rmjax.rl.best_of_n import right_padded
+from rmjax.rl.implicit_reward import ImplicitRewardSource
+from rmjax.rl.ppo_step import response_logprobs
+from rmjax.rm import reward_source
+from rmjax.runtime import loop
+from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
+from rmjax.runtime.metrics import MetricsWriter, Progress
+from rmjax.runtime.optim import make_optimizer
+from rmjax.tasks import preference as synthetic
+
+LABELLERS = ("reward", "implicit")
+PAIRINGS = ("best_worst", "all")
+
+
+def pair_indices(scores: np.ndarray, pairing: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(chosen, rejected, weight) over the samples [P, k] of ``scores``: flat row indices
+  p·k + i and a weight of 0 where the two scores tie."""
+  p, k = scores.shape
+  if pairing == "best_worst":
+    best, worst = np.argmax(scores, axis=1), np.argmin(scores, axis=1)
+    chosen, rejected = np.arange(p) * k + best, np.arange(p) * k + worst
+  elif pairing == "all":
+    i, j = (np.array(x) for x in zip(*itertools.combinations(range(k), 2)))
+    first = scores[:, i] >= scores[:, j]
+    base = (np.arange(p) * k)[:, None]
+    chosen = (base + np.where(first, i, j)).reshape(-1)
+    rejected = (base + np.where(first, j, i)).reshape(-1)
+  else:
+    raise ValueError(f"dpo.online.pairs={pairing!r} is not one of {PAIRINGS}")
+  flat = scores.reshape(-1)
+  weight = (flat[chosen] != flat[rejected]).astype(np.float32)
+  return chosen, rejected, weight
+
+
+class OnlineDPOTrainer:
+  """Policy, reference, labeller and compiled step of one online run."""
+
+  def __init__(self, config, mesh=None):
+    c = self.c = config.dpo
+    o = self.o = c.online
+    for name, value, allowed in (("labeller", o.labeller, LABELLERS),
+                                 ("pairs", o.pairs, PAIRINGS)):
+      if value not in allowed:
+        raise ValueError(f"dpo.online.{name}={value!r} is not one of {allowed}")
+    if config.data.source != "synthetic":
+      raise ValueError("dpo.online samples the synthetic task's prompts: data.source must be "
+                       f"'synthetic', not {config.data.source!r}")
+    if o.samples < 2:
+      raise ValueError(f"dpo.online.samples={o.samples} must be >= 2 to form a pair")
+    self.config = config
+    self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
+    self.task = synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict()))
+    policy = (build.policy_from(str(config.policy.init_from)) if config.policy.init_from
+              else self.task.policy)
+    reference = policy
+    if o.labeller == "implicit":  # SPA: go on from a DPO run, against its own reference
+      run = (build.read_run_config(config.policy.init_from) if config.policy.init_from
+             else {})
+      if build.run_program(run) != "dpo":
+        raise ValueError("dpo.online.labeller='implicit' labels with the policy's implicit "
+                         "reward, which is 0 until it differs from its reference: set "
+                         "policy.init_from to an rmjax dpo run (trained on seed pairs)")
+      reference = build.starting_policy(run)
+    self.graphdef, reference = nnx.split(reference)
+    self.reference = parallel.shard_tree(reference, self.mesh)
+    self.start = parallel.shard_tree(nnx.state(policy), self.mesh)
+    pairs = o.prompts * (1 if o.pairs == "best_worst" else o.samples * (o.samples - 1) // 2)
+    if pairs % o.updates:
+      raise ValueError(f"{pairs} pairs a round do not split into dpo.online.updates="
+                       f"{o.updates} minibatches")
+    self.pairs_per_round, self.minibatch = pairs, pairs // o.updates
+    self.tx = make_optimizer(config.optim, o.rounds * o.updates, None)
+    self.sampling = SamplingConfig(max_new_tokens=self.task.cfg.max_response_len,
+                                   temperature=o.temperature, eos_id=synthetic.EOS,
+                                   pad_id=synthetic.PAD)
+    self.labeller = None
+    # SPA's labeller: the implicit reward of the current parameters (set each round)
+    self.own = ImplicitRewardSource(policy, policy, c.beta, "the policy's implicit reward")
+    if o.labeller == "reward":
+      self.labeller = reward_source.from_workdir(o.reward, self.mesh)
+      reward_source.check_compatible([self.labeller], vocab_size=policy.cfg.vocab_size,
+                                     what="the policy")
+    self.uses_reference = c.loss in dpo_lib.NEEDS_REFERENCE
+    self.shardings = self._update = None
+
+  def init_state(self):
+    state, self.shardings = build.policy_state(self.start, self.tx, self.mesh)
+    return state
+
+  def _labels(self, params, tokens, mask, prompt_len) -> np.ndarray:
+    if self.labeller is not None:
+      (members,) = rl_rewards.member_scores([self.labeller], tokens, mask, prompt_len)
+      return members.mean(axis=-1)
+    self.own.params, self.own.reference = params, self.reference
+    return np.asarray(self.own(tokens, mask, prompt_len))[:, 0]
+
+  def rollout(self, params, r: int):
+    """(pairs batch, metrics) of round ``r``'s samples of ``params``."""
+    o = self.o
+    key = jax.random.fold_in(jax.random.key(self.config.seed), r)
+    prompts, prompt_len = self.task.sample_prompts(jax.random.fold_in(key, 0), o.prompts)
+    mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
+    batch = parallel.shard_batch({"tokens": prompts, "mask": mask}, self.mesh)
+    out = generate(nnx.merge(self.graphdef, params), batch["tokens"], batch["mask"],
+                   jax.random.fold_in(key, 1), self.sampling, samples_per_prompt=o.samples)
+    seq, seq_mask = out.sequences()
+    ref_logp, _ = response_logprobs(nnx.merge(self.graphdef, self.reference), seq, seq_mask,
+                                    prompts.shape[1])
+    kl = kl_lib.sequence_kl(out.logprobs, ref_logp, out.mask, "k1")
+    tokens, tmask = to_host(right_padded(seq, seq_mask))
+    lengths = np.repeat(prompt_len, o.samples).astype(np.int32)
+    scores = self._labels(params, tokens, tmask, lengths)
+    chosen, rejected, weight = pair_indices(scores.reshape(o.prompts, o.samples), o.pairs)
+    pairs = {schema.CHOSEN_TOKENS: tokens[chosen], schema.CHOSEN_MASK: tmask[chosen],
+             schema.REJECTED_TOKENS: tokens[rejected], schema.REJECTED_MASK: tmask[rejected],
+             "prompt_len": lengths[chosen], schema.WEIGHT: weight}
+    gold = self.task.gold_reward(tokens, tmask, jnp.asarray(lengths))["total"]
+    metrics = {"gold": float(np.mean(np.asarray(gold))), "kl": float(jnp.mean(kl)),
+               "label_gap": float(np.mean(scores[chosen] - scores[rejected])),
+               "tied_pairs": float(np.mean(weight == 0)),
+               "response_length": float(np.mean(np.asarray(out.mask).sum(axis=1)))}
+    return pairs, metrics
+
+  def update_fn(self):
+    if self._update is None:
+      step = dpo.make_step(self.graphdef, self.tx, self.c)
+      reference = self.reference if self.uses_reference else None
+      batch_shardings = {k: parallel.sharding.batch_sharding(self.mesh, 1 if k in (
+          "prompt_len", schema.WEIGHT) else 2) for k in dpo.PAIR_KEYS}
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      jitted = jax.jit(parallel.sharding.on_mesh(step, self.mesh),
+                       in_shardings=(self.shardings, parallel.tree_shardings(reference,
+                                                                             self.mesh),
+                                     batch_shardings),
+                       out_shardings=(self.shardings, replicated), donate_argnums=(0,))
+      self._update = lambda state, batch: jitted(state, reference, batch)
+    return self._update
+
+  def step(self, state, r: int):
+    """One round: sample, label, ``updates`` DPO steps on the shuffled pairs."""
+    pairs, metrics = self.rollout(state["params"], r)
+    order = np.random.default_rng([self.config.seed, r]).permutation(self.pairs_per_round)
+    update, losses = self.update_fn(), []
+    for start in range(0, self.pairs_per_round, self.minibatch):
+      rows = order[start:start + self.minibatch]
+      state, m = update(state, parallel.shard_batch({k: v[rows] for k, v in pairs.items()},
+                                                    self.mesh))
+      losses.append(m)
+    losses = jax.device_get(losses)
+    metrics.update({k: float(np.mean([m[k] for m in losses])) for k in losses[0]
+                    if k != loop.FINITE})
+    metrics[loop.FINITE] = bool(all(m[loop.FINITE] for m in losses))
+    return state, metrics
+
+
+def train(config) -> dict:
+  """Online DPO per ``config`` (``rmjax/configs/dpo.py`` with ``dpo.online.rounds > 0``)."""
+  tc, rounds = config.train, int(config.dpo.online.rounds)
+  trainer = OnlineDPOTrainer(config)
+  state = trainer.init_state()
+  checkpoints = tc.get("checkpoint_dir") or os.path.join(tc.workdir, "checkpoints")
+  checkpointer = Checkpointer(checkpoints, keep=tc.keep_checkpoints, interval=tc.save_every,
+                              provenance=provenance(config))
+  result = loop.run(
+      state=state, step_fn=trainer.step, batches=lambda r: r, steps=rounds,
+      checkpointer=checkpointer, writer=MetricsWriter(tc.workdir), progress=Progress(0, rounds),
+      log_every=1, progress_every=tc.log_every, restore_target=abstract_like(
+          state, trainer.shardings), progress_keys=("loss", "gold", "kl"), unit="round",
+      on_resume=lambda r: print(f"resumed from round {r} in {tc.workdir}"))
+  return {"eval": None, "metrics": result.metrics, "workdir": tc.workdir}
