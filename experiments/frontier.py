@@ -8,7 +8,9 @@ the task's gold-labelled pairs) is trained once and shared by every method and s
 method then optimises the task's base policy against it:
   * bon_distill: rejection-sampling fine-tuning (``rmjax sft``, best of n by the proxy);
   * ppo, rloo, grpo, dr_grpo, reinforce_pp: ``rmjax rl`` with that ``rl.algorithm``;
-  * dpo: ``rmjax dpo`` on the pairs the proxy was trained on (the same preference data).
+  * dpo: ``rmjax dpo`` on the pairs the proxy was trained on (the same preference data);
+  * online_dpo: iterative DPO (``dpo.online``), each round's own samples paired best
+    against worst by the proxy.
 Every run records its trajectory of (KL to the base policy, gold reward of the policy's own
 samples): RL per iteration (the rollout's k1 sum and gold, smoothed over ``smooth``
 iterations), DPO and SFT at every evaluation (fixed prompts), the base policy first. Gold
@@ -39,14 +41,14 @@ from rmjax.configs import dpo as dpo_configs  # noqa: E402
 from rmjax.configs import rl as rl_configs  # noqa: E402
 from rmjax.configs import sft as sft_configs  # noqa: E402
 from rmjax.configs import train_rm as rm_configs  # noqa: E402
-from rmjax.rl import dpo, sft  # noqa: E402
+from rmjax.rl import dpo, online_dpo, sft  # noqa: E402
 from rmjax.rl import trainer as rl_trainer  # noqa: E402
 from rmjax.rm import trainer as rm_trainer  # noqa: E402
 from rmjax.runtime.metrics import read_metrics  # noqa: E402
 from rmjax.tasks import preference as synthetic  # noqa: E402
 
 RL_METHODS = ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp")
-METHODS = ("bon_distill", *RL_METHODS, "dpo")
+METHODS = ("bon_distill", *RL_METHODS, "dpo", "online_dpo")
 BASELINE = "ppo"
 
 
@@ -56,6 +58,7 @@ def apply_scale(config) -> ml_collections.ConfigDict:
   if s < 1:
     raise ValueError(f"scale={c.scale} must be an integer >= 1")
   c.rl.rl.prompts *= s
+  c.online_dpo.dpo.online.prompts *= s
   c.proxy.steps *= s
   for section in (c.dpo, c.sft):
     section.train.steps *= s
@@ -99,6 +102,21 @@ def rl_run(c, algorithm: str, seed: int, workdir: str, proxy: str, gold: bool = 
   gold = smooth("gold")  # the first iteration samples the base policy itself
   return {"kl": np.concatenate([[0.0], smooth("kl")]), "gold": np.concatenate([gold[:1], gold]),
           "length": np.asarray([r["response_length"] for r in rows])}
+
+
+def online_dpo_run(c, method: str, seed: int, workdir: str, proxy: str):
+  """Trajectory {"kl", "gold"} of one iterative-DPO run labelled by the proxy, per round
+  (each round's own samples, smoothed like RL), the base policy first."""
+  p = dpo_configs.get_config()
+  merge(p, c.online_dpo)
+  p.seed, p.dpo.online.reward = seed, proxy
+  p.train.update(workdir=workdir, save_every=p.dpo.online.rounds, keep_checkpoints=1)
+  shutil.rmtree(workdir, ignore_errors=True)
+  online_dpo.train(p)
+  rows = _rows(workdir, "train")
+  smooth = lambda key: running_mean([r[key] for r in rows], int(c.smooth))
+  gold = smooth("gold")
+  return {"kl": np.concatenate([[0.0], smooth("kl")]), "gold": np.concatenate([gold[:1], gold])}
 
 
 def offline_run(c, method: str, seed: int, workdir: str, proxy: str, gold: bool = False):
@@ -246,15 +264,16 @@ def run(config) -> dict:
     for m in c.methods:
       t = time.time()
       workdir = os.path.join(c.workdir, m, f"seed{seed}")
-      run_fn = rl_run if m in RL_METHODS else offline_run
+      run_fn = (rl_run if m in RL_METHODS else online_dpo_run if m == "online_dpo"
+                else offline_run)
       curves[m].append(run_fn(c, m, seed, workdir, proxy))
       seconds[m].append(time.time() - t)
       cv = curves[m][-1]
       print(f"seed {seed} {m}: {seconds[m][-1]:.0f}s, gold {cv['gold'][0]:.3f} -> "
             f"{cv['gold'][-1]:.3f} at KL {cv['kl'][-1]:.3f}", flush=True)
   for m in c.methods:
-    if m == "dpo":
-      continue  # DPO's data are gold-labelled already: no proxy to replace
+    if m in ("dpo", "online_dpo"):
+      continue  # DPO's data are gold-labelled already; online DPO's labeller is a workdir
     workdir = os.path.join(c.workdir, "control", m)
     run_fn = rl_run if m in RL_METHODS else offline_run
     controls[m] = run_fn(c, m, c.seeds[0], workdir, proxy, gold=True)

@@ -13,10 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.workdir = "runs/frontier"
   c.seeds = (0, 1, 2)
-  # Multiplies the RL prompts per iteration, the DPO/SFT steps and the proxy's training
+  # Multiplies the RL and online-DPO prompts per round, the DPO/SFT steps and the proxy's training
   # steps (a GPU run: 4 or more). 1 = the CPU default.
   c.scale = 1
-  c.methods = ("bon_distill", "ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo")
+  c.methods = ("bon_distill", "ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo",
+               "online_dpo")
   # KL(pi || pi_base) values (nats, k1 summed over a response) at which gold is compared.
   c.kls = (0.25, 0.5, 1.0, 1.5)
   c.smooth = 5  # RL: centred running mean over this many iterations before reading off
@@ -34,6 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(
       optim=ml_collections.ConfigDict(dict(learning_rate=3e-4)),
       train=ml_collections.ConfigDict(dict(steps=240, eval_every=30, eval_prompts=128))))
+  # Iterative DPO: 30 rounds of 32 prompts x 4 own samples, best against worst by the proxy.
+  c.online_dpo = ml_collections.ConfigDict(dict(
+      dpo=ml_collections.ConfigDict(dict(online=ml_collections.ConfigDict(dict(
+          rounds=30, prompts=32, samples=4, updates=2)))),
+      optim=ml_collections.ConfigDict(dict(learning_rate=3e-4))))
   c.sft = ml_collections.ConfigDict(dict(
       data=ml_collections.ConfigDict(dict(best_of_n=ml_collections.ConfigDict(dict(
           prompts=1024, n=16)))),

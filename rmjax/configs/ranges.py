@@ -131,6 +131,7 @@ RANGES: dict[str, Range] = {
     "reward.uwo_lam": AT_LEAST_0,
     "reward.brme_lam": AT_LEAST_0,
     "reward.norm_batches": AT_LEAST_1,
+    "reward.constraint_lr": POSITIVE,
     "policy.eos_id": OPTIONAL_INDEX,  # -1 = the tokenizer's EOS
     "prompts.max_len": AT_LEAST_1,
     "prompts.max_response_len": AT_LEAST_1,

@@ -26,10 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
   # in Yan et al.; 0.5 is neutral). rules: rule rewards after the runs, each a source of
   # its own scoring a response against its prompt's reference in prompts.path ("bleu",
   # "exact_match"; rmjax/rl/rule_rewards.py); weights: one per source (runs, then rules)
-  # in transform "none"'s sum, () = all 1.
+  # in transform "none"'s sum, () = all 1. thresholds (constrained RLHF, Moskovitz et al.):
+  # one per source, the objective score (after member normalisation) past which it stops
+  # tracking quality; each source's weight sigma(nu) is learnt by gradient descent on
+  # sum_i sigma(nu_i) (G_i - theta_i) at constraint_lr; () = off.
   c.reward = ml_collections.ConfigDict(dict(
       workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.1, brme_lam=0.5,
       member_norm=True, norm_batches=8, transform="none", rules=(), weights=(),
+      thresholds=(), constraint_lr=0.1,
       lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
   # The policy: "" = the synthetic task's base policy (the task of the reward models'
   # runs); or a Hugging Face folder, a .gguf file, or an rmjax rl workdir (its actor).
@@ -93,6 +97,8 @@ FIELDS = {
     "reward.transform": "\"none\" (sum over runs) or \"lsc\" (sum of log sigmoid(r - r_ref))",
     "reward.rules": "rule rewards against each prompt's reference: bleu, exact_match",
     "reward.weights": "weight of each source (runs, then rules) in the sum; () = all 1",
+    "reward.thresholds": "constrained RLHF: each source's threshold; () = off",
+    "reward.constraint_lr": "constrained RLHF: learning rate of the Lagrange multipliers",
     "reward.lsc_quantile": "lsc: quantile of the reference samples' rewards that is r_ref",
     "reward.lsc_samples": "lsc: reference-policy samples per prompt for r_ref",
     "reward.normalize": "normalise scores by running mean and std",

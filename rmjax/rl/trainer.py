@@ -39,8 +39,8 @@ from rmjax.data.array_source import ArraySource
 from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
+from rmjax.objectives import constrained, running_stats
 from rmjax.objectives import kl as kl_lib
-from rmjax.objectives import running_stats
 from rmjax.parallel.sharding import to_host
 from rmjax.rl import algorithms, build
 from rmjax.rl import rewards as ppo_rewards
@@ -71,6 +71,16 @@ class RLTrainer:
                     for j, s in enumerate(sources)]
     self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
     self.score_cfg = ppo_rewards.ScoreConfig.from_config(config.reward)
+    thresholds = tuple(config.reward.get("thresholds", ()) or ())
+    self.thresholds = None
+    if thresholds:
+      if len(thresholds) != len(self.sources):
+        raise ValueError(f"reward.thresholds has {len(thresholds)} entries for "
+                         f"{len(self.sources)} reward sources (one each)")
+      if self.score_cfg.transform != "none" or self.score_cfg.weights:
+        raise ValueError("reward.thresholds learn the sources' weights: use transform 'none' "
+                         "and no reward.weights")
+      self.thresholds = np.asarray(thresholds, np.float32)
     self.episodes = c.prompts * c.samples_per_prompt
     if self.episodes % c.minibatches:
       raise ValueError(f"rl.prompts x samples_per_prompt = {self.episodes} episodes do not "
@@ -125,6 +135,8 @@ class RLTrainer:
                                                   config.kl.horizon)
                     if config.kl.adaptive else kl_lib.fixed_kl_controller(config.kl.coef)),
              "moments": running_stats.init_moments(),
+             **({"multipliers": jnp.zeros(len(self.sources), jnp.float32)}
+                if self.thresholds is not None else {}),
              "member_stats": {str(j): s for j, s in enumerate(member_stats)}}
     self.shardings = parallel.tree_shardings(state, self.mesh)
     return jax.device_put(state, self.shardings)
@@ -228,7 +240,14 @@ class RLTrainer:
       levels = ppo_rewards.reference_levels(
           ref_scores.reshape(self.c.prompts, samples, -1), self.score_cfg)
       r_ref = np.repeat(levels, self.c.samples_per_prompt, axis=0)
-    combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
+    carried = {}
+    if self.thresholds is not None:  # constrained RLHF: the multipliers weigh the sources
+      nu = state["multipliers"]
+      combined = scores @ np.asarray(constrained.multipliers(nu))
+      carried["multipliers"] = constrained.multiplier_step(
+          nu, scores.mean(axis=0), self.thresholds, self.config.reward.constraint_lr)
+    else:
+      combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
     processed, moments = ppo_rewards.running_normalize(combined, state["moments"], self.score_cfg)
     kl_state = state["kl"]
     advantages, returns = algorithms.advantages(
@@ -252,7 +271,12 @@ class RLTrainer:
     if gold is not None:
       metrics["gold"] = float(np.mean(gold["total"]))
       metrics.update({f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"})
-    return episodes, metrics, {"kl": new_kl, "moments": moments}
+    if self.thresholds is not None:
+      mu = np.asarray(constrained.multipliers(state["multipliers"]))
+      metrics.update({f"multiplier_{j}": float(m) for j, m in enumerate(mu)})
+      metrics.update({f"constraint_{j}": float(g - t) for j, (g, t) in
+                      enumerate(zip(scores.mean(axis=0), self.thresholds))})
+    return episodes, metrics, {"kl": new_kl, "moments": moments, **carried}
 
   def minibatches(self, episodes, iteration: int):
     """The shuffled minibatches of every epoch, in order (a function of the iteration)."""

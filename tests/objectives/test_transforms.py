@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from rmjax.objectives import constrained
 from rmjax.objectives import transforms as T
 
 # log σ(d) = −log(1 + e^{−d}) by hand: d = 0 → −log 2; d = 1 → −log(1 + 1/e);
@@ -173,3 +174,14 @@ def test_bad_arguments_are_named(call, words):
     call()
   for word in words:
     assert word in str(err.value)
+
+
+def test_constrained_rlhf_multiplier_step_by_hand():
+  nu = np.array([0.0, 2.0])
+  mu = 1 / (1 + np.exp(-nu))
+  np.testing.assert_allclose(constrained.multipliers(nu), mu, rtol=1e-6)
+  out = constrained.multiplier_step(nu, returns=np.array([1.5, -1.0]),
+                                    thresholds=np.array([1.0, 0.0]), lr=0.1)
+  # above its threshold component 0 loses weight; below, component 1 gains it
+  np.testing.assert_allclose(out, nu - 0.1 * mu * (1 - mu) * np.array([0.5, -1.0]), rtol=1e-6)
+  assert out[0] < nu[0] and out[1] > nu[1]

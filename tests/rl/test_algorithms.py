@@ -122,3 +122,20 @@ def test_grpo_raises_a_known_reward():
     scores.append(m["score"])
     assert np.isfinite(m["policy_loss"]) and np.isfinite(m["kl_loss"])
   assert np.mean(scores[-4:]) > np.mean(scores[:3]) + 3.0, scores
+
+
+def test_constrained_rlhf_learns_each_sources_weight_against_its_threshold(tmp_path):
+  task = synthetic.build_task(synthetic.SyntheticConfig())
+  config = toy_config(tmp_path, 2, "rloo")
+  config.rl.update(prompts=4, samples_per_prompt=2, max_new_tokens=6)
+  # both sources normalised to mean 0 on base samples: -5 is far below, +5 far above
+  config.reward.update(thresholds=(-5.0, 5.0), constraint_lr=1.0, norm_batches=2)
+  scorers = [jax.jit(low_ids), jax.jit(lambda t, m: 2.0 * low_ids(t, m))]
+  rl_trainer.train(config, scorers=scorers, task=task)
+  rows = _metrics(tmp_path)
+  assert rows[0]["multiplier_0"] == pytest.approx(0.5) == rows[0]["multiplier_1"]
+  assert rows[1]["multiplier_0"] < 0.5 < rows[1]["multiplier_1"]
+  assert rows[0]["constraint_0"] > 0 > rows[0]["constraint_1"]
+  config.reward.thresholds = (1.0,)
+  with pytest.raises(ValueError, match="1 entries for 2 reward sources"):
+    rl_trainer.build_run(config, scorers=scorers, task=task)
