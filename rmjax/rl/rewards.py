@@ -137,7 +137,7 @@ def transform(scores: np.ndarray, r_ref: np.ndarray | None, cfg: ScoreConfig) ->
   if len(cfg.weights) != scores.shape[-1]:
     raise ValueError(f"reward.weights has {len(cfg.weights)} entries for "
                      f"{scores.shape[-1]} reward sources")
-  return scores @ np.asarray(cfg.weights, scores.dtype)
+  return np.asarray(transforms.weighted_sum(scores, np.asarray(cfg.weights, np.float32)))
 
 
 def running_normalize(scores: np.ndarray, moments, cfg: ScoreConfig):

@@ -39,7 +39,7 @@ from rmjax.data.array_source import ArraySource
 from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
-from rmjax.objectives import constrained, running_stats
+from rmjax.objectives import constrained, running_stats, transforms
 from rmjax.objectives import kl as kl_lib
 from rmjax.parallel.sharding import to_host
 from rmjax.rl import algorithms, build
@@ -243,7 +243,7 @@ class RLTrainer:
     carried = {}
     if self.thresholds is not None:  # constrained RLHF: the multipliers weigh the sources
       nu = state["multipliers"]
-      combined = scores @ np.asarray(constrained.multipliers(nu))
+      combined = np.asarray(transforms.weighted_sum(scores, constrained.multipliers(nu)))
       carried["multipliers"] = constrained.multiplier_step(
           nu, scores.mean(axis=0), self.thresholds, self.config.reward.constraint_lr)
     else:
