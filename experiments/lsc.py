@@ -268,11 +268,11 @@ def gold_control(c, task, seed: int, critic_source, provenance_dir: str, prompts
   gold on full-length evaluation prompts [P], and the run's wall seconds."""
   start = time.time()
   workdir = fresh(os.path.join(c.workdir, "ppo", f"control_gold_seed{seed}"))
-  # workdirs only tells rl_actor which task the run's policy came from; the reward is gold.
+  # workdirs only tells trained_policy which task the run's policy came from; the reward is gold.
   p = ppo_config(c, [provenance_dir], "none", seed, workdir, c.control_iterations)
   ppo_trainer.train(p, scorers=[gold_ppo.source(task)], task=gold_ppo.rollout(task),
                     critic_model=build.first_member(critic_source))
-  actor = lora.merged(build.rl_actor(workdir))
+  actor = lora.merged(build.trained_policy(workdir))
   final = evaluate_policy(c, task, actor, {}, key, prompts, plen)
   base = evaluate_policy(c, task, task.policy, {}, key, prompts, plen)
   return final["total"] - base["total"], time.time() - start
@@ -334,7 +334,7 @@ def run_seed(c, task, seed: int, eval_prompts, control_prompts, with_control: bo
     ppo_trainer.train(ppo_config(c, [rm_dirs[n] for n in names], transform, seed, workdir))
     out["ppo_seconds"][arm] = time.time() - start
     start = time.time()
-    actor = lora.merged(build.rl_actor(workdir))
+    actor = lora.merged(build.trained_policy(workdir))
     out["eval"][arm] = evaluate_policy(c, task, actor, {n: sources[n] for n in names}, key,
                                        *eval_prompts)
     out["eval_seconds"][arm] = time.time() - start

@@ -48,6 +48,8 @@ def test_tiny_run_writes_every_method_controls_and_verdicts(tmp_path, run_experi
   assert {c["name"] for c in result["controls"]} == {
       f"{m} on the gold reward raises gold" for m in ("bon_distill", "ppo", "rloo")}
   vocabulary = {stats.REPRODUCED, stats.PARTLY, stats.NOT_REPRODUCED, stats.NOT_TESTABLE}
-  assert result["verdicts"]["rloo_vs_ppo"]["verdict"] in vocabulary
+  broken = stats.harness_message(result["controls"])  # 4 iterations may not raise gold
+  for v in result["verdicts"].values():
+    assert v["verdict"] == broken if broken else v["verdict"] in vocabulary
   assert (workdir / "results.md").read_text().startswith("Preconditions:")
   assert (workdir / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
