@@ -104,6 +104,7 @@ RANGES: dict[str, Range] = {
     "data.synthetic.label_noise": Range(0, 0.5),  # 0.5: labels are coin flips
     "data.synthetic.seed": SEED,
     "data.synthetic.version": Range(1, 2),
+    "data.synthetic.confidence_bias": AT_LEAST_0,
     "data.files.seq_len": AT_LEAST_1,
     "data.files.max_response_len": AT_LEAST_1,
     "data.strength.flip_fraction": FRACTION,
@@ -132,6 +133,8 @@ RANGES: dict[str, Range] = {
     "reward.brme_lam": AT_LEAST_0,
     "reward.norm_batches": AT_LEAST_1,
     "reward.constraint_lr": POSITIVE,
+    "reward.calibration_w": AT_LEAST_0,
+    "reward.calibration_alpha": Range(0, 1, low_open=True),
     "policy.eos_id": OPTIONAL_INDEX,  # -1 = the tokenizer's EOS
     "prompts.max_len": AT_LEAST_1,
     "prompts.max_response_len": AT_LEAST_1,
@@ -174,6 +177,7 @@ RANGES: dict[str, Range] = {
     "dpo.online.samples": Range(2),  # a pair needs two
     "dpo.online.updates": AT_LEAST_1,
     "dpo.online.temperature": POSITIVE,
+    "dpo.online.optimism": AT_LEAST_0,  # SELM's alpha; 0 = off
     # sft
     "sft.prompt_loss_weight": AT_LEAST_0,
     "data.best_of_n.prompts": AT_LEAST_1,

@@ -29,12 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
   # in transform "none"'s sum, () = all 1. thresholds (constrained RLHF, Moskovitz et al.):
   # one per source, the objective score (after member normalisation) past which it stops
   # tracking quality; each source's weight sigma(nu) is learnt by gradient descent on
-  # sum_i sigma(nu_i) (G_i - theta_i) at constraint_lr; () = off.
+  # sum_i sigma(nu_i) (G_i - theta_i) at constraint_lr; () = off. calibration "ppo_c"
+  # (Leng et al.): r + w (r - r_bar)(c - 0.5) from the confidence c each response states
+  # (the synthetic task's), r_bar the EMA (weight calibration_alpha) of earlier batches.
   c.reward = ml_collections.ConfigDict(dict(
       workdirs=("runs/train_rm",), objective="mean", uwo_lam=0.1, brme_lam=0.5,
       member_norm=True, norm_batches=8, transform="none", rules=(), weights=(),
       thresholds=(), constraint_lr=0.1,
-      lsc_quantile=0.85, lsc_samples=8, normalize=True, clip=0.8))
+      lsc_quantile=0.85, lsc_samples=8, calibration="none", calibration_w=2.0,
+      calibration_alpha=0.1, normalize=True, clip=0.8))
   # The policy: "" = the synthetic task's base policy (the task of the reward models'
   # runs); or a Hugging Face folder, a .gguf file, or an rmjax rl workdir (its actor).
   # eos_id: the id that ends a response (-1: the tokenizer's EOS).
@@ -101,6 +104,10 @@ FIELDS = {
     "reward.constraint_lr": "constrained RLHF: learning rate of the Lagrange multipliers",
     "reward.lsc_quantile": "lsc: quantile of the reference samples' rewards that is r_ref",
     "reward.lsc_samples": "lsc: reference-policy samples per prompt for r_ref",
+    "reward.calibration": "\"ppo_c\": PPO-C's calibrated reward from the stated confidence; "
+                          "\"none\" = off",
+    "reward.calibration_w": "PPO-C's weight w of (r - r_bar)(c - 0.5)",
+    "reward.calibration_alpha": "PPO-C's EMA weight of each batch's mean score",
     "reward.normalize": "normalise scores by running mean and std",
     "reward.clip": "clip scores to [-clip, clip]; 0 = no clipping",
     "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "

@@ -35,7 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
       synthetic=ml_collections.ConfigDict(dict(
           num_train_pairs=4000, num_eval_pairs=500, label_noise=0.0, seed=0,
           label_by="total",  # or gold terms joined by "+", e.g. "harmless"
+          confidence_bias=0.0,  # labels favour stated confidence (rmjax/tasks/confidence.py)
           version=2)),  # 1: the task before issue #15 (gold turns in the length tail)
+      # PPO-M's calibrated reward modelling (Leng et al.): add, for every training pair,
+      # (chosen stating confidence 10/10 > the same stating 0/10) and (rejected stating 0/10 >
+      # the same stating 10/10). Synthetic task only (its responses state a confidence).
+      calibration_pairs=False,
       # Preference files (any format rmjax.data.readers knows), split by source line
       # [start, stop); tokenizer: a .gguf file, a tokenizer folder or "gpt2-bpe".
       files=ml_collections.ConfigDict(dict(
@@ -111,6 +116,10 @@ FIELDS = {
                               "distribution, two features) or 1 (the turn in the length tail)",
     "data.synthetic.label_by": "gold terms that label pairs: \"total\" or terms joined by "
                                "\"+\" (helpful, harmless, length)",
+    "data.synthetic.confidence_bias": "labels favour the confidence a response states: the "
+                                      "labelling score gains bias * (c - 0.5)",
+    "data.calibration_pairs": "PPO-M: add each training pair's confidence restatements "
+                              "(chosen: high > low; rejected: low > high)",
     "data.files.paths": "preference files (any format rmjax.data.readers reads), in order",
     "data.files.format": "hh-rlhf, pairs, llmbar or pandalm; \"\" = detected from the first row",
     "data.files.tokenizer": "a .gguf file, a tokenizer folder or \"gpt2-bpe\"",

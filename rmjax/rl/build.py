@@ -44,7 +44,9 @@ class RolloutTask:
   ``sample_prompts(key, n)`` -> (tokens [n, prompt_width] int32, real tokens first and
   right-padded with ``pad_id``; lengths [n] int32), a function of the key alone.
   ``evaluate(tokens, mask, prompt_len)`` (optional) -> {"total": [B], other terms: [B]}
-  of right-padded episodes, logged as "gold" and "gold_<term>". ``tokenizer`` and
+  of right-padded episodes, logged as "gold" and "gold_<term>". ``confidence(tokens,
+  mask, prompt_len)`` (optional) -> [B] the confidence in [0, 1] each response states (what
+  PPO-C calibrates), judged against gold "total" > ``quality_threshold``. ``tokenizer`` and
   ``task`` identify the token ids and the world (``reward_source``): every reward source
   must match them.
   """
@@ -56,18 +58,22 @@ class RolloutTask:
   eos_id: int | None
   pad_id: int = 0
   evaluate: Callable | None = None
+  confidence: Callable | None = None
+  quality_threshold: float | None = None
   tokenizer: str = ""
   task: str = ""
   name: str = "the policy"
 
 
 def synthetic_rollout_task(task: synthetic.SyntheticTask, gold: bool = True) -> RolloutTask:
-  """The synthetic task's base policy and prompts; its gold reward as the evaluation hook."""
+  """The synthetic task's base policy and prompts; its gold reward as the evaluation hook,
+  and the confidence its responses state."""
   cfg = task.cfg
   return RolloutTask(
       policy=task.policy, sample_prompts=task.sample_prompts, prompt_width=cfg.max_prompt_len,
       max_response_len=cfg.max_response_len, eos_id=synthetic.EOS, pad_id=synthetic.PAD,
       evaluate=task.gold_reward if gold else None,
+      confidence=synthetic.stated_confidence, quality_threshold=task.quality_threshold,
       task=reward_source.task_id({"data": {"source": "synthetic",
                                            "synthetic": dataclasses.asdict(cfg)}}),
       name="the synthetic task")

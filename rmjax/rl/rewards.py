@@ -12,7 +12,9 @@ transform makes one score per episode from the J columns: "none" sums them (weig
 ``reward.weights`` when given), "lsc" sums
 log σ(r_j − r_j^ref(x)) (the LSC transform, and for J > 1 the AND-combination of
 ``rmjax.objectives.transforms``), r^ref(x) being the per-prompt quantile of the reward of
-reference-policy samples for the same prompt. Last, running normalisation (Welford moments
+reference-policy samples for the same prompt. Then, with ``reward.calibration="ppo_c"``,
+PPO-C's calibrated reward from the confidence each response states (``calibrate``). Last,
+running normalisation (Welford moments
 updated with the batch first, as trlx does) and clipping to ±clip.
 
 PPO, best-of-n and the experiments all score through ``member_stats``,
@@ -31,6 +33,7 @@ from rmjax.objectives import running_stats, transforms
 from rmjax.parallel.sharding import to_host
 
 TRANSFORMS = ("none", "lsc")
+CALIBRATIONS = ("none", "ppo_c")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,9 @@ class ScoreConfig:
   lsc_quantile: float = 0.85
   normalize: bool = True
   clip: float = 0.8  # 0: no clipping
+  calibration: str = "none"  # "ppo_c": r + w (r - EMA r) (c - 0.5) before normalising
+  calibration_w: float = 2.0  # PPO-C's w (Leng et al.)
+  calibration_alpha: float = 0.1  # PPO-C's EMA weight of each batch
 
   def __post_init__(self):
     if self.objective not in objectives.OBJECTIVES:
@@ -57,6 +63,11 @@ class ScoreConfig:
       raise ValueError(f"reward.uwo_lam={self.uwo_lam} must be >= 0")
     if not 0 <= self.brme_lam <= 1:
       raise ValueError(f"reward.brme_lam={self.brme_lam} must be in [0, 1]")
+    if self.calibration not in CALIBRATIONS:
+      raise ValueError(f"reward.calibration={self.calibration!r} is not one of "
+                       f"{CALIBRATIONS}")
+    if not 0 < self.calibration_alpha <= 1:
+      raise ValueError(f"reward.calibration_alpha={self.calibration_alpha} must be in (0, 1]")
     if self.weights and self.transform != "none":
       raise ValueError(f"reward.weights weigh the sum of transform 'none', not "
                        f"{self.transform!r}")
@@ -138,6 +149,14 @@ def transform(scores: np.ndarray, r_ref: np.ndarray | None, cfg: ScoreConfig) ->
     raise ValueError(f"reward.weights has {len(cfg.weights)} entries for "
                      f"{scores.shape[-1]} reward sources")
   return np.asarray(transforms.weighted_sum(scores, np.asarray(cfg.weights, np.float32)))
+
+
+def calibrate(scores: np.ndarray, confidence: np.ndarray, ema, cfg: ScoreConfig):
+  """PPO-C (``docs/algorithms.md`` §4b): (r' = r + w·(r − r̄)·(ĉ − 0.5) [B], r̄ updated with
+  this batch's raw scores) for scores r [B], stated confidences ĉ [B] and the EMA r̄ []
+  of earlier batches; the batch is judged against r̄ before it joins it."""
+  out = transforms.calibrated_reward(scores, confidence, ema, cfg.calibration_w)
+  return np.asarray(out), transforms.ema_update(ema, scores, cfg.calibration_alpha)
 
 
 def running_normalize(scores: np.ndarray, moments, cfg: ScoreConfig):

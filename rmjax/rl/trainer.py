@@ -39,7 +39,7 @@ from rmjax.data.array_source import ArraySource
 from rmjax.models import lora
 from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.models.transformer import Transformer
-from rmjax.objectives import constrained, running_stats, transforms
+from rmjax.objectives import calibration, constrained, running_stats, transforms
 from rmjax.objectives import kl as kl_lib
 from rmjax.parallel.sharding import to_host
 from rmjax.rl import algorithms, build
@@ -50,6 +50,7 @@ from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
 from rmjax.runtime.metrics import MetricsWriter, Progress
 from rmjax.runtime.optim import make_optimizer
+from rmjax.tasks import confidence
 
 # Key streams no iteration uses: PPO-ptx's corpus and the member-normalisation samples.
 PTX_STREAM, NORM_STREAM = 2**32 - 1, 2**32 - 2
@@ -81,6 +82,10 @@ class RLTrainer:
         raise ValueError("reward.thresholds learn the sources' weights: use transform 'none' "
                          "and no reward.weights")
       self.thresholds = np.asarray(thresholds, np.float32)
+    if self.score_cfg.calibration != "none" and self.task.confidence is None:
+      raise ValueError(f"reward.calibration={self.score_cfg.calibration!r} calibrates the "
+                       f"confidence responses state; {self.task.name} states none (the "
+                       "synthetic task's responses do)")
     self.episodes = c.prompts * c.samples_per_prompt
     if self.episodes % c.minibatches:
       raise ValueError(f"rl.prompts x samples_per_prompt = {self.episodes} episodes do not "
@@ -137,6 +142,9 @@ class RLTrainer:
              "moments": running_stats.init_moments(),
              **({"multipliers": jnp.zeros(len(self.sources), jnp.float32)}
                 if self.thresholds is not None else {}),
+             # PPO-C's r̄ starts at 0, the mean of member-normalised scores at the start.
+             **({"reward_ema": transforms.ema_init()}
+                if self.score_cfg.calibration == "ppo_c" else {}),
              "member_stats": {str(j): s for j, s in enumerate(member_stats)}}
     self.shardings = parallel.tree_shardings(state, self.mesh)
     return jax.device_put(state, self.shardings)
@@ -211,14 +219,17 @@ class RLTrainer:
 
   def _scores(self, seq, seq_mask, lengths, stats):
     """(objective scores [B, J], member rewards per source, evaluation terms {total, ...}
-    each [B], or None without an evaluation hook) of episodes."""
+    each [B] or None without an evaluation hook, stated confidences [B] or None without a
+    confidence hook) of episodes."""
     tokens, mask = to_host(right_padded(seq, seq_mask))  # every process: all rows
     members = ppo_rewards.member_scores(self.sources, tokens, mask, lengths)
     gold = None
     if self.task.evaluate is not None:
       gold = {k: np.asarray(v) for k, v in
               self.task.evaluate(tokens, mask, jnp.asarray(lengths)).items()}
-    return ppo_rewards.objective_scores(members, self.score_cfg, stats), members, gold
+    stated = (None if self.task.confidence is None else
+              np.asarray(self.task.confidence(tokens, mask, lengths)))
+    return ppo_rewards.objective_scores(members, self.score_cfg, stats), members, gold, stated
 
   def rollout(self, state, iteration: int):
     """(episodes with advantages and returns, metrics, the state's new "kl" and "moments")
@@ -230,7 +241,7 @@ class RLTrainer:
         state["actor"], jax.random.fold_in(key, 1), prompts, prompt_len,
         self.c.samples_per_prompt)
     ref_logprobs, values = self._forward(self.reference, state.get("critic"), seq, seq_mask)
-    scores, members, gold = self._scores(seq, seq_mask, lengths, stats)
+    scores, members, gold, stated = self._scores(seq, seq_mask, lengths, stats)
     r_ref = None
     if self.score_cfg.transform == "lsc":
       samples = self.config.reward.lsc_samples
@@ -248,6 +259,9 @@ class RLTrainer:
           nu, scores.mean(axis=0), self.thresholds, self.config.reward.constraint_lr)
     else:
       combined = ppo_rewards.transform(scores, r_ref, self.score_cfg)
+    if self.score_cfg.calibration == "ppo_c":
+      combined, carried["reward_ema"] = ppo_rewards.calibrate(
+          combined, stated, state["reward_ema"], self.score_cfg)
     processed, moments = ppo_rewards.running_normalize(combined, state["moments"], self.score_cfg)
     kl_state = state["kl"]
     advantages, returns = algorithms.advantages(
@@ -271,6 +285,12 @@ class RLTrainer:
     if gold is not None:
       metrics["gold"] = float(np.mean(gold["total"]))
       metrics.update({f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"})
+    if stated is not None:
+      metrics["confidence"] = float(np.mean(stated))
+      if gold is not None and self.task.quality_threshold is not None:
+        right = confidence.correct(gold["total"], self.task.quality_threshold)
+        metrics.update(ece=float(calibration.ece(stated, right, confidence.LEVELS)),
+                       overconfidence=float(calibration.overconfidence(stated, right)))
     if self.thresholds is not None:
       mu = np.asarray(constrained.multipliers(state["multipliers"]))
       metrics.update({f"multiplier_{j}": float(m) for j, m in enumerate(mu)})

@@ -26,6 +26,7 @@ from rmjax.data.array_source import ArraySource
 from rmjax.rm import members as ensemble
 from rmjax.rm import strength
 from rmjax.rm.step import HEAD_WEIGHT
+from rmjax.tasks import confidence
 from rmjax.tasks import preference as synthetic
 
 TRAIN_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
@@ -106,6 +107,10 @@ def _synthetic(cfg, batch_size: int, seeds: list[int], records) -> RMData:
   scfg = synthetic.from_fields(cfg.synthetic.to_dict())
   train = synthetic.make_split(scfg, "train")
   evaluation = synthetic.make_split(scfg, "eval")
+  if cfg.get("calibration_pairs"):  # PPO-M: the split's pairs, then their restatements
+    extra = confidence.calibration_pairs(synthetic.build_task(scfg), train,
+                                         len(train[schema.WEIGHT]))
+    train = {k: np.concatenate([train[k], extra[k]]) for k in TRAIN_KEYS}
   train = {k: train[k] for k in TRAIN_KEYS}
   data_hash = arrays_hash(train, evaluation)
   num_pairs = len(train[schema.WEIGHT])
@@ -165,6 +170,9 @@ def load(cfg, batch_size: int, seed: int, layout: ensemble.Layout = ensemble.SIN
   """
   if cfg.source not in SOURCES:
     raise ValueError(f"data.source={cfg.source!r} is not one of {SOURCES}")
+  if cfg.get("calibration_pairs") and cfg.source != "synthetic":
+    raise ValueError("data.calibration_pairs restates the confidence the synthetic task's "
+                     "responses state; data.source='files' has no stated confidence")
   seeds = ensemble.member_seeds(seed, layout.k) if layout.stacked else [seed]
 
   def records(num_pairs: int) -> list:

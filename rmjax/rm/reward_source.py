@@ -74,14 +74,13 @@ def tokenizer_id(spec: str) -> str:
 
 def task_id(run_config) -> str:
   """The world a ``train-rm`` run was trained in: "synthetic:<json>" of the synthetic
-  task's config without the fields that only choose its data (pair counts, label noise,
-  labelling: ``preference.build_task`` ignores them too), or "files"."""
+  task's config without the fields that only choose its data
+  (``preference.LABEL_FIELDS``, which ``preference.build_task`` ignores too), or "files"."""
   data = run_config.get("data") or {}
   if data.get("source") != "synthetic":
     return str(data.get("source", ""))
   cfg = synthetic.from_fields(data.get("synthetic"))
-  world = dataclasses.replace(cfg, num_train_pairs=0, num_eval_pairs=0, label_noise=0.0,
-                              bt_scale=1.0, label_by="total")
+  world = dataclasses.replace(cfg, **synthetic.LABEL_FIELDS)
   return "synthetic:" + json.dumps(dataclasses.asdict(world), sort_keys=True)
 
 

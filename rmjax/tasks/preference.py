@@ -44,7 +44,9 @@ samples reach the fall: the proxies never see it. Its draws are unchanged.
 Labels: two base-policy responses a, b per prompt; a is chosen with probability
 sigma(bt_scale * (g_a - g_b)) (Bradley-Terry), g the labelling score: the gold total by
 default, or the sum of the terms ``label_by`` names ("harmless", "helpful+length", ...),
-so that reward models of single properties can be trained for one shared task. In the
+so that reward models of single properties can be trained for one shared task, plus
+confidence_bias * (c - 0.5) for the confidence c a response states (``stated_confidence``;
+0 by default: labellers who favour confident responses, ``rmjax.tasks.confidence``). In the
 train split exactly round(label_noise * n) pairs, chosen by the seed, are then swapped and
 marked ``flipped``; gold_chosen / gold_rejected are the labelling scores of the sides as
 finally labelled (the gold totals by default).
@@ -72,6 +74,13 @@ TERMS = ("helpful", "harmless", "length", "markers")  # the gold total's terms (
 FEATURES = ("length", "markers")  # the response features gold turns on (``features``)
 VERSIONS = (1, 2)
 CHUNK = 512  # rows per generate / gold call: one compilation serves every dataset size
+LEVELS = 11  # stated confidence 0/10 ... 10/10 (``stated_confidence``)
+
+
+# The fields that choose a split's labels and sizes, not the world: their defaults (what
+# ``build_task`` and ``reward_source.task_id`` reset them to).
+LABEL_FIELDS = dict(num_train_pairs=0, num_eval_pairs=0, label_noise=0.0, bt_scale=1.0,
+                    label_by="total", confidence_bias=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +94,7 @@ class SyntheticConfig:
   label_noise: float = 0.0  # fraction of train pairs swapped (Coste et al.: 0.25)
   bt_scale: float = 1.0  # P(a > b) = sigma(bt_scale * (r_a - r_b))
   label_by: str = "total"  # or "+"-joined TERMS, e.g. "harmless", "helpful+length"
+  confidence_bias: float = 0.0  # labels favour stated confidence: score + bias * (c - 0.5)
   seed: int = 0
   version: int = 2  # 1: the task before issue #15 (turn in the base policy's tail)
   # Base policy.
@@ -386,6 +396,8 @@ class SyntheticTask:
     self._consts.update(threshold=jnp.asarray(float(self.length_threshold)),
                         marker_threshold=jnp.asarray(float(self.marker_threshold)))
     total = self.score(tokens, mask, plen)["total"]
+    # A response is "correct" (``rmjax.tasks.confidence``) when it beats the median.
+    self.quality_threshold = float(np.median(total))
     min_count = max(5, len(total) // 100)
     self.turns = {}  # feature -> where E[gold | feature] peaks on base-policy samples
     for name in cfg.terms[2:]:
@@ -441,6 +453,26 @@ class SyntheticTask:
                     len(tokens), tokens, mask, prompt_len)
 
 
+def last_content(tokens, mask, prompt_len):
+  """(index [B] of each response's last content token, whether it has one [B]) of
+  right-padded prompt + response rows [B, S]; ``prompt_len`` [B] or a scalar."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
+  plen = np.broadcast_to(np.asarray(prompt_len), (len(tokens),))
+  content = (mask & (np.arange(tokens.shape[1])[None] >= plen[:, None])
+             & (tokens >= FIRST_CONTENT))
+  return tokens.shape[1] - 1 - np.argmax(content[:, ::-1], axis=1), content.any(axis=1)
+
+
+def stated_confidence(tokens, mask, prompt_len) -> np.ndarray:
+  """ĉ float32 [B]: the confidence each response states with its last content token t,
+  ((t − FIRST_CONTENT) mod LEVELS) / (LEVELS − 1); 0.5 for a response without one
+  (``rmjax.tasks.confidence`` says why)."""
+  tokens = np.asarray(tokens)
+  last, has = last_content(tokens, mask, prompt_len)
+  level = (tokens[np.arange(len(tokens)), last] - FIRST_CONTENT) % LEVELS
+  return np.where(has, level / (LEVELS - 1), 0.5).astype(np.float32)
+
+
 def from_fields(fields) -> SyntheticConfig:
   """The config of a run's stored ``data.synthetic`` fields. A run written before version
   2 existed stores no ``version``: its task was version 1."""
@@ -455,10 +487,9 @@ def _task(cfg: SyntheticConfig) -> SyntheticTask:
 
 
 def build_task(cfg: SyntheticConfig = SyntheticConfig()) -> SyntheticTask:
-  """The task of ``cfg``, cached (the pair counts, label_noise, bt_scale and label_by are
-  ignored: they choose data, not the world it comes from)."""
-  return _task(dataclasses.replace(cfg, num_train_pairs=0, num_eval_pairs=0, label_noise=0.0,
-                                   bt_scale=1.0, label_by="total"))
+  """The task of ``cfg``, cached (the ``LABEL_FIELDS`` are ignored: they choose data, not
+  the world it comes from)."""
+  return _task(dataclasses.replace(cfg, **LABEL_FIELDS))
 
 
 def _split_keys(cfg: SyntheticConfig, split: str):
@@ -500,6 +531,9 @@ def make_split(cfg: SyntheticConfig = SyntheticConfig(), split: str = "train") -
   keys = _split_keys(cfg, split)
   plen, tokens, mask, gold = _sampled(build_task(cfg).cfg, split, n)
   score = gold["total"] if cfg.label_by == "total" else sum(gold[t] for t in cfg.label_terms)
+  if cfg.confidence_bias:
+    score = score + cfg.confidence_bias * (
+        stated_confidence(tokens, mask, np.concatenate([plen, plen])) - 0.5)
   p_a = 1.0 / (1.0 + np.exp(-cfg.bt_scale * (score[:n].astype(np.float64) - score[n:])))
   flipped = np.zeros(n, bool)
   if split == "train":
