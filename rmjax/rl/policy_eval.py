@@ -1,6 +1,7 @@
 """What a policy's own samples score on the synthetic task: the gold reward and the KL to
 the reference, the two axes of the reward–KL frontier. Shared by the programs that train a
-policy offline (``rmjax dpo``, ``rmjax sft``)."""
+policy offline (``rmjax dpo``, ``rmjax sft``) and the experiments that read a trained
+policy's samples."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from rmjax.tasks import preference as synthetic
 EVAL_STREAM = 2**32 - 3  # the key stream of the evaluation's policy samples
 
 
-def gold_and_kl(task, graphdef, params, reference, seed: int, n: int, mesh) -> dict:
-  """{"gold": mean gold reward, "kl": mean k1 KL to ``reference`` summed per response} of
-  ``n`` samples of ``params`` (temperature 1) from prompts and keys fixed by ``seed``, so
-  every evaluation of a run, and of its reference, reads the same prompts."""
+def policy_samples(task, graphdef, params, reference, seed: int, n: int, mesh) -> dict:
+  """Per sample of ``n`` samples of ``params`` (temperature 1) from prompts and keys fixed by
+  ``seed``, so every evaluation of a run, and of its reference, reads the same prompts:
+  right-padded "tokens", "mask" [n, S], "prompt_len" [n], the gold "total" [n] and the k1
+  "kl" [n] to ``reference`` summed over each response (numpy)."""
   key = jax.random.fold_in(jax.random.key(seed), EVAL_STREAM)
   prompts, prompt_len = task.sample_prompts(jax.random.fold_in(key, 0), n)
   mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]
@@ -38,4 +40,12 @@ def gold_and_kl(task, graphdef, params, reference, seed: int, n: int, mesh) -> d
   kl = kl_lib.sequence_kl(out.logprobs, ref_logp, out.mask, "k1")
   tokens, tmask = to_host(right_padded(seq, seq_mask))
   gold = task.gold_reward(tokens, tmask, jnp.asarray(prompt_len))
-  return {"gold": float(np.mean(np.asarray(gold["total"]))), "kl": float(jnp.mean(kl))}
+  return {"tokens": np.asarray(tokens), "mask": np.asarray(tmask), "prompt_len": prompt_len,
+          "total": np.asarray(gold["total"]), "kl": np.asarray(to_host(kl))}
+
+
+def gold_and_kl(task, graphdef, params, reference, seed: int, n: int, mesh) -> dict:
+  """{"gold": mean gold reward, "kl": mean k1 KL to ``reference`` summed per response} of
+  ``policy_samples``."""
+  out = policy_samples(task, graphdef, params, reference, seed, n, mesh)
+  return {"gold": float(np.mean(out["total"])), "kl": float(np.mean(out["kl"]))}
