@@ -8,6 +8,12 @@ the pair-weighted overall accuracy and margin. The table is printed and written 
 the run as ``<workdir>/eval_<name>.md`` and ``.json``. For an ensemble, accuracy and
 margin are those of the members' mean reward, and the table adds each member's accuracy
 ("m0", "m1", ...) and the average member's ("members").
+
+``config.workdir`` may also be an ``rmjax dpo`` run: its pairs are scored by the policy's
+implicit reward β·log(π/π_ref) summed over each response (``commands/trained_reward.py``),
+one member, with the same table and fields; "synthetic" is then the held-out split of the
+synthetic task it was trained on. That reward is conditioned on the prompt, so every pair
+must have one.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ import dataclasses
 import json
 import os
 
-import jax
-
 from rmjax import parallel
+from rmjax.commands import trained_reward
 from rmjax.data import readers, schema
 from rmjax.data.schema import DataError
 from rmjax.data.tokenize import (
@@ -28,9 +33,7 @@ from rmjax.data.tokenize import (
   tokenize_pairs,
 )
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.rm import evaluate as rm_evaluate
-from rmjax.rm.load import encoding_for, load_ensemble
-from rmjax.rm.step import make_eval_step
+from rmjax.rm.load import encoding_for
 from rmjax.tasks import preference as synthetic
 
 LLMBAR = "llmbar"
@@ -127,13 +130,12 @@ def _default_name(sets, parsed) -> str:
 def run(config) -> dict:
   parsed = parse_sets(config.sets)
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-  model, run_config = load_ensemble(config.workdir, mesh)
+  model = trained_reward.load(config.workdir, mesh)
+  run_config = model.run_config
   enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
                      config.max_response_len)
   tokenizer = load_tokenizer(enc.tokenizer) if enc.tokenizer else None
   check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
-  params = model.params
-  eval_fn = jax.jit(make_eval_step(model.graphdef, model.layout))
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
 
@@ -141,7 +143,7 @@ def run(config) -> dict:
   for name, path, fmt in parsed:
     if fmt == SYNTHETIC:
       arrays = synthetic_eval_pairs(run_config)
-      metrics = rm_evaluate.evaluate(eval_fn, params, arrays, batch_size, mesh)
+      metrics = model.evaluate(arrays, batch_size, mesh)
       rows.append({"subset": name, "pairs": len(arrays[schema.WEIGHT]), **metrics,
                    "path": f"{SYNTHETIC} task (held-out split)"})
       continue
@@ -154,9 +156,10 @@ def run(config) -> dict:
                         "folder, a .gguf file or gpt2-bpe); the run was not trained on text")
       for content in (pair.prompt, pair.chosen, pair.rejected):
         check_token_ids(content, model.cfg.vocab_size, pair.source)
+      model.check_prompt(pair.prompt, pair.source)
     arrays = tokenize_pairs(pairs, tokenizer, enc.max_len, enc.max_response_len,
                             pad_to_longest=True)
-    metrics = rm_evaluate.evaluate(eval_fn, params, arrays, batch_size, mesh)
+    metrics = model.evaluate(arrays, batch_size, mesh)
     rows.append({"subset": name, "pairs": len(pairs), **metrics, "path": path})
   summary = overall(rows)
   table = markdown_table(rows, summary)
@@ -165,8 +168,9 @@ def run(config) -> dict:
   name = config.name or _default_name(config.sets, parsed)
   md_path, json_path = (os.path.join(run_dir, f"eval_{name}.{ext}") for ext in ("md", "json"))
   step = run_config.checkpoint.step
-  header = (f"Reward model {run_dir} (step {step}); tokenizer {enc.tokenizer or 'none'}, "
-            f"max_len {enc.max_len}, max_response_len {enc.max_response_len}\n\n")
+  header = (f"Reward model {run_dir} (step {step}, {model.what}); tokenizer "
+            f"{enc.tokenizer or 'none'}, max_len {enc.max_len}, max_response_len "
+            f"{enc.max_response_len}\n\n")
   with open(md_path, "w", encoding="utf-8") as f:
     f.write(header + table)
   with open(json_path, "w", encoding="utf-8") as f:

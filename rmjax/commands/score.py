@@ -7,6 +7,11 @@ lists of token ids. Every other field of a row is copied unchanged; rows keep th
 An ensemble's rewards are its members' mean, and every member's reward is written too,
 as ``member_rewards`` (``member_rewards_chosen``, ``member_rewards_rejected``): a list of
 K numbers.
+
+``config.workdir`` may also be an ``rmjax dpo`` run: its reward is the policy's implicit
+reward β·log(π/π_ref) summed over the response tokens (``commands/trained_reward.py``), one
+member, written to the same fields. That reward is conditioned on the prompt, so for such a
+run ``prompt`` is required: every row must give the prompt its responses answer.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import jax
 import numpy as np
 
 from rmjax import parallel
+from rmjax.commands import trained_reward
 from rmjax.data import schema
 from rmjax.data.array_source import padded_batches
 from rmjax.data.schema import DataError, PreferencePair
 from rmjax.data.tokenize import (
+  PROMPT_LEN,
   check_token_ids,
   check_tokenizer_fits,
   load_tokenizer,
@@ -31,7 +38,7 @@ from rmjax.data.tokenize import (
   tokenize_sequences,
 )
 from rmjax.parallel.sharding import data_parallel_size
-from rmjax.rm.load import encoding_for, load_ensemble
+from rmjax.rm.load import encoding_for
 
 
 def read_jsonl(path: str) -> list[tuple[str, dict]]:
@@ -97,38 +104,47 @@ def blank_responses(singles, pairs) -> list[str]:
 
 
 def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int | None):
-  """(tokens int32 [n, seq], mask bool [n, seq], [(row index, output field)] per sequence).
+  """(tokens int32 [n, seq], mask bool [n, seq], prompt tokens kept int32 [n],
+  [(row index, output field)] per sequence).
 
   A pair's sides are cut together (the same prompt tokens), as in training and eval-rm.
   """
   parts, slots = [], []
   if singles:
     parts.append(tokenize_sequences([p for _, p, _ in singles], [r for _, _, r in singles],
-                                    tokenizer, max_len, max_response_len, pad_to_longest=True))
+                                    tokenizer, max_len, max_response_len, pad_to_longest=True,
+                                    with_prompt_len=True))
     slots += [(i, "reward") for i, _, _ in singles]
   if pairs:
     arrays = tokenize_pairs([p for _, p in pairs], tokenizer, max_len, max_response_len,
                             pad_to_longest=True)
-    parts.append((arrays[schema.CHOSEN_TOKENS], arrays[schema.CHOSEN_MASK]))
-    parts.append((arrays[schema.REJECTED_TOKENS], arrays[schema.REJECTED_MASK]))
+    for side in ((schema.CHOSEN_TOKENS, schema.CHOSEN_MASK),
+                 (schema.REJECTED_TOKENS, schema.REJECTED_MASK)):
+      parts.append((*(arrays[key] for key in side), arrays[PROMPT_LEN]))
     slots += [(i, "reward_chosen") for i, _ in pairs] + [(i, "reward_rejected") for i, _ in pairs]
-  width = max(t.shape[1] for t, _ in parts)
+  width = max(t.shape[1] for t, _, _ in parts)
   widen = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
-  tokens = np.concatenate([widen(t) for t, _ in parts])
-  mask = np.concatenate([widen(m) for _, m in parts])
-  return tokens, mask, slots
+  tokens = np.concatenate([widen(t) for t, _, _ in parts])
+  mask = np.concatenate([widen(m) for _, m, _ in parts])
+  return tokens, mask, np.concatenate([p for _, _, p in parts]), slots
 
 
 def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
-                     mesh) -> np.ndarray:
+                     mesh, prompt_len: np.ndarray | None = None) -> np.ndarray:
   """float32 [n, K] member rewards of tokens/mask [n, seq], batched on ``mesh``.
 
-  ``scorer``: ``(tokens, mask) -> [B, K]`` (``load_rm.load_ensemble``).
+  ``scorer``: ``(tokens, mask) -> [B, K]`` with ``k`` (``load_rm.load_ensemble``), or,
+  given each row's prompt tokens ``prompt_len`` [n], ``(tokens, mask, prompt_len)``
+  (``trained_reward.TrainedReward``, which a DPO run's implicit reward needs).
   """
+  arrays = {"tokens": tokens, "mask": mask}
+  if prompt_len is not None:
+    arrays["prompt_len"] = prompt_len
   out = []
-  for batch, real in padded_batches({"tokens": tokens, "mask": mask}, batch_size):
+  for batch, real in padded_batches(arrays, batch_size):
     batch = parallel.shard_batch(batch, mesh)
-    out.append(np.asarray(jax.device_get(scorer(batch["tokens"], batch["mask"])))[:real])
+    rewards = scorer(*(batch[key] for key in arrays))
+    out.append(np.asarray(jax.device_get(rewards))[:real])
   return np.concatenate(out) if out else np.zeros((0, scorer.k), np.float32)
 
 
@@ -142,7 +158,8 @@ def run(config) -> dict:
   if not config.input:
     raise ValueError("set --config.input to a JSONL file to score")
   mesh = parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-  model, run_config = load_ensemble(config.workdir, mesh)
+  model = trained_reward.load(config.workdir, mesh)
+  run_config = model.run_config
   enc = encoding_for(run_config, model, config.tokenizer, config.max_len,
                      config.max_response_len)
   rows = read_jsonl(config.input)
@@ -157,6 +174,8 @@ def run(config) -> dict:
   contents += [(rows[i][0], c) for i, p in pairs for c in (p.prompt, p.chosen, p.rejected)]
   for where, content in contents:
     check_token_ids(content, model.cfg.vocab_size, where)
+  for where, row in rows:
+    model.check_prompt(row.get("prompt", ""), where)
   texts = [where for where, c in contents if isinstance(c, str) and c]
   tokenizer = None
   if texts:
@@ -165,11 +184,11 @@ def run(config) -> dict:
                       "a .gguf file or gpt2-bpe); the run was not trained on text")
     tokenizer = load_tokenizer(enc.tokenizer)
     check_tokenizer_fits(tokenizer, model.cfg.vocab_size)
-  tokens, mask, slots = encode_rows(singles, pairs, tokenizer, enc.max_len,
-                                    enc.max_response_len)
+  tokens, mask, prompt_len, slots = encode_rows(singles, pairs, tokenizer, enc.max_len,
+                                                enc.max_response_len)
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
-  members = score_in_batches(model, tokens, mask, batch_size, mesh)
+  members = score_in_batches(model, tokens, mask, batch_size, mesh, prompt_len)
   rewards = members.mean(1)
   out_rows = [dict(row) for _, row in rows]
   for (i, field), reward, member in zip(slots, rewards, members):
@@ -182,10 +201,9 @@ def run(config) -> dict:
     for row in out_rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
   step = run_config.checkpoint.step
-  members_note = f" (ensemble of {model.k}, their mean)" if model.k > 1 else ""
   print(f"scored {len(rows)} rows ({len(rewards)} sequences, up to {tokens.shape[1]} of "
         f"max_len {enc.max_len} tokens{', tokenizer ' + enc.tokenizer if tokenizer else ''}) "
-        f"with step {step} of {config.workdir}{members_note}: mean reward "
+        f"with step {step} of {config.workdir} ({model.what}): mean reward "
         f"{float(np.mean(rewards)):+.4f}, std {float(np.std(rewards)):.4f}")
   print(f"wrote {output}")
   return {"output": output, "rows": out_rows, "step": step}

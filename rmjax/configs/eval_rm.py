@@ -1,5 +1,6 @@
-"""Default config of ``rmjax eval-rm``: pairwise accuracy of a trained reward model on
-preference sets, per subset and pair-weighted overall."""
+"""Default config of ``rmjax eval-rm``: pairwise accuracy of a trained reward model (or of
+an ``rmjax dpo`` run's implicit reward) on preference sets, per subset and pair-weighted
+overall."""
 
 import ml_collections
 
@@ -8,7 +9,9 @@ from rmjax.configs import describe
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.workdir = "runs/train_rm"  # The run's workdir; its latest checkpoint is loaded.
+  # A train-rm run's workdir, or a dpo run's (its implicit reward); its latest checkpoint
+  # is loaded.
+  c.workdir = "runs/train_rm"
   # Comma-separated entries: "synthetic" (the held-out pairs of the synthetic task the run
   # trained on), "llmbar=FOLDER" (the five LLMBar/RewardBench subsets of an LLMBar
   # checkout), "name=path[:format]" (a preference file; format: hh-rlhf, pairs, llmbar,
@@ -28,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 FIELDS = {
-    "workdir": "a train-rm run folder; its latest checkpoint is loaded",
+    "workdir": "a train-rm or dpo run folder (dpo: its implicit reward); its latest "
+               "checkpoint is loaded",
     "sets": "comma-separated: \"synthetic\" (the run's held-out pairs), llmbar=FOLDER, "
             "name=path[:format]",
     "name": "results go to <workdir>/eval_<name>.md/.json; \"\" = named after the sets",

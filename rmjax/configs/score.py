@@ -1,5 +1,6 @@
 """Default config of ``rmjax score``: add a reward to every row of a JSONL file with a
-reward model trained by ``rmjax train-rm``."""
+reward model trained by ``rmjax train-rm``, or with the implicit reward of an ``rmjax dpo``
+run's policy."""
 
 import ml_collections
 
@@ -8,7 +9,9 @@ from rmjax.configs import describe
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.workdir = "runs/train_rm"  # The run's workdir; its latest checkpoint is loaded.
+  # A train-rm run's workdir, or a dpo run's (its implicit reward); its latest checkpoint
+  # is loaded.
+  c.workdir = "runs/train_rm"
   c.input = ""  # JSONL rows {prompt, response} or {prompt, chosen, rejected}: text or ids.
   c.output = ""  # "" = <input without .jsonl[.gz]>.scored.jsonl beside the input.
   # A tokenizer folder, a .gguf file or "gpt2-bpe"; "" = the run's own (data.files.tokenizer),
@@ -24,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 FIELDS = {
-    "workdir": "a train-rm run folder; its latest checkpoint is loaded",
+    "workdir": "a train-rm or dpo run folder (dpo: its implicit reward); its latest "
+               "checkpoint is loaded",
     "input": "JSONL rows {prompt, response} or {prompt, chosen, rejected}: text or token ids",
     "output": "JSONL to write; \"\" = <input>.scored.jsonl beside the input",
     "tokenizer": "a tokenizer folder, a .gguf file or \"gpt2-bpe\"; \"\" = the run's own",

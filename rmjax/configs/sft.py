@@ -3,7 +3,8 @@ policy on the chosen responses of the synthetic task's pairs, small enough for a
 
 ``data.source="best_of_n"`` is rejection-sampling fine-tuning (RAFT, ReST): the best of
 ``n`` base-policy samples per prompt by a reward model (``data.best_of_n.reward``, a
-train-rm workdir) or by the gold reward ("gold", the control) become the rows.
+train-rm workdir, or a dpo workdir: its implicit reward) or by the gold reward ("gold",
+the control) become the rows.
 """
 
 import ml_collections
@@ -57,7 +58,8 @@ FIELDS = {
     "data.files.max_response_len": "tokens a response keeps before the prompt is cut",
     "data.best_of_n.prompts": "synthetic prompts, one kept row each",
     "data.best_of_n.n": "samples per prompt to choose from",
-    "data.best_of_n.reward": "a train-rm workdir (its members' mean) or \"gold\" (the control)",
+    "data.best_of_n.reward": "a train-rm workdir (its members' mean), a dpo workdir (its implicit "
+                              "reward) or \"gold\" (the control)",
     "data.best_of_n.temperature": "sampling temperature of the candidates",
     "policy.init_from": "\"\" = the synthetic base policy; a Hugging Face folder, a .gguf "
                         "file or an rl, dpo or sft workdir",

@@ -190,17 +190,20 @@ def _encode_pairs(prompts, chosens, rejecteds, tokenizer, max_len, max_response_
 def tokenize_sequences(prompts: Sequence[schema.Content], responses: Sequence[schema.Content],
                        tokenizer=None, max_len: int | None = None,
                        max_response_len: int | None = None, *,
-                       pad_to_longest: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       pad_to_longest: bool = False, with_prompt_len: bool = False):
   """Prompt/response pairs -> (tokens int32 [n, seq], mask bool [n, seq]), each sequence
   truncated by itself as in the module docstring.
 
   ``pad_to_longest``: pad to the longest sequence rounded up to a multiple of 8 (at most
   ``max_len``) rather than to ``max_len``; truncation still applies at ``max_len``.
+  ``with_prompt_len``: also return each sequence's prompt tokens kept (prefix included),
+  int32 [n], for a scorer that reads the response apart from its prompt (a DPO policy).
   """
   _check_max_len(max_len, max_response_len)
-  seqs, _, _ = _encode_pairs(prompts, responses, responses, tokenizer, max_len,
-                             max_response_len, [""] * len(prompts))
-  return _pad(seqs, _width(seqs, max_len, pad_to_longest))
+  seqs, _, prompt_len = _encode_pairs(prompts, responses, responses, tokenizer, max_len,
+                                      max_response_len, [""] * len(prompts))
+  tokens, mask = _pad(seqs, _width(seqs, max_len, pad_to_longest))
+  return (tokens, mask, prompt_len) if with_prompt_len else (tokens, mask)
 
 
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer=None, max_len: int | None = None,

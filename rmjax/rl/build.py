@@ -101,16 +101,20 @@ def load_reward_sources(workdirs, mesh) -> list:
   reward model or ensemble, or an ``rmjax dpo`` run's implicit reward."""
   if not workdirs:
     raise ValueError("reward.workdirs is empty; train a reward model with rmjax train-rm")
-  return [dpo_source(w) if run_program(read_run_config(w)) == "dpo"
+  return [dpo_source(w, mesh) if run_program(read_run_config(w)) == "dpo"
           else reward_source.from_workdir(w, mesh) for w in workdirs]
 
 
-def dpo_source(workdir) -> implicit_reward.ImplicitRewardSource:
+def dpo_source(workdir, mesh=None) -> implicit_reward.ImplicitRewardSource:
   """The implicit reward of an ``rmjax dpo`` run's latest policy against the policy it
-  started from, with the run's β."""
+  started from, with the run's β; both models' parameters on ``mesh`` (by their logical
+  axes) when given, so that it scores batches sharded over that mesh."""
   run = read_run_config(workdir)
+  policy, reference = trained_policy(workdir), starting_policy(run)
+  if mesh is not None:
+    policy, reference = parallel.shard_model(policy, mesh), parallel.shard_model(reference, mesh)
   source = implicit_reward.ImplicitRewardSource(
-      trained_policy(workdir), starting_policy(run), float(run.dpo.beta), str(workdir),
+      policy, reference, float(run.dpo.beta), str(workdir),
       tokenizer=reward_source.tokenizer_id(reward_source.run_tokenizer(run)),
       task=reward_source.task_id(run))
   source.run_config = run  # its data name the task whose prompts and policy belong to it

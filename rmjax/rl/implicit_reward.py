@@ -35,6 +35,7 @@ class ImplicitRewardSource:
                tokenizer: str = "", task: str = ""):
     self.graphdef, self.params = nnx.split(policy)
     ref_graphdef, self.reference = nnx.split(reference)
+    self.cfg = policy.cfg  # the policy's ModelConfig: the sequences it can read
     self.vocab_size = int(policy.cfg.vocab_size)
     self.beta, self.name, self.tokenizer, self.task = float(beta), name, tokenizer, task
     self.scale = (f"DPO implicit reward beta * log(pi / pi_ref) summed over the response "

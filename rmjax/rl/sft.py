@@ -9,7 +9,8 @@ Rows (``data.source``):
     tokenised with a local tokenizer;
   * "best_of_n": rejection-sampling fine-tuning (RAFT, ReST): for each of ``prompts``
     synthetic-task prompts, ``n`` samples of the starting policy, the best by the reward
-    (``reward``: a train-rm workdir, or "gold" for the control) kept as the row.
+    (``reward``: a train-rm workdir, a dpo workdir (its implicit reward), or "gold" for
+    the control) kept as the row.
 Batches are a pure function of the step (``ArraySource``), the state is
 ``{"params", "opt_state", "step"}``, so a killed run resumes bit for bit. The evaluation
 is the held-out response loss and, on the synthetic task, the gold reward and KL to the
@@ -35,7 +36,6 @@ from rmjax.objectives import language_model
 from rmjax.parallel.sharding import to_host
 from rmjax.rl import best_of_n, build, policy_eval
 from rmjax.rl import rewards as rl_rewards
-from rmjax.rm import reward_source
 from rmjax.runtime import loop
 from rmjax.runtime.checkpoint import Checkpointer, abstract_like, provenance
 from rmjax.runtime.metrics import MetricsWriter, Progress
@@ -102,14 +102,14 @@ def _file_rows(f) -> tuple[dict, dict, int]:
 
 def best_of_n_rows(task, policy, cfg, seed: int, mesh) -> dict:
   """Rejection sampling: for ``cfg.prompts`` prompts, the best of ``cfg.n`` samples of
-  ``policy`` by ``cfg.reward`` ("gold" or a train-rm workdir: its members' mean), as rows
-  (right-padded, prompt first)."""
+  ``policy`` by ``cfg.reward`` ("gold", a train-rm workdir: its members' mean, or a dpo
+  workdir: its implicit reward), as rows (right-padded, prompt first)."""
   if cfg.reward == "gold":
     score = lambda tokens, mask, plen: task.gold_reward(tokens, mask, plen)["total"]
   else:
-    source = reward_source.from_workdir(cfg.reward, mesh)
+    (source,) = build.load_reward_sources([cfg.reward], mesh)
     score = lambda tokens, mask, plen: jnp.mean(jnp.asarray(
-        rl_rewards.member_scores([source], tokens, mask)[0]), axis=-1)
+        rl_rewards.member_scores([source], tokens, mask, plen)[0]), axis=-1)
   key = jax.random.fold_in(jax.random.key(seed), SELECTION_STREAM)
   prompts, prompt_len = task.sample_prompts(jax.random.fold_in(key, 0), cfg.prompts)
   mask = np.arange(prompts.shape[1])[None] < prompt_len[:, None]

@@ -119,6 +119,9 @@ def test_prefix_kept_eos_appended_and_prompt_start_dropped():
   assert tokens[1][mask[1]].tolist() == [1, 35, 2]
   tokens, mask = tokenize_sequences(["abcd"], ["wxyz"], tok, 5)
   assert tokens[0][mask[0]].tolist() == [1, 32, 33, 34, 35, 2][-5:]  # response end, EOS last
+  _, _, prompt_len = tokenize_sequences(["abcd", "", "abcd"], ["xy", "z", "wxyz"], tok, 6,
+                                        with_prompt_len=True)
+  np.testing.assert_array_equal(prompt_len, [3, 1, 1])  # BOS + "cd"; BOS; BOS (no room)
   out = tokenize_pairs([PreferencePair("abcd", "xy", "wxyz")], tok, 7)
   assert _row(out, "chosen", 0) == [1, 13, 33, 34, 2]  # BOS + what fits beside "wxyz"+EOS
   assert _row(out, "rejected", 0) == [1, 13, 32, 33, 34, 35, 2]
