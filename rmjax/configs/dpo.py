@@ -34,10 +34,21 @@ def get_config() -> ml_collections.ConfigDict:
   # pairs of the policy's own samples, each round: prompts synthetic prompts x samples
   # responses, labelled by labeller "reward" (the members' mean of the train-rm run
   # `reward`) or "implicit" (the policy's own beta log pi/pi_ref, SPA); pairs
-  # "best_worst" or "all"; then updates DPO steps on them.
+  # "best_worst" or "all"; then updates DPO steps on them. optimism: SELM's alpha (their
+  # trainer's 0.001; 0 = off; dpo.loss "dpo" only): each pair's loss adds alpha * beta *
+  # log(pi/pi_ref) of one of its prompt's samples of the round, drawn uniformly with the
+  # round's key. pi_ref here is the fixed starting policy, where SELM's reference is the
+  # previous iteration's model (docs/algorithms.md section 7).
   c.dpo.online = ml_collections.ConfigDict(dict(
       rounds=0, prompts=64, samples=4, pairs="best_worst", labeller="reward",
-      reward="runs/train_rm", updates=4, temperature=1.0))
+      reward="runs/train_rm", updates=4, temperature=1.0, optimism=0.0))
+  # Iterative DPO's prompts: path "" = the synthetic task's; else a prompts file read as
+  # `rmjax rl` reads it (rmjax/configs/rl.py), with policy.init_from a Hugging Face folder
+  # (or .gguf file, or rl/dpo/sft run) and, for labeller "reward", a train-rm run on files
+  # with the same tokenizer. No gold reward off the synthetic task.
+  c.prompts = ml_collections.ConfigDict(dict(
+      path="", format="", tokenizer="", max_len=64, max_response_len=64,
+      skip_bad_rows=False))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.95, clip_norm=1.0,
       grad_accum=1))
@@ -71,6 +82,15 @@ FIELDS = {
     "dpo.online.reward": "the train-rm run that labels pairs (labeller \"reward\")",
     "dpo.online.updates": "DPO steps (minibatches of the round's pairs) per round",
     "dpo.online.temperature": "sampling temperature of the round's responses",
+    "dpo.online.optimism": "SELM's alpha (0 = off; dpo.loss dpo): alpha * beta * log pi/pi_ref "
+                           "of a sampled response, pi_ref the starting policy",
+    "prompts.path": "iterative DPO: \"\" = the synthetic task's prompts; else a file of "
+                    "prompt rows or pairs (needs policy.init_from)",
+    "prompts.format": "format of prompts.path; \"\" = detected",
+    "prompts.tokenizer": "\"\" = the policy's own, else the labelling reward model's",
+    "prompts.max_len": "prompt tokens kept (its end)",
+    "prompts.max_response_len": "tokens per sampled response on prompts.path",
+    "prompts.skip_bad_rows": "drop malformed prompt rows (reported) instead of stopping",
     **describe.section("optim", describe.OPTIM),
     **describe.section("train", describe.POLICY_TRAIN),
 }

@@ -17,6 +17,8 @@ h = r̂_c − r̂_r:
          odds = p/(1 − p), p = exp(log π(y)/|y|)    (Hong et al. 2024; no ref)
   kto    λ_D (1 − σ(r̂_c − β z)) + λ_U (1 − σ(β z − r̂_r)), z = max(0, KL estimate)
                                                     (Ethayarajh et al. 2024)
+and, beside dpo in iterative DPO, SELM's optimism term α·β·(log π(y) − log ref(y)) of a
+response y the sampling policy drew (Zhang et al. 2024).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rmjax.objectives.precision import at_least_f32
 
 LOSSES = ("dpo", "cdpo", "ipo", "simpo", "orpo", "kto")
 NEEDS_REFERENCE = ("dpo", "cdpo", "ipo", "kto")
+OPTIMISM_LOSSES = ("dpo",)  # SELM adds its term to the sigmoid loss only
 
 
 def implicit_rewards(logp_c, logp_r, ref_c, ref_r, beta):
@@ -50,6 +53,15 @@ def dpo(logp_c, logp_r, ref_c, ref_r, beta=0.1, label_smoothing=0.0):
   losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(h) \
       - label_smoothing * jax.nn.log_sigmoid(-h)
   return losses, _reward_metrics(chosen, rejected)
+
+
+def selm_optimism(logp_y, ref_y, alpha, beta):
+  """SELM's optimism term α·β·(log π(y) − log ref(y)), [B]: y is one response per pair
+  drawn from the policy that sampled the pairs. Added to the DPO loss, minimising it lowers
+  the likelihood ratio of what that policy already produces, which moves mass toward
+  responses it has not explored; α = 0 is plain DPO."""
+  f = at_least_f32
+  return alpha * beta * (f(logp_y) - f(ref_y))
 
 
 def ipo(logp_c, logp_r, ref_c, ref_r, beta=0.1):

@@ -44,6 +44,8 @@ from rmjax.tasks import preference as synthetic
 PAIR_KEYS = (schema.CHOSEN_TOKENS, schema.CHOSEN_MASK, schema.REJECTED_TOKENS,
              schema.REJECTED_MASK, "prompt_len", schema.WEIGHT)
 REF_CHOSEN, REF_REJECTED = "ref_chosen", "ref_rejected"  # precomputed reference log-probs
+# iterative DPO with dpo.online.optimism > 0: SELM's y_ref, one sampled response per pair
+EXPLORE_TOKENS, EXPLORE_MASK = "explore_tokens", "explore_mask"
 REFERENCES = ("model", "precomputed")
 
 
@@ -61,7 +63,9 @@ def pair_logprobs(model, batch):
 def make_loss(graphdef, cfg):
   """``loss(params, reference, batch) -> (weighted mean loss, metrics)`` of the ``dpo``
   section ``cfg``; the reference's log-probs come from the batch when it has them, from
-  ``reference`` (params, no gradient) otherwise, or are zeros for simpo and orpo."""
+  ``reference`` (params, no gradient) otherwise, or are zeros for simpo and orpo. A batch
+  with ``EXPLORE_TOKENS`` (iterative DPO's) adds SELM's optimism term of those rows, with
+  α = ``cfg.online.optimism``, to each pair's loss and logs its mean as "optimism"."""
 
   def loss(params, reference, batch):
     lc, lr, nc, nr = pair_logprobs(nnx.merge(graphdef, params), batch)
@@ -73,7 +77,15 @@ def make_loss(graphdef, cfg):
       rc = rr = jnp.zeros_like(lc)
     losses, metrics = dpo_lib.losses(cfg.loss, cfg, lc, lr, rc, rr, nc, nr)
     w = batch[schema.WEIGHT].astype(jnp.float32)
-    total = jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1e-8)
+    mean = lambda x: jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1e-8)
+    if EXPLORE_TOKENS in batch:
+      rows = (batch[EXPLORE_TOKENS], batch[EXPLORE_MASK], batch["prompt_len"])
+      ly, _ = sequence_logprobs(nnx.merge(graphdef, params), *rows)
+      ry, _ = jax.lax.stop_gradient(sequence_logprobs(nnx.merge(graphdef, reference), *rows))
+      optimism = dpo_lib.selm_optimism(ly, ry, cfg.online.optimism, cfg.beta)
+      losses = losses + optimism
+      metrics = {**metrics, "optimism": mean(optimism)}
+    total = mean(losses)
     return total, {**metrics, "loss": total, "logp_chosen": jnp.mean(lc),
                    "logp_rejected": jnp.mean(lr)}
 
@@ -105,6 +117,13 @@ class DPOTrainer:
       raise ValueError(f"dpo.loss={c.loss!r} is not one of {dpo_lib.LOSSES}")
     if c.reference not in REFERENCES:
       raise ValueError(f"dpo.reference={c.reference!r} is not one of {REFERENCES}")
+    if c.online.optimism:
+      raise ValueError(f"dpo.online.optimism={c.online.optimism} is SELM's term on the "
+                       "responses a round samples: set dpo.online.rounds > 0")
+    prompts = str((config.get("prompts") or {}).get("path", "") or "")
+    if prompts:
+      raise ValueError(f"prompts.path={prompts} is read by iterative DPO only: set "
+                       "dpo.online.rounds > 0, or give offline pairs in the data section")
     self.config = config
     self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
     tc = config.train

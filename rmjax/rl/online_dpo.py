@@ -1,6 +1,9 @@
 """Iterative (online) DPO (``rmjax dpo`` with ``dpo.online.rounds > 0``): each round samples
-``samples`` responses to ``prompts`` synthetic-task prompts from the current policy, labels
-pairs among them, and takes ``updates`` DPO steps (``dpo.loss``) on those pairs.
+``samples`` responses to ``prompts`` prompts from the current policy, labels pairs among
+them, and takes ``updates`` DPO steps (``dpo.loss``) on those pairs. The prompts are the
+synthetic task's, or, with ``prompts.path``, a prompts file read as ``rmjax rl`` reads it
+(``build.rollout_task``: a policy from ``policy.init_from``, its tokenizer, no gold
+reward), its labeller checked against the policy's vocabulary, tokenizer and task.
 
 Labellers (``dpo.online.labeller``): "reward", the members' mean of a ``train-rm`` run
 (``dpo.online.reward``), or "implicit", the policy's own implicit reward β·log(π/π_ref)
@@ -9,7 +12,11 @@ Preference Data" (SPA) labels its own samples; it goes on from an ``rmjax dpo`` 
 on seed pairs: ``policy.init_from``) against that run's reference. Pairs (``dpo.online.pairs``): "best_worst",
 each prompt's highest against its lowest scored sample (a prompt whose samples tie
 weighs 0), or "all", every two samples of a prompt, the higher scored as chosen (ties 0).
-The reference is the starting policy (SPA: the DPO run's own reference). One round is one step of the training loop, so
+The reference is the starting policy (SPA: the DPO run's own reference). With
+``dpo.online.optimism`` α > 0 each pair's loss adds SELM's optimism term
+(``objectives.dpo.selm_optimism``) of one of its prompt's samples, drawn uniformly with the
+round's key; against that fixed reference, not SELM's previous-round model
+(``docs/algorithms.md`` §7). One round is one step of the training loop, so
 every checkpoint falls between rounds and, as every key derives from (seed, round), a
 killed run resumes bit for bit. Each round logs the DPO metrics (means over its updates),
 the labeller's chosen − rejected gap, and on the synthetic task the gold reward and the k1
@@ -78,16 +85,40 @@ class OnlineDPOTrainer:
                                  ("pairs", o.pairs, PAIRINGS)):
       if value not in allowed:
         raise ValueError(f"dpo.online.{name}={value!r} is not one of {allowed}")
-    if config.data.source != "synthetic":
-      raise ValueError("dpo.online samples the synthetic task's prompts: data.source must be "
-                       f"'synthetic', not {config.data.source!r}")
+    path = str((config.get("prompts") or {}).get("path", "") or "")
+    if not path and config.data.source != "synthetic":
+      raise ValueError("dpo.online samples the synthetic task's prompts unless prompts.path "
+                       f"is given: data.source must be 'synthetic', not {config.data.source!r}")
+    if path and not config.policy.init_from:
+      raise ValueError(f"prompts.path={path} needs policy.init_from (a Hugging Face folder, "
+                       "a .gguf file or an rl, dpo or sft run): the synthetic policy and its "
+                       "gold reward belong to the synthetic prompts")
     if o.samples < 2:
       raise ValueError(f"dpo.online.samples={o.samples} must be >= 2 to form a pair")
+    self.optimism = float(o.optimism)
+    if self.optimism < 0:
+      raise ValueError(f"dpo.online.optimism={o.optimism} must be >= 0 (0 = off)")
+    if self.optimism and c.loss not in dpo_lib.OPTIMISM_LOSSES:
+      raise ValueError(f"dpo.online.optimism={o.optimism} is SELM's term beside the sigmoid "
+                       f"DPO loss: set dpo.loss='dpo', not {c.loss!r}")
     self.config = config
     self.mesh = mesh or parallel.make_mesh(parallel.MeshConfig(**config.mesh))
-    self.task = synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict()))
-    policy = (build.policy_from(str(config.policy.init_from)) if config.policy.init_from
-              else self.task.policy)
+    self.labeller = None
+    if o.labeller == "reward":
+      self.labeller = reward_source.from_workdir(o.reward, self.mesh)
+    if path:  # rl's prompt reader: the policy of policy.init_from and its tokenizer
+      self.task = build.rollout_task(config, [self.labeller] if self.labeller else [],
+                                     gold=False)
+      policy = self.task.policy
+      if self.task.prompt_width + self.task.max_response_len > policy.cfg.max_seq_len:
+        raise ValueError(f"prompts of {self.task.prompt_width} tokens plus "
+                         f"prompts.max_response_len={self.task.max_response_len} exceed the "
+                         f"policy's max_seq_len {policy.cfg.max_seq_len}")
+    else:
+      self.task = build.synthetic_rollout_task(
+          synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict())))
+      policy = (build.policy_from(str(config.policy.init_from)) if config.policy.init_from
+                else self.task.policy)
     reference = policy
     if o.labeller == "implicit":  # SPA: go on from a DPO run, against its own reference
       run = (build.read_run_config(config.policy.init_from) if config.policy.init_from
@@ -106,17 +137,19 @@ class OnlineDPOTrainer:
                        f"{o.updates} minibatches")
     self.pairs_per_round, self.minibatch = pairs, pairs // o.updates
     self.tx = make_optimizer(config.optim, o.rounds * o.updates, None)
-    self.sampling = SamplingConfig(max_new_tokens=self.task.cfg.max_response_len,
-                                   temperature=o.temperature, eos_id=synthetic.EOS,
-                                   pad_id=synthetic.PAD)
-    self.labeller = None
+    self.sampling = SamplingConfig(max_new_tokens=self.task.max_response_len,
+                                   temperature=o.temperature, eos_id=self.task.eos_id,
+                                   pad_id=self.task.pad_id)
     # SPA's labeller: the implicit reward of the current parameters (set each round)
     self.own = ImplicitRewardSource(policy, policy, c.beta, "the policy's implicit reward")
-    if o.labeller == "reward":
-      self.labeller = reward_source.from_workdir(o.reward, self.mesh)
+    if self.labeller is not None and path:
+      build.check_sources([self.labeller], self.task)
+    elif self.labeller is not None:
       reward_source.check_compatible([self.labeller], vocab_size=policy.cfg.vocab_size,
                                      what="the policy")
     self.uses_reference = c.loss in dpo_lib.NEEDS_REFERENCE
+    self.batch_keys = dpo.PAIR_KEYS + ((dpo.EXPLORE_TOKENS, dpo.EXPLORE_MASK)
+                                       if self.optimism else ())
     self.shardings = self._update = None
 
   def init_state(self):
@@ -150,11 +183,18 @@ class OnlineDPOTrainer:
     pairs = {schema.CHOSEN_TOKENS: tokens[chosen], schema.CHOSEN_MASK: tmask[chosen],
              schema.REJECTED_TOKENS: tokens[rejected], schema.REJECTED_MASK: tmask[rejected],
              "prompt_len": lengths[chosen], schema.WEIGHT: weight}
-    gold = self.task.gold_reward(tokens, tmask, jnp.asarray(lengths))["total"]
-    metrics = {"gold": float(np.mean(np.asarray(gold))), "kl": float(jnp.mean(kl)),
+    if self.optimism:  # SELM's y_ref: one of the pair's prompt's samples, uniformly
+      pick = np.asarray(jax.random.randint(jax.random.fold_in(key, 2), chosen.shape, 0,
+                                           o.samples))
+      rows = chosen // o.samples * o.samples + pick
+      pairs.update({dpo.EXPLORE_TOKENS: tokens[rows], dpo.EXPLORE_MASK: tmask[rows]})
+    metrics = {"kl": float(jnp.mean(kl)),
                "label_gap": float(np.mean(scores[chosen] - scores[rejected])),
                "tied_pairs": float(np.mean(weight == 0)),
                "response_length": float(np.mean(np.asarray(out.mask).sum(axis=1)))}
+    if self.task.evaluate is not None:
+      gold = self.task.evaluate(tokens, tmask, jnp.asarray(lengths))["total"]
+      metrics["gold"] = float(np.mean(np.asarray(gold)))
     return pairs, metrics
 
   def update_fn(self):
@@ -162,7 +202,7 @@ class OnlineDPOTrainer:
       step = dpo.make_step(self.graphdef, self.tx, self.c)
       reference = self.reference if self.uses_reference else None
       batch_shardings = {k: parallel.sharding.batch_sharding(self.mesh, 1 if k in (
-          "prompt_len", schema.WEIGHT) else 2) for k in dpo.PAIR_KEYS}
+          "prompt_len", schema.WEIGHT) else 2) for k in self.batch_keys}
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       jitted = jax.jit(parallel.sharding.on_mesh(step, self.mesh),
                        in_shardings=(self.shardings, parallel.tree_shardings(reference,

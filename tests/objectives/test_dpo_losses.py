@@ -78,6 +78,19 @@ def test_dpo_gradient_raises_the_chosen_and_lowers_the_rejected():
   assert np.all(np.asarray(gc) < 0) and np.all(np.asarray(gr) > 0)
 
 
+def test_selm_optimism_by_hand_off_at_zero_and_lowers_the_sampled_response():
+  # alpha beta (log pi(y) - log ref(y)): log-ratios 1 and 0 of LOGP_C against REF_C
+  got = dpo.selm_optimism(LOGP_C, REF_C, alpha=0.5, beta=0.2)
+  np.testing.assert_allclose(got, [0.1, 0.0], atol=1e-7)
+  # SELM's default alpha on a log-ratio of -3: 0.001 * 0.1 * -3
+  assert float(dpo.selm_optimism(np.array([-7.0]), np.array([-4.0]), 0.001, 0.1)[0]) == \
+      pytest.approx(-3e-4, rel=1e-6)
+  np.testing.assert_array_equal(dpo.selm_optimism(LOGP_C, REF_C, alpha=0.0, beta=0.1), 0.0)
+  # descent on the term lowers log pi(y) of the sampled response, at rate alpha * beta
+  grad = jax.grad(lambda y: dpo.selm_optimism(y, REF_C, 0.5, 0.2).sum())(LOGP_C)
+  np.testing.assert_allclose(grad, [0.1, 0.1], rtol=1e-6)
+
+
 def test_losses_dispatches_by_name_and_rejects_unknown():
   cfg = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.25, simpo_gamma=1.0,
                                        orpo_lambda=0.1, kto_desirable_weight=1.0,

@@ -1,16 +1,21 @@
 """Iterative DPO: pairs by hand, rounds labelled by a reward model or by the policy's own
-implicit reward (SPA), its checks, and exact resume after SIGKILL."""
+implicit reward (SPA), SELM's optimism term, prompts from a file with a Hugging Face policy
+and a reward model trained on files, its checks, and exact resume after SIGKILL."""
 
 import json
 import os
 
+import jax
 import kill_resume
 import numpy as np
 import pytest
+from flax import nnx
 from test_dpo import tiny_config
+from test_ppo_files import WORDS, _rm_config, _tokenizer, save_hf_policy
 
 from rmjax.configs import train_rm
-from rmjax.rl import dpo, online_dpo
+from rmjax.models import hf_io
+from rmjax.rl import build, dpo, online_dpo
 from rmjax.rm import trainer as rm_trainer
 
 
@@ -73,6 +78,99 @@ def test_spa_goes_on_from_a_dpo_run_against_its_reference(runs, tmp_path):
   # the dpo run's policy already differs from its reference: labels do not all tie, and
   # its samples are already away from the reference
   assert first["tied_pairs"] < 1.0 and first["kl"] > 0.0
+
+
+def test_selm_optimism_is_logged_and_changes_the_run(runs, tmp_path):
+  plain = online_config(tmp_path / "plain", runs / "rm", rounds=2)
+  c = online_config(tmp_path / "selm", runs / "rm", rounds=2)
+  c.dpo.online.optimism = 1.0
+  for config in (plain, c):
+    config.optim.update(warmup_steps=0, learning_rate=1e-3)  # round 0's update moves it
+    online_dpo.train(config)
+  selm, base = rows(tmp_path / "selm"), rows(tmp_path / "plain")
+  assert "optimism" not in base[0]
+  # round 0 samples the reference itself: log pi/pi_ref of its responses is 0; round 1's
+  # policy has moved, so the term is not
+  assert selm[0]["optimism"] == pytest.approx(0.0, abs=1e-6)
+  assert np.isfinite(selm[1]["optimism"]) and selm[1]["optimism"] != 0.0
+  assert selm[0]["label_gap"] == base[0]["label_gap"]  # the same samples and labels
+  assert selm[1]["loss"] != base[1]["loss"]  # the term moved the round-0 update
+
+
+def test_selm_optimism_refuses_what_it_is_not_defined_for(tmp_path):
+  c = tiny_config(tmp_path)
+  c.dpo.online.optimism = 0.001
+  with pytest.raises(ValueError, match="dpo.online.optimism=0.001 .* dpo.online.rounds > 0"):
+    dpo.DPOTrainer(c)
+  c.dpo.online.rounds, c.dpo.loss = 2, "ipo"
+  with pytest.raises(ValueError, match="set dpo.loss='dpo', not 'ipo'"):
+    online_dpo.OnlineDPOTrainer(c)
+  c.dpo.loss, c.dpo.online.optimism = "dpo", -1.0
+  with pytest.raises(ValueError, match="dpo.online.optimism=-1.0 must be >= 0"):
+    online_dpo.OnlineDPOTrainer(c)
+
+
+@pytest.fixture(scope="module")
+def files_world(tmp_path_factory):
+  """A tokenizer, a tiny random HF llama saved with it, a prompts file and a reward model
+  trained on preference files tokenised with the same tokenizer."""
+  root = tmp_path_factory.mktemp("online_files")
+  _tokenizer(root / "tok", WORDS)
+  save_hf_policy(root / "policy")
+  rng = np.random.default_rng(0)
+  text = lambda n: " ".join(rng.choice(WORDS, n))
+  with open(root / "pairs.jsonl", "w") as f:
+    for _ in range(32):
+      f.write(json.dumps({"prompt": text(4), "chosen": text(3), "rejected": text(5)}) + "\n")
+  with open(root / "prompts.jsonl", "w") as f:
+    for n in (3, 5, 7, 4, 6):
+      f.write(json.dumps({"prompt": text(n)}) + "\n")
+  rm_trainer.train(_rm_config(root / "rm", root / "tok", root / "pairs.jsonl"))
+  return root
+
+
+def files_config(world, workdir, rm_dir):
+  c = online_config(workdir, rm_dir, rounds=2)
+  c.dpo.online.samples = 2
+  c.policy.init_from = str(world / "policy")
+  c.prompts.update(path=str(world / "prompts.jsonl"), max_len=16, max_response_len=8)
+  c.optim.update(learning_rate=1e-3, warmup_steps=0)
+  return c
+
+
+def test_rounds_on_a_prompts_file_with_a_hugging_face_policy(files_world, tmp_path):
+  c = files_config(files_world, tmp_path, files_world / "rm")
+  c.dpo.online.optimism = 0.001
+  online_dpo.train(c)
+  logged = rows(tmp_path)
+  assert [r["step"] for r in logged] == [1, 2]
+  for r in logged:
+    for key in ("loss", "label_gap", "kl", "optimism", "reward_margin", "response_length"):
+      assert np.isfinite(r[key]), key
+    assert r["label_gap"] >= 0 and 0 < r["response_length"] <= 8
+    assert "gold" not in r  # no synthetic task, no gold
+  start = nnx.to_pure_dict(nnx.state(hf_io.load_hf(files_world / "policy", lm_head=True)))
+  trained = nnx.to_pure_dict(nnx.state(build.trained_policy(tmp_path)))
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start),
+                                                   jax.tree.leaves(trained))]
+  assert any(moved)
+
+
+def test_prompts_files_refuse_what_cannot_work(files_world, runs, tmp_path):
+  c = files_config(files_world, tmp_path, files_world / "rm")
+  c.policy.init_from = ""
+  with pytest.raises(ValueError, match="prompts.path=.* needs policy.init_from"):
+    online_dpo.OnlineDPOTrainer(c)
+  c = files_config(files_world, tmp_path, runs / "rm")  # a synthetic-task reward model
+  with pytest.raises(ValueError, match=f"reward model {runs / 'rm'}: its vocab_size"):
+    online_dpo.OnlineDPOTrainer(c)
+  c = files_config(files_world, tmp_path, files_world / "rm")
+  c.prompts.max_response_len = 60
+  with pytest.raises(ValueError, match="prompts.max_response_len=60 exceed"):
+    online_dpo.OnlineDPOTrainer(c)
+  c.dpo.online.rounds = 0
+  with pytest.raises(ValueError, match="prompts.path=.* is read by iterative DPO only"):
+    dpo.DPOTrainer(c)
 
 
 @pytest.mark.slow
