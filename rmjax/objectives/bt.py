@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from rmjax.objectives.precision import at_least_f32
 
 
-def _weighted_mean(values, weight):
+def weighted_mean(values, weight):
   """Σ w·v / Σ w over ``[batch]``; 0 when the weights sum to 0 (an all-padding batch)."""
   total = jnp.sum(weight)
   safe = jnp.where(total > 0, total, 1.0)
@@ -58,9 +58,9 @@ def bradley_terry_loss(r_chosen, r_rejected, margin=None, weight=None, label_smo
   if smoothing_mask is not None:
     alpha = jnp.where(jnp.asarray(smoothing_mask, bool), alpha, 0.0)
   per_pair = -((1.0 - alpha) * jax.nn.log_sigmoid(z) + alpha * jax.nn.log_sigmoid(-z))
-  bt = _weighted_mean(per_pair, w)
-  center = center_coef * _weighted_mean((r_c + r_r) ** 2, w)
-  score_reg = score_reg_coef * _weighted_mean(0.5 * (r_c ** 2 + r_r ** 2), w)
+  bt = weighted_mean(per_pair, w)
+  center = center_coef * weighted_mean((r_c + r_r) ** 2, w)
+  score_reg = score_reg_coef * weighted_mean(0.5 * (r_c ** 2 + r_r ** 2), w)
   return bt + center + score_reg, {"bt": bt, "center": center, "score_reg": score_reg}
 
 
