@@ -19,8 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   # draws, so that heads do not all fit the same data.
   # folds: F >= 2 splits the pairs into F folds, member m trained without fold m % F, for
   # out-of-fold preference strength (rmjax score-pairs); 0 = every member sees every pair.
+  # gaussian: each member predicts a mean and a log-std of its reward, trained with the
+  # Gaussian preference NLL (BRME; rmjax/objectives/gaussian.py); any k, either layout.
   c.ensemble = ml_collections.ConfigDict(dict(k=1, shared_backbone=False, bootstrap=True,
-                                              vectorize="auto", folds=0))
+                                              vectorize="auto", folds=0, gaussian=False))
   # ModelConfig fields on top of a preset (vocab size and heads come from the data/task).
   # init_from: a GGUF file or Hugging Face folder whose backbone replaces the preset.
   # LoRA (rmjax/models/lora.py): lora_rank > 0 freezes the backbone and trains low-rank
@@ -97,6 +99,8 @@ FIELDS = {
                           "auto",
     "ensemble.folds": "F >= 2: member m never trains on fold m % F (out-of-fold strength); "
                       "0 = off",
+    "ensemble.gaussian": "each member predicts a Gaussian reward (a mean and a std head), "
+                         "trained with the probit preference NLL (BRME)",
     "model.preset": "model preset (rmjax.models.config.PRESETS) the fields below modify",
     "model.d_model": "width of the residual stream",
     "model.n_layers": "transformer blocks",

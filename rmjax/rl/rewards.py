@@ -88,11 +88,21 @@ class ScoreConfig:
 def member_scores(sources, tokens, mask, prompt_len=None) -> list[np.ndarray]:
   """Every reward source's member rewards [B, K_j] (numpy) of right-padded sequences whose
   first ``prompt_len`` [B] tokens are the prompt (None: sources that need it refuse)."""
-  out = []
+  return member_scores_and_stds(sources, tokens, mask, prompt_len)[0]
+
+
+def member_scores_and_stds(sources, tokens, mask, prompt_len=None):
+  """(``member_scores``, and per source the predicted stds [B, K_j] of a source with
+  Gaussian heads (``has_stds``: its rewards are their means) or None), one pass each."""
+  rewards, stds = [], []
   for source in sources:
-    rewards = to_host(source(tokens, mask, prompt_len))
-    out.append(rewards[:, None] if rewards.ndim == 1 else rewards)
-  return out
+    if getattr(source, "has_stds", False):
+      r, s = to_host(source.with_stds(tokens, mask, prompt_len))
+    else:
+      r, s = to_host(source(tokens, mask, prompt_len)), None
+    rewards.append(r[:, None] if r.ndim == 1 else r)
+    stds.append(s)
+  return rewards, stds
 
 
 def identity_stats(members_per_source: list[int]) -> tuple[dict, ...]:
@@ -121,15 +131,29 @@ def normalize_members(members: list[np.ndarray], stats) -> list[np.ndarray]:
           for m, s in zip(members, stats)]
 
 
-def objective_scores(members: list[np.ndarray], cfg: ScoreConfig, stats=None) -> np.ndarray:
+def objective_scores(members: list[np.ndarray], cfg: ScoreConfig, stats=None,
+                     stds=None) -> np.ndarray:
   """[..., J]: each source's members, normalised with ``stats`` (needed when
-  ``cfg.member_norm``), reduced by the ensemble objective."""
+  ``cfg.member_norm``), reduced by the ensemble objective.
+
+  ``stds``: per source, the predicted stds [..., K_j] of Gaussian heads or None
+  (``member_scores_and_stds``). "brme" reads them to pick each example's nominal head;
+  normalisation divides them by the member's σ_i as it divides the means.
+  """
   if cfg.member_norm:
     if stats is None:
       raise ValueError("reward.member_norm=True needs the member statistics (member_stats)")
     members = normalize_members(members, stats)
-  return np.stack([np.asarray(objectives.combine(m, cfg.objective, **cfg.objective_kwargs))
-                   for m in members], axis=-1)
+  stds = [None] * len(members) if stds is None else list(stds)
+  if len(stds) != len(members):
+    raise ValueError(f"{len(stds)} sets of member stds for {len(members)} reward sources")
+  scores = []
+  for j, (m, s) in enumerate(zip(members, stds)):
+    kwargs = dict(cfg.objective_kwargs)
+    if cfg.objective == "brme" and s is not None:
+      kwargs["stds"] = np.asarray(s) / np.asarray(stats[j]["sigma"]) if cfg.member_norm else s
+    scores.append(np.asarray(objectives.combine(m, cfg.objective, **kwargs)))
+  return np.stack(scores, axis=-1)
 
 
 def reference_levels(ref_scores: np.ndarray, cfg: ScoreConfig) -> np.ndarray:

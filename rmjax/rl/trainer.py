@@ -222,14 +222,15 @@ class RLTrainer:
     each [B] or None without an evaluation hook, stated confidences [B] or None without a
     confidence hook) of episodes."""
     tokens, mask = to_host(right_padded(seq, seq_mask))  # every process: all rows
-    members = ppo_rewards.member_scores(self.sources, tokens, mask, lengths)
+    members, stds = ppo_rewards.member_scores_and_stds(self.sources, tokens, mask, lengths)
     gold = None
     if self.task.evaluate is not None:
       gold = {k: np.asarray(v) for k, v in
               self.task.evaluate(tokens, mask, jnp.asarray(lengths)).items()}
     stated = (None if self.task.confidence is None else
               np.asarray(self.task.confidence(tokens, mask, lengths)))
-    return ppo_rewards.objective_scores(members, self.score_cfg, stats), members, gold, stated
+    scores = ppo_rewards.objective_scores(members, self.score_cfg, stats, stds)
+    return scores, members, gold, stated
 
   def rollout(self, state, iteration: int):
     """(episodes with advantages and returns, metrics, the state's new "kl" and "moments")

@@ -75,11 +75,16 @@ class RMSpec:
       raise ValueError(f"train.steps={tc.steps} gives no update with "
                        f"optim.grad_accum={config.optim.grad_accum}")
     meta = config.get("metarm")
+    meta = meta if meta is not None and meta.enabled else None
+    layout = ensemble.Layout.from_config(config.get("ensemble"))
+    if layout.gaussian and meta is not None:
+      raise ValueError("ensemble.gaussian=True with metarm.enabled=True: MetaRM's difference "
+                       "loss reads scalar rewards; turn one of them off")
     contrastive = config.loss.get("contrastive")
-    return cls(layout=ensemble.Layout.from_config(config.get("ensemble")), model=config.model,
+    return cls(layout=layout, model=config.model,
                model_fields=contrastive_terms.model_fields(contrastive), loss=config.loss,
                contrastive=contrastive_terms.resolve(contrastive),
-               metarm=meta if meta is not None and meta.enabled else None,
+               metarm=meta,
                optim=config.optim, seed=int(config.seed), batch_size=int(tc.batch_size),
                steps=int(tc.steps), updates=updates,
                shared_prompt=bool(tc.get("shared_prompt", False)))
@@ -205,15 +210,17 @@ def build_members(cfg, vocab_size: int, seed: int, mesh, layout: ensemble.Layout
                   **overrides):
   """(graphdef, params) of ``layout``'s model(s) on ``mesh``: stacked [K, ...] for
   separate members (member m built as ``build_model`` builds it with its own seed),
-  else one model with ``layout.heads`` heads."""
+  else one model with ``layout.heads`` members; each model has ``layout.columns`` reward
+  heads (two per member with Gaussian heads)."""
   if not layout.stacked:
-    return nnx.split(build_model(cfg, vocab_size, seed, mesh, layout.heads, **overrides))
+    return nnx.split(build_model(cfg, vocab_size, seed, mesh, layout.columns, **overrides))
   seeds = ensemble.member_seeds(seed, layout.k)
   if not cfg.init_from:
-    mcfg = build_model_config(cfg, vocab_size, **overrides)
+    mcfg = build_model_config(cfg, vocab_size, layout.columns, **overrides)
     return ensemble.init_stacked(lambda rngs: Transformer(mcfg, rngs=rngs), seeds, mesh)
   # A pretrained backbone: the same in every member, heads initialised per member.
-  splits = [nnx.split(_load_pretrained(cfg, vocab_size, s, 1, **overrides)) for s in seeds]
+  splits = [nnx.split(_load_pretrained(cfg, vocab_size, s, layout.columns, **overrides))
+            for s in seeds]
   return splits[0][0], parallel.shard_tree(ensemble.stack_states([p for _, p in splits]), mesh)
 
 
@@ -254,7 +261,7 @@ def _member_seeds(spec: RMSpec) -> list[int]:
 def _params(spec: RMSpec, vocab_size: int, mesh, abstract: bool):
   """(model config, graphdef, params): real and sharded on ``mesh``, or ShapeDtypeStructs."""
   layout = spec.layout
-  mcfg = model_config(spec.model, vocab_size, layout.heads, **spec.model_fields)
+  mcfg = model_config(spec.model, vocab_size, layout.columns, **spec.model_fields)
   if abstract:
     graphdef, params = abstract_members(mcfg, layout)
   else:
@@ -276,7 +283,8 @@ def _update(spec: RMSpec, graphdef, tx):
   """One member's update: a gradient step on the loss (BT plus the contrastive term),
   after MetaRM's lookahead when it is on."""
   loss_fn = rm_step.make_loss_fn(graphdef, spec.loss,
-                                 contrastive_terms.make_aux_loss(spec.contrastive))
+                                 contrastive_terms.make_aux_loss(spec.contrastive),
+                                 gaussian=spec.layout.gaussian)
   if spec.metarm is None:
     return rm_step.make_member_update(tx, loss_fn)
   return metarm.make_meta_update(graphdef, tx, loss_fn, spec.metarm.eta,

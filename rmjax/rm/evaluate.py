@@ -16,7 +16,10 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
   ``eval_fn`` gives [B, K] member rewards. The plain names ("accuracy", "margin", "ece",
   "length_correlation", "gold_agreement") score the members' mean reward (K = 1: the
   model); an ensemble adds each member's metrics as "name/m" and the average member's
-  accuracy and gold agreement as "member_accuracy" and "member_gold_agreement".
+  accuracy and gold agreement as "member_accuracy" and "member_gold_agreement". With
+  Gaussian heads ("std_chosen"/"std_rejected" beside the means) the rewards are the
+  predicted means, and "mean_std" (and "mean_std/m" per member) is the mean predicted std
+  over both sides of every pair.
   """
   parts = []
   for batch, real in padded_batches(arrays, batch_size):
@@ -33,6 +36,11 @@ def evaluate(eval_fn, params, arrays, batch_size: int, mesh) -> dict[str, float]
     for name in ("accuracy", "gold_agreement"):
       if name in metrics:
         metrics[f"member_{name}"] = float(np.mean([member[name] for member in members]))
+  if "std_chosen" in out:
+    stds = np.concatenate([out["std_chosen"], out["std_rejected"]])  # [2n, K]
+    metrics["mean_std"] = float(stds.mean())
+    if k > 1:
+      metrics.update({f"mean_std/{m}": float(stds[:, m].mean()) for m in range(k)})
   return metrics
 
 

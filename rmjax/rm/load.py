@@ -166,7 +166,7 @@ def load_ensemble(workdir: str | os.PathLike, mesh=None, *, step: int | None = N
     layout = ensemble.Layout.from_config(config.get("ensemble"))
     vocab_size = int(stored["embed"]["value"].shape[-2])  # [(K,) vocab, embed]
     loss = config.get("loss") or {}
-    cfg = model_config_of(config.model, vocab_size, layout.heads,
+    cfg = model_config_of(config.model, vocab_size, layout.columns,
                           **contrastive_terms.model_fields(loss.get("contrastive")))
     mesh = single_device_mesh() if mesh is None else mesh
     graphdef, abstract = rm_build.abstract_members(cfg, layout)

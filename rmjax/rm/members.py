@@ -22,6 +22,12 @@ Two layouts (``Layout``), both chosen by the run config's ``ensemble`` section:
   the cost this layout exists to avoid.
 
 ``k = 1`` is today's single reward model, trained by the same code path.
+
+**Gaussian heads** (``gaussian``, either layout and k = 1): each member predicts a mean and
+a log-std of its reward instead of one number (BRME, Yan et al. 2024; ``algorithms.md`` §3),
+so each model has two reward-head columns per member, the members' means first, then their
+log-stds (``Layout.columns``, ``split_columns``). The means are the member rewards every
+consumer reads; the stds (``objectives.gaussian.std``) come beside them.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from flax import nnx
 
 from rmjax import parallel
 from rmjax.models.transformer import sequence_rewards
+from rmjax.objectives import gaussian as gaussian_lib
 
 AXIS = "ensemble"  # the logical name of the member axis of stacked parameters
 VECTORIZE = ("auto", "vmap", "map")
@@ -54,6 +61,8 @@ class Layout:
   # split into F folds and member m never sees fold m % F, so that every pair has members
   # that can score it out of fold (``rmjax score-pairs``, ``rmjax.rm.strength``).
   folds: int = 0
+  # Each member predicts a Gaussian N(mean, std²) of the reward: two head columns each.
+  gaussian: bool = False
 
   def __post_init__(self):
     if not isinstance(self.k, int) or self.k < 1:
@@ -84,6 +93,10 @@ class Layout:
     """Reward heads of each model: K for a shared backbone, else 1."""
     return self.k if self.shared_backbone else 1
 
+  @property
+  def columns(self) -> int:
+    """Reward-head outputs of each model: ``heads``, twice that with Gaussian heads."""
+    return self.heads * (2 if self.gaussian else 1)
 
 
 SINGLE = Layout()  # one model, one head: the default of every builder and step
@@ -182,15 +195,36 @@ def apply_members(layout: Layout, graphdef, params, fn, member_devices: int = 1)
   return jax.tree.map(lambda x: jnp.moveaxis(x[..., 0], 0, -1), out)
 
 
-def member_rewards(layout: Layout, graphdef, params, tokens, mask) -> jax.Array:
-  """float32 [B, K] member rewards of sequences tokens/mask [B, seq]."""
-  return apply_members(layout, graphdef, params,
-                       lambda model: sequence_rewards(model, tokens, mask))
+def split_columns(scores, gaussian: bool):
+  """A model's reward-head outputs [..., columns] -> (member rewards [..., heads], log-stds
+  [..., heads]; None for scalar heads, whose columns are the rewards)."""
+  if not gaussian:
+    return scores, None
+  heads = scores.shape[-1] // 2
+  return scores[..., :heads], scores[..., heads:]
+
+
+def head_outputs(layout: Layout, scores) -> dict:
+  """{"reward": [..., heads]} of a model's reward-head outputs [..., columns], with
+  "std" [..., heads] beside it for Gaussian heads (``objectives.gaussian.std``)."""
+  means, log_stds = split_columns(scores, layout.gaussian)
+  if log_stds is None:
+    return {"reward": means}
+  return {"reward": means, "std": gaussian_lib.std(log_stds)}
+
+
+def member_outputs(layout: Layout, graphdef, params, tokens, mask) -> dict:
+  """{"reward": float32 [B, K] member rewards (Gaussian heads: their means)} of sequences
+  tokens/mask [B, seq], with "std" [B, K] for Gaussian heads."""
+  return apply_members(layout, graphdef, params, lambda model: head_outputs(
+      layout, sequence_rewards(model, tokens, mask)))
 
 
 class RewardEnsemble:
   """A trained reward model or ensemble as a scorer: ``self(tokens, mask) -> [B, K]``
-  float32 member rewards (K = 1 for a single model), jitted once per input shape.
+  float32 member rewards (K = 1 for a single model), jitted once per input shape. With
+  Gaussian heads (``has_stds``) these are the predicted means, and ``with_stds`` gives
+  the predicted stds beside them from the same pass.
 
   ``cfg``: the ModelConfig of one member (vocabulary, ``max_seq_len``); ``params``:
   the parameters as trained (stacked for separate members).
@@ -198,12 +232,24 @@ class RewardEnsemble:
 
   def __init__(self, graphdef, params, layout: Layout, cfg):
     self.graphdef, self.params, self.layout, self.cfg = graphdef, params, layout, cfg
-    self._score = jax.jit(lambda params, tokens, mask: member_rewards(
+    self._score = jax.jit(lambda params, tokens, mask: member_outputs(
         layout, graphdef, params, tokens, mask))
 
   @property
   def k(self) -> int:
     return self.layout.k
 
+  @property
+  def has_stds(self) -> bool:
+    return self.layout.gaussian
+
   def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-    return self._score(self.params, tokens, mask)
+    return self._score(self.params, tokens, mask)["reward"]
+
+  def with_stds(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(means [B, K], predicted stds [B, K]) of a model with Gaussian heads."""
+    if not self.has_stds:
+      raise ValueError("this reward model has scalar heads (ensemble.gaussian=False): it "
+                       "predicts no std")
+    out = self._score(self.params, tokens, mask)
+    return out["reward"], out["std"]

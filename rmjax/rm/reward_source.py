@@ -93,7 +93,11 @@ def run_tokenizer(run_config) -> str:
 
 class WorkdirSource:
   """A trained reward model or ensemble (``members.RewardEnsemble``) with its run's
-  identity; ``ensemble`` and ``run_config`` stay readable (the critic starts from it)."""
+  identity; ``ensemble`` and ``run_config`` stay readable (the critic starts from it).
+
+  A run with Gaussian heads (``ensemble.gaussian``) scores with its predicted means, and
+  ``has_stds`` says that ``with_stds`` gives the predicted stds beside them (what BRME's
+  nominal reward reads, ``rmjax.rl.rewards``)."""
 
   def __init__(self, ensemble, run_config, name: str):
     self.ensemble, self.run_config, self.name = ensemble, run_config, name
@@ -101,12 +105,22 @@ class WorkdirSource:
     self.tokenizer = tokenizer_id(run_tokenizer(run_config))
     self.task = task_id(run_config)
     self.num_members = int(ensemble.k)
+    self.has_stds = bool(ensemble.has_stds)
     self.scale = ("Bradley–Terry logits (unbounded; only differences are meaningful), one per "
                   f"member of {self.num_members}")
+    if self.has_stds:
+      self.scale = ("means of Gaussian rewards under a probit preference link (unbounded; "
+                    f"only differences are meaningful), each with a std, one per member of "
+                    f"{self.num_members}")
 
   def __call__(self, tokens, mask, prompt_len=None):
     del prompt_len  # a reward model reads the whole sequence
     return self.ensemble(tokens, mask)
+
+  def with_stds(self, tokens, mask, prompt_len=None):
+    """(means [B, K], predicted stds [B, K]) of a run with Gaussian heads, one pass."""
+    del prompt_len
+    return self.ensemble.with_stds(tokens, mask)
 
 
 def from_workdir(workdir, mesh=None) -> WorkdirSource:

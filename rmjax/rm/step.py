@@ -19,6 +19,7 @@ from rmjax.data import schema, shared_prompt
 from rmjax.models import lora
 from rmjax.models.transformer import last_token_index
 from rmjax.objectives import bt
+from rmjax.objectives import gaussian as gaussian_lib
 from rmjax.rm import members as ensemble
 from rmjax.runtime import loop
 
@@ -91,7 +92,7 @@ def pair_hidden(model, batch, dropout_key=None, chosen_extra=None):
   return hidden[:half, 0], hidden[half:, 0], hidden[:half, 1]
 
 
-def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
+def make_loss_fn(graphdef, loss_cfg, aux_loss=None, gaussian: bool = False):
   """``loss_fn(params, batch, key) -> (loss, aux)``: the reward model's training loss.
 
   ``loss_cfg``: label_smoothing, center_coef, score_reg_coef, use_margin. A batch may
@@ -100,40 +101,60 @@ def make_loss_fn(graphdef, loss_cfg, aux_loss=None):
   ensemble) averages the heads' Bradley–Terry losses, head h weighing pair i by
   ``weight[i] * head_weight[i, h]`` when the batch has "head_weight".
 
+  ``gaussian``: the model's reward head holds H means then H log-stds
+  (``members.split_columns``), and each head's loss is the Gaussian preference NLL
+  (``objectives.gaussian.gaussian_preference_loss``, the same options) instead of BT.
+
   ``aux_loss(model, params, batch, key, h_chosen, h_rejected) -> (loss, metrics)``: an
   auxiliary term added to the BT loss (a contrastive loss); it gets its own parameters
   (``loss_params``) and the hidden states the BT loss used. ``key`` drives dropout
   (identity at ``dropout_rate`` 0) and ``aux_loss``.
 
-  ``aux``: "losses" [H] per-head BT losses, "r_chosen"/"r_rejected" [B, H] and
-  "metrics", a dict of the auxiliary term's scalars.
+  ``aux``: "losses" [H] per-head losses, "r_chosen"/"r_rejected" [B, H] (Gaussian heads:
+  the means), "std" [H] each head's mean predicted std over both sides (Gaussian heads
+  only) and "metrics", a dict of the auxiliary term's scalars.
   """
+  options = dict(center_coef=loss_cfg.center_coef, score_reg_coef=loss_cfg.score_reg_coef)
 
   def head_loss(r_chosen, r_rejected, margin, weight, smoothing):
-    loss, _ = bt.bradley_terry_loss(
-        r_chosen, r_rejected, margin=margin, weight=weight, label_smoothing=smoothing,
-        center_coef=loss_cfg.center_coef, score_reg_coef=loss_cfg.score_reg_coef)
+    loss, _ = bt.bradley_terry_loss(r_chosen, r_rejected, margin=margin, weight=weight,
+                                    label_smoothing=smoothing, **options)
+    return loss
+
+  def gaussian_head_loss(mu_c, mu_r, log_std_c, log_std_r, margin, weight, smoothing):
+    loss, _ = gaussian_lib.gaussian_preference_loss(
+        mu_c, mu_r, log_std_c, log_std_r, margin=margin, weight=weight,
+        label_smoothing=smoothing, **options)
     return loss
 
   def loss_fn(params, batch, key):
     model = nnx.merge(graphdef, model_params(params))
     dropout_key, aux_key = jax.random.split(key)
     h_chosen, h_rejected = pair_hidden(model, batch, dropout_key)
-    r_chosen, r_rejected = model.reward_scores(h_chosen), model.reward_scores(h_rejected)
+    s_chosen, s_rejected = model.reward_scores(h_chosen), model.reward_scores(h_rejected)
     margin = batch[schema.MARGIN] if loss_cfg.use_margin else None
     margin = batch.get(ADAPTIVE_MARGIN, margin)
     smoothing = batch.get(LABEL_SMOOTHING, loss_cfg.label_smoothing)
+    (r_chosen, log_std_c), (r_rejected, log_std_r) = (
+        ensemble.split_columns(s, gaussian) for s in (s_chosen, s_rejected))
     weight = batch[schema.WEIGHT][:, None] * batch.get(HEAD_WEIGHT, 1.0)
     weight = jnp.broadcast_to(weight, r_chosen.shape)
-    losses = jax.vmap(head_loss, in_axes=(1, 1, None, 1, None))(
-        r_chosen, r_rejected, margin, weight, smoothing)
+    out = {}
+    if gaussian:
+      losses = jax.vmap(gaussian_head_loss, in_axes=(1, 1, 1, 1, None, 1, None))(
+          r_chosen, r_rejected, log_std_c, log_std_r, margin, weight, smoothing)
+      stds = gaussian_lib.std(jnp.concatenate([log_std_c, log_std_r]))
+      out["std"] = jnp.mean(stds, axis=0)
+    else:
+      losses = jax.vmap(head_loss, in_axes=(1, 1, None, 1, None))(
+          r_chosen, r_rejected, margin, weight, smoothing)
     loss, metrics = jnp.mean(losses), {}
     if aux_loss is not None:
       extra, metrics = aux_loss(model, loss_params(params), batch, aux_key, h_chosen,
                                 h_rejected)
       loss = loss + extra
     return loss, {"losses": losses, "r_chosen": r_chosen, "r_rejected": r_rejected,
-                  "metrics": metrics}
+                  "metrics": metrics, **out}
 
   return loss_fn
 
@@ -143,6 +164,8 @@ def batch_metrics(aux) -> dict:
   per_head = lambda fn: jax.vmap(fn, in_axes=(1, 1))(aux["r_chosen"], aux["r_rejected"])
   metrics = {"loss": aux["losses"], "accuracy": per_head(bt.pairwise_accuracy),
              "margin": per_head(bt.mean_margin)}
+  if "std" in aux:
+    metrics["std"] = aux["std"]
   metrics = jax.tree.map(lambda x: x[0] if x.shape[0] == 1 else x, metrics)
   return {**metrics, **aux["metrics"]}
 
@@ -207,13 +230,21 @@ def flatten_member_metrics(metrics: dict, k: int) -> dict:
 def make_eval_step(graphdef, layout: ensemble.Layout = ensemble.SINGLE,
                    member_devices: int = 1):
   """(params, batch) -> {"r_chosen", "r_rejected"}: float32 [B, K] member rewards of
-  every pair (K = 1 for a single model); every member scores the same batch. ``params``:
-  a run's params (the loss's own parameters are not read)."""
+  every pair (K = 1 for a single model; Gaussian heads: the means), with "std_chosen",
+  "std_rejected" [B, K] the predicted stds of Gaussian heads; every member scores the same
+  batch. ``params``: a run's params (the loss's own parameters are not read)."""
+
+  def outputs(model, batch):
+    out = {}
+    for side, scores in zip(("chosen", "rejected"), pair_head_rewards(model, batch)):
+      heads = ensemble.head_outputs(layout, scores)
+      out[f"r_{side}"] = heads["reward"]
+      if "std" in heads:
+        out[f"std_{side}"] = heads["std"]
+    return out
 
   def step(params, batch):
-    r_chosen, r_rejected = ensemble.apply_members(
-        layout, graphdef, model_params(params),
-        lambda model: pair_head_rewards(model, batch), member_devices)
-    return {"r_chosen": r_chosen, "r_rejected": r_rejected}
+    return ensemble.apply_members(layout, graphdef, model_params(params),
+                                  lambda model: outputs(model, batch), member_devices)
 
   return step
