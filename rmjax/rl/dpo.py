@@ -143,6 +143,10 @@ class DPOTrainer:
     self.reference = parallel.shard_tree(reference, self.mesh)
     self.tx = make_optimizer(config.optim, tc.steps, None)
     self.uses_reference = c.loss in dpo_lib.NEEDS_REFERENCE
+    graphdef = self.graphdef
+    # One compiled pair forward for the reference table and every evaluation.
+    self._pair_forward = jax.jit(lambda p, b: pair_logprobs(nnx.merge(graphdef, p), b))
+    self._eval_reference = None  # the reference's held-out log-probs, computed once
     self.precomputed = None
     if self.uses_reference and c.reference == "precomputed":
       self.precomputed = self._reference_table()
@@ -158,11 +162,11 @@ class DPOTrainer:
     """[num_train_pairs, 2] the reference's (chosen, rejected) log-probs of every training
     pair, by its index."""
     pairs = rm_batches.train_pairs(self.config.data)
-    forward = jax.jit(lambda ref, b: pair_logprobs(nnx.merge(self.graphdef, ref), b)[:2])
     rows = self.config.train.batch_size
     parts = []
     for batch, real in padded_batches({k: pairs[k] for k in PAIR_KEYS}, rows):
-      lc, lr = to_host(forward(self.reference, parallel.shard_batch(batch, self.mesh)))
+      lc, lr = to_host(self._pair_forward(self.reference,
+                                          parallel.shard_batch(batch, self.mesh))[:2])
       parts.append(np.stack([lc, lr], axis=1)[:real])
     return np.concatenate(parts)
 
@@ -197,15 +201,10 @@ class DPOTrainer:
   def evaluate(self, state) -> dict[str, float]:
     """Implicit-reward metrics of the held-out pairs; on the synthetic task also the gold
     reward of policy samples and their KL to the reference."""
-    arrays = {k: self.data.eval[k] for k in PAIR_KEYS}
-    forward = jax.jit(lambda p, b: pair_logprobs(nnx.merge(self.graphdef, p), b))
-    sums = {"policy": [], "reference": []}
-    for batch, real in padded_batches(arrays, self.config.train.batch_size):
-      batch = parallel.shard_batch(batch, self.mesh)
-      for name, params in (("policy", state["params"]), ("reference", self.reference)):
-        sums[name].append([x[:real] for x in to_host(forward(params, batch))])
-    lc, lr, nc, nr = (np.concatenate(x) for x in zip(*sums["policy"]))
-    rc, rr = (np.concatenate(x) for x in list(zip(*sums["reference"]))[:2])
+    lc, lr, nc, nr = self._eval_logprobs(state["params"])
+    if self._eval_reference is None:  # the frozen reference's never change
+      self._eval_reference = self._eval_logprobs(self.reference)[:2]
+    rc, rr = self._eval_reference
     if not self.uses_reference:
       rc, rr = np.zeros_like(lc), np.zeros_like(lr)
     losses, metrics = dpo_lib.losses(self.c.loss, self.c, lc, lr, rc, rr, nc, nr)
@@ -216,6 +215,16 @@ class DPOTrainer:
         self._gold_reference = self._gold(self.reference)["gold"]
       out["gold_reference"] = self._gold_reference
     return out
+
+  def _eval_logprobs(self, params) -> list[np.ndarray]:
+    """(chosen, rejected log-probs, chosen, rejected response lengths) of every held-out
+    pair under ``params``."""
+    parts = []
+    for batch, real in padded_batches({k: self.data.eval[k] for k in PAIR_KEYS},
+                                      self.config.train.batch_size):
+      out = self._pair_forward(params, parallel.shard_batch(batch, self.mesh))
+      parts.append([x[:real] for x in to_host(out)])
+    return [np.concatenate(x) for x in zip(*parts)]
 
   def _gold(self, params) -> dict[str, float]:
     return policy_eval.gold_and_kl(self.task, self.graphdef, params, self.reference,
