@@ -214,11 +214,8 @@ def run(config) -> dict:
             f"{r['ece']:.3f}, confidence {before['confidence']:.3f} -> {r['confidence']:.3f},"
             f" gold {before['gold']:.3f} -> {r['gold']:.3f}", flush=True)
   summary = summarise(c, before, after, preference, seconds)
-  summary["total_seconds"] = time.time() - start
-  paths = write_outputs(c, summary)
-  report.announce(paths, report.verdict_lines(summary, "95% t intervals over seeds"),
-                  summary["total_seconds"])
-  return summary
+  return report.conclude(summary, lambda s: write_outputs(c, s), start,
+                         "95% t intervals over seeds")
 
 
 if __name__ == "__main__":

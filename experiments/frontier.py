@@ -278,11 +278,8 @@ def run(config) -> dict:
     run_fn = rl_run if m in RL_METHODS else offline_run
     controls[m] = run_fn(c, m, c.seeds[0], workdir, proxy, gold=True)
   summary = summarise(c, curves, controls, proxy_eval, seconds)
-  summary["total_seconds"] = time.time() - start
-  paths = write_outputs(c, summary)
-  report.announce(paths, report.verdict_lines(summary, "95% t intervals over seeds"),
-                  summary["total_seconds"])
-  return summary
+  return report.conclude(summary, lambda s: write_outputs(c, s), start,
+                         "95% t intervals over seeds")
 
 
 if __name__ == "__main__":

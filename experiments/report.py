@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import time
 
 import matplotlib
 
@@ -97,6 +98,14 @@ def prepend(path: str, lines: list[str]) -> None:
     rest = f.read()
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n\n" + rest)
+
+
+def conclude(summary: dict, write, start: float, how: str) -> dict:
+  """An experiment's end: its wall time since ``start`` into ``summary``, its outputs
+  written (``write(summary) -> paths``) and announced with the verdicts (intervals ``how``)."""
+  summary["total_seconds"] = time.time() - start
+  announce(write(summary), verdict_lines(summary, how), summary["total_seconds"])
+  return summary
 
 
 def announce(paths: list[str], verdicts: list[str], seconds: float) -> None:
