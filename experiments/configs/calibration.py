@@ -2,10 +2,13 @@
 responses state a confidence, with labels that favour confident responses.
 
 Run: ``python experiments/calibration.py --config=experiments/configs/calibration.py``.
-``rl`` holds overrides of ``rmjax/configs/rl.py`` by section (nested).
+``rl`` holds overrides of ``rmjax/configs/rl.py`` by section (nested): the frontier study's
+(``experiments/configs/frontier.py``), so that PPO here is the PPO of the frontier.
 """
 
 import ml_collections
+
+from experiments.configs import frontier
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -19,10 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_samples = 1024  # fixed prompts on which every policy's calibration is read
   # Both reward models: rmjax train-rm's default on the task's (biased) labels, trained once.
   c.proxy = ml_collections.ConfigDict(dict(steps=600, seed=0))
-  c.rl = ml_collections.ConfigDict(dict(
-      rl=ml_collections.ConfigDict(dict(iterations=60, prompts=16, samples_per_prompt=4)),
-      kl=ml_collections.ConfigDict(dict(coef=0.05)),
-      optim=ml_collections.ConfigDict(dict(
-          actor=ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=10)),
-          critic=ml_collections.ConfigDict(dict(learning_rate=1e-3))))))
+  c.rl = frontier.get_config().rl  # the frontier's PPO settings, unchanged
   return c

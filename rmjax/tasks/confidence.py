@@ -31,8 +31,9 @@ def level_token(level: int, vocab_size: int, avoid=()) -> int:
   and marker ids, so that restating a confidence changes no other gold term's class)."""
   if not 0 <= level < LEVELS:
     raise ValueError(f"confidence level {level} is not in [0, {LEVELS - 1}]")
+  avoid = set(np.asarray(avoid).tolist())
   for token in range(FIRST_CONTENT + level, vocab_size, LEVELS):
-    if token not in set(np.asarray(avoid).tolist()):
+    if token not in avoid:
       return token
   raise ValueError(f"no content id below vocab_size {vocab_size} states level {level} "
                    "outside the avoided ids")
