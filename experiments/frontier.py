@@ -12,11 +12,13 @@ method then optimises the task's base policy against it:
   * online_dpo: iterative DPO (``dpo.online``), each round's own samples paired best
     against worst by the proxy.
 Every run records its trajectory of (KL to the base policy, gold reward of the policy's own
-samples): RL per iteration (the rollout's k1 sum and gold, smoothed over ``smooth``
-iterations), DPO and SFT at every evaluation (fixed prompts), the base policy first. Gold
-at each KL of ``kls`` is interpolated at the trajectory's first crossing; a run that never
-reaches a KL has no value there. Per method and KL: the mean over seeds and a t interval;
-paired by seed, each method minus PPO. Positive controls (seed 0): each RL method and
+samples) per prompt (``per_prompt.jsonl``): RL and online DPO per iteration (the rollout's
+k1 sum and gold, the curve smoothed over ``smooth`` iterations), DPO and SFT at every
+evaluation (fixed prompts), the base policy first. Gold at each KL of ``kls`` is
+interpolated at the curve's first crossing; a run that never reaches a KL has no value
+there. Per method and KL: the mean over seeds and the seeds-then-prompts bootstrap
+interval (``trajectory_stats``: each resampled trajectory rebuilt, re-smoothed and read
+again); paired by seed, each method minus PPO. Positive controls (seed 0): each RL method and
 best-of-n distillation with the gold reward itself in place of the proxy must raise gold.
 Claims checked: RLOO is at least as good as PPO at matched KL (Ahmadian et al. 2024, who
 report it better); Dr. GRPO's responses are shorter than GRPO's at the end of training
@@ -35,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, gold_ppo, report, stats  # noqa: E402
+from experiments import trajectory_stats as traj  # noqa: E402
 from experiments.overoptimization_ppo import merge  # noqa: E402
 from experiments.ppo_analysis import running_mean  # noqa: E402
 from rmjax.configs import dpo as dpo_configs  # noqa: E402
@@ -44,12 +47,14 @@ from rmjax.configs import train_rm as rm_configs  # noqa: E402
 from rmjax.rl import dpo, online_dpo, sft  # noqa: E402
 from rmjax.rl import trainer as rl_trainer  # noqa: E402
 from rmjax.rm import trainer as rm_trainer  # noqa: E402
-from rmjax.runtime.metrics import read_metrics  # noqa: E402
+from rmjax.runtime.metrics import ITEMS_FILE, read_metrics  # noqa: E402
 from rmjax.tasks import preference as synthetic  # noqa: E402
 
 RL_METHODS = ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp")
+OFFLINE = ("bon_distill", "dpo")  # read at evaluations on fixed prompts, unsmoothed
 METHODS = ("bon_distill", *RL_METHODS, "dpo", "online_dpo")
 BASELINE = "ppo"
+KL, GOLD, LENGTH = 0, 1, 2  # the fields of a run's per-prompt records
 
 
 def apply_scale(config) -> ml_collections.ConfigDict:
@@ -74,14 +79,19 @@ def train_proxy(c) -> tuple[str, dict]:
   return p.train.workdir, rm_trainer.train(p)["eval"]
 
 
-def _rows(workdir: str, split: str) -> list[dict]:
-  return sorted((r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
-                 if r.get("split") == split), key=lambda r: r["step"])
+def per_prompt(workdir: str, split: str, fields: tuple[str, ...]) -> np.ndarray:
+  """[points, prompts, fields] of a run's ``per_prompt.jsonl`` rows of ``split``, by step."""
+  rows = sorted((r for r in read_metrics(os.path.join(workdir, ITEMS_FILE))
+                 if r["split"] == split), key=lambda r: r["step"])
+  if not rows:
+    raise ValueError(f"{workdir}: no per-prompt {split} rows in {ITEMS_FILE}")
+  return np.stack([np.stack([np.asarray(r[f], np.float64) for f in fields], axis=-1)
+                   for r in rows])
 
 
 def rl_run(c, algorithm: str, seed: int, workdir: str, proxy: str, gold: bool = False):
-  """Trajectory {"kl", "gold", "length"} of one ``rmjax rl`` run (against the gold reward
-  with ``gold``: the control)."""
+  """[iterations, prompts, (kl, gold, length)] records of one ``rmjax rl`` run (against the
+  gold reward with ``gold``: the control)."""
   p = rl_configs.get_config()
   merge(p, c.rl)
   p.rl.algorithm, p.seed = algorithm, seed
@@ -97,31 +107,25 @@ def rl_run(c, algorithm: str, seed: int, workdir: str, proxy: str, gold: bool = 
                      critic_model=task.policy)
   else:
     rl_trainer.train(p)
-  rows = _rows(workdir, "train")
-  smooth = lambda key: running_mean([r[key] for r in rows], int(c.smooth))
-  gold = smooth("gold")  # the first iteration samples the base policy itself
-  return {"kl": np.concatenate([[0.0], smooth("kl")]), "gold": np.concatenate([gold[:1], gold]),
-          "length": np.asarray([r["response_length"] for r in rows])}
+  return per_prompt(workdir, "train", ("kl", "gold", "response_length"))
 
 
 def online_dpo_run(c, method: str, seed: int, workdir: str, proxy: str):
-  """Trajectory {"kl", "gold"} of one iterative-DPO run labelled by the proxy, per round
-  (each round's own samples, smoothed like RL), the base policy first."""
+  """[rounds, prompts, (kl, gold)] records of one iterative-DPO run labelled by the proxy
+  (each round's own samples)."""
   p = dpo_configs.get_config()
   merge(p, c.online_dpo)
   p.seed, p.dpo.online.reward = seed, proxy
   p.train.update(workdir=workdir, save_every=p.dpo.online.rounds, keep_checkpoints=1)
   shutil.rmtree(workdir, ignore_errors=True)
   online_dpo.train(p)
-  rows = _rows(workdir, "train")
-  smooth = lambda key: running_mean([r[key] for r in rows], int(c.smooth))
-  gold = smooth("gold")
-  return {"kl": np.concatenate([[0.0], smooth("kl")]), "gold": np.concatenate([gold[:1], gold])}
+  return per_prompt(workdir, "train", ("kl", "gold"))
 
 
 def offline_run(c, method: str, seed: int, workdir: str, proxy: str, gold: bool = False):
-  """Trajectory {"kl", "gold"} of one DPO or best-of-n-distillation run, read at its
-  evaluations, the base policy (KL 0, the reference's gold) first."""
+  """[1 + evaluations, prompts, (kl, gold)] records of one DPO or best-of-n-distillation
+  run at its evaluations (fixed prompts), the base policy (KL 0, the reference's gold on
+  the same prompts) first."""
   if method == "dpo":
     p = dpo_configs.get_config()
     merge(p, c.dpo)
@@ -136,56 +140,79 @@ def offline_run(c, method: str, seed: int, workdir: str, proxy: str, gold: bool 
   p.train.update(workdir=workdir, save_every=p.train.steps, keep_checkpoints=1)
   shutil.rmtree(workdir, ignore_errors=True)
   program.train(p)
-  rows = _rows(workdir, "eval")
-  return {"kl": np.asarray([0.0] + [r["kl"] for r in rows]),
-          "gold": np.asarray([rows[0]["gold_reference"]] + [r["gold"] for r in rows])}
+  evals = per_prompt(workdir, "eval", ("kl", "gold", "gold_reference"))
+  base = np.stack([np.zeros_like(evals[0, :, 2]), evals[0, :, 2]], axis=-1)
+  return np.concatenate([base[None], evals[..., :2]])
 
 
-def gold_at(curve: dict, target: float) -> float | None:
-  """Gold interpolated at the first crossing of KL ``target`` (None: never reached)."""
-  kl, gold = curve["kl"], curve["gold"]
-  hits = np.flatnonzero(kl >= target)
-  if not hits.size:
-    return None
-  i = int(hits[0])
-  if i == 0:
-    return float(gold[0])
-  w = (target - kl[i - 1]) / max(kl[i] - kl[i - 1], 1e-12)
-  return float(gold[i - 1] + w * (gold[i] - gold[i - 1]))
+def curve(means: np.ndarray, method: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """(KL, gold) [n, points'] curves of per-point means [n, points, fields]: RL and online
+  DPO smoothed over ``width`` iterations with the base policy (KL 0, the first iteration's
+  gold: it samples the base policy) put first; DPO and SFT as evaluated."""
+  kl, gold = means[..., KL], means[..., GOLD]
+  if method in OFFLINE:
+    return kl, gold
+  kl, gold = running_mean(kl, width), running_mean(gold, width)
+  return (np.concatenate([np.zeros(kl.shape[:-1] + (1,)), kl], axis=-1),
+          np.concatenate([gold[..., :1], gold], axis=-1))
 
 
-def interval(values) -> dict | None:
-  """Mean and 95% t interval over seeds; None when a value is missing or there are fewer
-  than two seeds (no spread to estimate)."""
-  if len(values) < 2 or any(v is None for v in values):
-    return None
-  mean, low, high = stats.t_interval(np.asarray(values, np.float64))
-  return {"mean": float(mean), "low": float(low), "high": float(high), "n": len(values)}
+def crossings(kl: np.ndarray, gold: np.ndarray, targets) -> np.ndarray:
+  """[..., targets] gold interpolated at the first point where ``kl`` [..., points]
+  reaches each target (NaN where it never does)."""
+  kl, gold = np.asarray(kl, np.float64), np.asarray(gold, np.float64)
+  take = lambda x, i: np.take_along_axis(x, i[..., None], axis=-1)[..., 0]
+  out = []
+  for target in targets:
+    hits = kl >= target
+    i = np.argmax(hits, axis=-1)  # the first crossing (0 where there is none)
+    before = np.maximum(i - 1, 0)
+    k0, k1, g0, g1 = take(kl, before), take(kl, i), take(gold, before), take(gold, i)
+    w = (target - k0) / np.maximum(k1 - k0, 1e-12)
+    value = np.where(i == 0, g1, g0 + w * (g1 - g0))
+    out.append(np.where(hits.any(axis=-1), value, np.nan))
+  return np.stack(out, axis=-1)
 
 
-def summarise(c, curves: dict, controls_curves: dict, proxy_eval: dict, seconds: dict) -> dict:
+def arms(c, records: dict) -> dict[str, traj.Trajectories]:
+  """Per method: its seeds' records, read as gold at each KL of ``kls``."""
+  def read(m):
+    return lambda means: crossings(*curve(means, m, int(c.smooth)), c.kls)
+  return {m: traj.Trajectories(runs, read(m), aligned=m in OFFLINE)
+          for m, runs in records.items()}
+
+
+def mean_curve(c, method: str, run: np.ndarray) -> dict:
+  """{"kl", "gold"} of a run's own curve (its per-point means)."""
+  kl, gold = curve(run.mean(axis=1)[None], method, int(c.smooth))
+  return {"kl": kl[0], "gold": gold[0]}
+
+
+def summarise(c, records: dict, control_records: dict, proxy_eval: dict,
+              seconds: dict) -> dict:
   """Intervals per method and KL, paired differences with PPO, controls, verdicts."""
-  at = {m: {str(k): [gold_at(cv, k) for cv in curves[m]] for k in c.kls} for m in curves}
-  table = {m: {k: interval(v) for k, v in at[m].items()} for m in at}
-
-  def paired(m, k):
-    a, b = at[m][k], at[BASELINE][k]
-    return None if None in a or None in b else interval([x - y for x, y in zip(a, b)])
-
-  diffs = {m: {k: paired(m, k) for k in at[m]} for m in at if m != BASELINE}
+  keys = [str(k) for k in c.kls]
+  boot = {"num_resamples": int(c.resamples), "seed": 0}
+  methods = arms(c, records)
+  table = {m: dict(zip(keys, traj.trajectory_bootstrap(a, **boot)))
+           for m, a in methods.items()}
+  diffs = {m: dict(zip(keys, traj.trajectory_difference(a, methods[BASELINE], **boot)))
+           for m, a in methods.items() if m != BASELINE}
+  curves = {m: [mean_curve(c, m, r) for r in runs] for m, runs in records.items()}
   base = float(np.mean([cv["gold"][0] for m in curves for cv in curves[m]]))
   agreement = float(proxy_eval.get("gold_agreement", 0.0))
   precondition = [stats.precondition(
       "proxy agrees with gold", agreement, agreement > 0.6,
       f"held-out gold agreement {agreement:.3f} (needs > 0.6)")]
   reach = {m: float(np.mean([cv["kl"].max() for cv in curves[m]])) for m in curves}
-  k_claim = str(min(c.kls))
-  reached = lambda m: m in at and None not in at[m][k_claim]
+  k_claim = keys[int(np.argmin(c.kls))]
+  reached = lambda m: m in table and table[m][k_claim] is not None
   precondition.append(stats.precondition(
       "ppo and rloo reach the smallest KL", [reach.get("ppo"), reach.get("rloo")],
       reached("ppo") and reached("rloo"), f"KL {k_claim} in every seed"))
   controls = []
-  for m, cv in controls_curves.items():
+  for m, run in control_records.items():
+    cv = mean_curve(c, m, run)
     gain = float(cv["gold"][-1] - cv["gold"][0])
     controls.append(stats.control(f"{m} on the gold reward raises gold", gain > 0,
                                   f"gold {cv['gold'][0]:.3f} -> {cv['gold'][-1]:.3f}", gain))
@@ -197,14 +224,15 @@ def summarise(c, curves: dict, controls_curves: dict, proxy_eval: dict, seconds:
       "verdict": stats.verdict(d, +1, ok) if d else stats.NOT_TESTABLE,
       "evidence": f"gold(RLOO) - gold(PPO) at KL {k_claim}: "
                   + (report.interval(d, signed=True) if d else "not reached")}
-  if "grpo" in curves and "dr_grpo" in curves:
-    last = lambda m: [float(np.mean(cv["length"][-5:])) for cv in curves[m]]
-    dl = interval([a - b for a, b in zip(last("dr_grpo"), last("grpo"))])
+  if "grpo" in records and "dr_grpo" in records:
+    tail = lambda means: means[:, -5:, LENGTH].mean(axis=1, keepdims=True)
+    last = lambda m: traj.Trajectories(records[m], tail, aligned=False)
+    dl = traj.trajectory_difference(last("dr_grpo"), last("grpo"), **boot)[0]
     verdicts["dr_grpo_shorter"] = {
         "paper": "Liu et al. 2025", "claim": "Dr. GRPO's responses are shorter than GRPO's",
-        "verdict": stats.verdict(dl, -1, True) if dl else stats.NOT_TESTABLE,
+        "verdict": stats.verdict(dl, -1, True),
         "evidence": "length(Dr. GRPO) - length(GRPO), last 5 iterations: "
-                    + (report.interval(dl, signed=True) if dl else "fewer than 2 seeds")}
+                    + report.interval(dl, signed=True)}
   broken = stats.harness_message(controls)
   if broken:  # a failed control: no comparison of this run means anything
     for v in verdicts.values():
@@ -216,30 +244,40 @@ def summarise(c, curves: dict, controls_curves: dict, proxy_eval: dict, seconds:
                      for m in curves}}
 
 
+HOW = ("95% seeds-then-prompts bootstrap intervals, each resampled trajectory rebuilt and "
+       "read again; differences paired by seed")
+
+
+def cell(x: dict | None, signed: bool = False) -> str:
+  """A table cell: the interval, and the share of resamples that did not reach the KL."""
+  if x is None:
+    return "not reached"
+  short = f" ({x['unreached']:.0%} of resamples short)" if x["unreached"] >= 0.005 else ""
+  return report.interval(x, signed) + short
+
+
 def write_outputs(c, summary) -> list[str]:
   rows = []
   for m, per_kl in summary["gold_at_kl"].items():
     row = {"method": m, "reach": summary["reach"][m],
            "seconds": float(np.mean(summary["seconds"][m]))}
     for k, v in per_kl.items():
-      row[f"gold@{k}"] = report.interval(v) if v else "not reached"
+      row[f"gold@{k}"] = cell(v)
       d = summary["minus_ppo"].get(m, {}).get(k)
-      row[f"minus_ppo@{k}"] = report.interval(d, signed=True) if d else ""
+      row[f"minus_ppo@{k}"] = cell(d, signed=True) if m != BASELINE else ""
     rows.append(row)
   columns = [("method", "method"), *((f"gold@{k}", f"gold at KL {k}") for k in c.kls),
              *((f"minus_ppo@{k}", f"- PPO at KL {k}") for k in c.kls),
              ("reach", "max KL"), ("seconds", "s per run")]
   stem = os.path.join(c.workdir, "results")
   paths = report.write_table(stem, columns, rows)
-  lines = [*report.verdict_lines(summary, "95% t intervals over seeds, paired by seed"),
-           f"Base policy gold {summary['base_gold']:.3f}."]
+  lines = [*report.verdict_lines(summary, HOW), f"Base policy gold {summary['base_gold']:.3f}."]
   report.prepend(f"{stem}.md", lines)
   paths.append(report.write_json(os.path.join(c.workdir, "results.json"), summary))
   series = []
+  grid = np.linspace(0, max(c.kls), 9)
   for m, cvs in summary["curves"].items():
-    grid = np.linspace(0, max(c.kls), 9)
-    values = np.array([[gold_at({k: np.asarray(v) for k, v in cv.items()}, g) or np.nan
-                        for g in grid] for cv in cvs])
+    values = np.stack([crossings(cv["kl"], cv["gold"], grid) for cv in cvs])
     mean = np.nanmean(values, 0)
     series.append(report.Series(m, grid, mean, np.nanmin(values, 0), np.nanmax(values, 0)))
   plot = os.path.join(c.workdir, "frontier.png")
@@ -259,16 +297,16 @@ def run(config) -> dict:
   proxy, proxy_eval = train_proxy(c)
   print(f"proxy: gold agreement {proxy_eval.get('gold_agreement', float('nan')):.3f}",
         flush=True)
-  curves, seconds, controls = {m: [] for m in c.methods}, {m: [] for m in c.methods}, {}
+  records, seconds, controls = {m: [] for m in c.methods}, {m: [] for m in c.methods}, {}
   for seed in c.seeds:
     for m in c.methods:
       t = time.time()
       workdir = os.path.join(c.workdir, m, f"seed{seed}")
       run_fn = (rl_run if m in RL_METHODS else online_dpo_run if m == "online_dpo"
                 else offline_run)
-      curves[m].append(run_fn(c, m, seed, workdir, proxy))
+      records[m].append(run_fn(c, m, seed, workdir, proxy))
       seconds[m].append(time.time() - t)
-      cv = curves[m][-1]
+      cv = mean_curve(c, m, records[m][-1])
       print(f"seed {seed} {m}: {seconds[m][-1]:.0f}s, gold {cv['gold'][0]:.3f} -> "
             f"{cv['gold'][-1]:.3f} at KL {cv['kl'][-1]:.3f}", flush=True)
   for m in c.methods:
@@ -277,9 +315,8 @@ def run(config) -> dict:
     workdir = os.path.join(c.workdir, "control", m)
     run_fn = rl_run if m in RL_METHODS else offline_run
     controls[m] = run_fn(c, m, c.seeds[0], workdir, proxy, gold=True)
-  summary = summarise(c, curves, controls, proxy_eval, seconds)
-  return report.conclude(summary, lambda s: write_outputs(c, s), start,
-                         "95% t intervals over seeds")
+  summary = summarise(c, records, controls, proxy_eval, seconds)
+  return report.conclude(summary, lambda s: write_outputs(c, s), start, HOW)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ CLAIMS = {  # claim -> (paper, sentence)
 
 
 def running_mean(x, width: int) -> np.ndarray:
-  """Centred running mean over ``width`` (odd) points; the window shrinks at the ends."""
+  """Centred running mean over ``width`` (odd) points of the last axis of ``x``; the window
+  shrinks at the ends."""
   if width < 1 or width % 2 == 0:
     raise ValueError(f"smooth={width} must be an odd integer >= 1")
   x = np.asarray(x, np.float64)
-  half = width // 2
-  return np.array([x[max(0, i - half):i + half + 1].mean() for i in range(len(x))])
+  n, half = x.shape[-1], width // 2
+  sums = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x, axis=-1)], axis=-1)
+  lo, hi = np.maximum(np.arange(n) - half, 0), np.minimum(np.arange(n) + half + 1, n)
+  return (sums[..., hi] - sums[..., lo]) / (hi - lo)
 
 
 def reach(kl, width: int) -> float:

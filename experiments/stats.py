@@ -75,7 +75,8 @@ def _rows(values, name: str) -> list[np.ndarray]:
   return rows
 
 
-def _check(num_resamples: int, confidence: float) -> None:
+def check_resampling(num_resamples: int, confidence: float) -> None:
+  """One-line errors for a bootstrap's ``num_resamples`` and ``confidence``."""
   if int(num_resamples) != num_resamples or num_resamples < 1:
     raise ValueError(f"num_resamples: must be a positive integer, got {num_resamples}")
   if not 0 < confidence < 1:
@@ -113,14 +114,28 @@ def _resample(rows: list[np.ndarray], statistic, num_resamples: int, seed: int) 
   return per_slot.mean(axis=1)
 
 
-def _summary(rows, statistic, boot: np.ndarray, confidence: float) -> dict:
-  point = float(np.mean([_seed_statistic(statistic, r[None])[0] for r in rows]))
+def percentile_interval(point: float, boot: np.ndarray, confidence: float) -> tuple[float, float]:
+  """(low, high): the two-sided percentile interval of the resamples ``boot`` around the
+  estimate ``point``."""
   low, high = (float(q) for q in np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2]))
   # A degenerate resample distribution (constant data) must give the interval [point, point]
   # even where a reduction rounds differently on the data and on its resamples.
   tol = 1e-12 * max(1.0, abs(point))
   low = point if point < low <= point + tol else low
   high = point if point - tol <= high < point else high
+  return low, high
+
+
+def two_sided_p(boot: np.ndarray) -> float:
+  """The bootstrap p-value of "the effect is 0" from its resamples ``boot``:
+  2·min(fraction ≤ 0, fraction ≥ 0), clipped to [1/len(boot), 1]."""
+  p = 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))
+  return float(np.clip(p, 1 / len(boot), 1.0))
+
+
+def _summary(rows, statistic, boot: np.ndarray, confidence: float) -> dict:
+  point = float(np.mean([_seed_statistic(statistic, r[None])[0] for r in rows]))
+  low, high = percentile_interval(point, boot, confidence)
   return {"mean": point, "low": low, "high": high,
           "num_seeds": len(rows), "num_items": int(sum(r.size for r in rows))}
 
@@ -156,7 +171,7 @@ def hierarchical_bootstrap(values, statistic=np.mean, num_resamples: int = 2000,
     the percentile interval, "num_seeds", "num_items": the total number of items over all
     seeds (seeds × items for a full array)}; Python floats and ints.
   """
-  _check(num_resamples, confidence)
+  check_resampling(num_resamples, confidence)
   rows = _rows(values, "values")
   boot = _resample(rows, statistic, int(num_resamples), seed)
   return _summary(rows, statistic, boot, confidence)
@@ -186,15 +201,14 @@ def paired_difference(a, b, statistic=np.mean, num_resamples: int = 2000,
   Returns:
     ``hierarchical_bootstrap``'s dict of the difference plus "p_value" and "effect_size".
   """
-  _check(num_resamples, confidence)
+  check_resampling(num_resamples, confidence)
   rows_a, rows_b = _rows(a, "a"), _rows(b, "b")
   if [r.shape for r in rows_a] != [r.shape for r in rows_b]:
     raise ValueError("b: must have the same seeds and items per seed as a")
   rows = [x - y for x, y in zip(rows_a, rows_b)]
   boot = _resample(rows, statistic, int(num_resamples), seed)
   out = _summary(rows, statistic, boot, confidence)
-  p = 2 * min(np.mean(boot <= 0), np.mean(boot >= 0))
-  out["p_value"] = float(np.clip(p, 1 / num_resamples, 1.0))
+  out["p_value"] = two_sided_p(boot)
   pooled = np.concatenate(rows)
   mean_diff = float(np.mean([r.mean() for r in rows]))
   sd = float(pooled.std(ddof=1)) if pooled.size > 1 else 0.0

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   # KL(pi || pi_base) values (nats, k1 summed over a response) at which gold is compared.
   c.kls = (0.25, 0.5, 1.0, 1.5)
   c.smooth = 5  # RL: centred running mean over this many iterations before reading off
+  c.resamples = 2000  # of the seeds-then-prompts bootstrap (experiments/trajectory_stats.py)
   # The proxy: rmjax train-rm's default reward model on the synthetic task's pairs, trained
   # once (seed 0) and shared by every method and seed.
   c.proxy = ml_collections.ConfigDict(dict(steps=600, seed=0))

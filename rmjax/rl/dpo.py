@@ -152,7 +152,9 @@ class DPOTrainer:
       self.precomputed = self._reference_table()
     self.shardings = None
     self._step = None
-    self._gold_reference = None  # the reference's samples' gold, measured once
+    self.gold = (policy_eval.GoldProbe(self.task, self.graphdef, self.reference, config.seed,
+                                       tc.eval_prompts, self.mesh)
+                 if self.task is not None and tc.eval_prompts else None)
 
   def init_state(self):
     state, self.shardings = build.policy_state(self.reference, self.tx, self.mesh)
@@ -198,7 +200,7 @@ class DPOTrainer:
 
   # --- evaluation ------------------------------------------------------------------------
 
-  def evaluate(self, state) -> dict[str, float]:
+  def evaluate(self, state) -> dict:
     """Implicit-reward metrics of the held-out pairs; on the synthetic task also the gold
     reward of policy samples and their KL to the reference."""
     lc, lr, nc, nr = self._eval_logprobs(state["params"])
@@ -209,11 +211,8 @@ class DPOTrainer:
       rc, rr = np.zeros_like(lc), np.zeros_like(lr)
     losses, metrics = dpo_lib.losses(self.c.loss, self.c, lc, lr, rc, rr, nc, nr)
     out = {"loss": float(np.mean(losses)), **{k: float(v) for k, v in metrics.items()}}
-    if self.task is not None and self.config.train.eval_prompts:
-      out.update(self._gold(state["params"]))
-      if self._gold_reference is None:
-        self._gold_reference = self._gold(self.reference)["gold"]
-      out["gold_reference"] = self._gold_reference
+    if self.gold is not None:
+      out.update(self.gold(state["params"]))
     return out
 
   def _eval_logprobs(self, params) -> list[np.ndarray]:
@@ -225,10 +224,6 @@ class DPOTrainer:
       out = self._pair_forward(params, parallel.shard_batch(batch, self.mesh))
       parts.append([x[:real] for x in to_host(out)])
     return [np.concatenate(x) for x in zip(*parts)]
-
-  def _gold(self, params) -> dict[str, float]:
-    return policy_eval.gold_and_kl(self.task, self.graphdef, params, self.reference,
-                                   self.config.seed, self.config.train.eval_prompts, self.mesh)
 
 
 def train(config) -> dict:

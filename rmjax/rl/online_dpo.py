@@ -20,7 +20,7 @@ round's key; against that fixed reference, not SELM's previous-round model
 every checkpoint falls between rounds and, as every key derives from (seed, round), a
 killed run resumes bit for bit. Each round logs the DPO metrics (means over its updates),
 the labeller's chosen − rejected gap, and on the synthetic task the gold reward and the k1
-KL to the reference of the round's samples.
+KL to the reference of the round's samples (per prompt too, in ``per_prompt.jsonl``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from rmjax.models.sampler import SamplingConfig, generate
 from rmjax.objectives import dpo as dpo_lib
 from rmjax.objectives import kl as kl_lib
 from rmjax.parallel.sharding import to_host
-from rmjax.rl import build, dpo
+from rmjax.rl import build, dpo, policy_eval
 from rmjax.rl import rewards as rl_rewards
 from rmjax.rl.best_of_n import right_padded
 from rmjax.rl.implicit_reward import ImplicitRewardSource
@@ -195,6 +195,7 @@ class OnlineDPOTrainer:
     if self.task.evaluate is not None:
       gold = self.task.evaluate(tokens, tmask, jnp.asarray(lengths))["total"]
       metrics["gold"] = float(np.mean(np.asarray(gold)))
+      metrics[loop.ITEMS] = policy_eval.per_prompt(o.prompts, gold=gold, kl=kl)
     return pairs, metrics
 
   def update_fn(self):

@@ -16,6 +16,7 @@ from rmjax.objectives import kl as kl_lib
 from rmjax.parallel.sharding import to_host
 from rmjax.rl.best_of_n import right_padded
 from rmjax.rl.ppo_step import response_logprobs
+from rmjax.runtime import loop
 from rmjax.tasks import preference as synthetic
 
 EVAL_STREAM = 2**32 - 3  # the key stream of the evaluation's policy samples
@@ -44,8 +45,34 @@ def policy_samples(task, graphdef, params, reference, seed: int, n: int, mesh) -
           "total": np.asarray(gold["total"]), "kl": np.asarray(to_host(kl))}
 
 
-def gold_and_kl(task, graphdef, params, reference, seed: int, n: int, mesh) -> dict:
-  """{"gold": mean gold reward, "kl": mean k1 KL to ``reference`` summed per response} of
-  ``policy_samples``."""
-  out = policy_samples(task, graphdef, params, reference, seed, n, mesh)
-  return {"gold": float(np.mean(out["total"])), "kl": float(np.mean(out["kl"]))}
+def per_prompt(prompts: int, **values) -> dict[str, np.ndarray]:
+  """{name: [prompts] float64} each prompt's mean of per-sample ``values`` (arrays [B] whose
+  rows hold a prompt's samples adjacently, as the rollouts lay them out): the per-prompt
+  values a program logs under ``loop.ITEMS``."""
+  return {k: np.asarray(to_host(v), np.float64).reshape(prompts, -1).mean(axis=1)
+          for k, v in values.items()}
+
+
+class GoldProbe:
+  """The gold reward and KL of a policy's samples on the evaluation's fixed prompts
+  (``policy_samples``), beside the reference's own gold on the same prompts and keys
+  (sampled once, on first use): what ``rmjax dpo`` and ``rmjax sft`` log at every
+  evaluation on the synthetic task."""
+
+  def __init__(self, task, graphdef, reference, seed: int, n: int, mesh):
+    self.args = (task, graphdef)
+    self.reference, self.seed, self.n, self.mesh = reference, seed, n, mesh
+    self._reference_gold = None
+
+  def __call__(self, params) -> dict:
+    """{"gold", "kl", "gold_reference": means over the prompts; ``loop.ITEMS``: the
+    per-prompt "gold", "kl" and "gold_reference" (one sample per prompt)}."""
+    sample = lambda p: policy_samples(*self.args, p, self.reference, self.seed, self.n,
+                                      self.mesh)
+    if self._reference_gold is None:
+      self._reference_gold = sample(self.reference)["total"]
+    out = sample(params)
+    return {"gold": float(np.mean(out["total"])), "kl": float(np.mean(out["kl"])),
+            "gold_reference": float(np.mean(self._reference_gold)),
+            loop.ITEMS: per_prompt(self.n, gold=out["total"], kl=out["kl"],
+                                   gold_reference=self._reference_gold)}

@@ -182,7 +182,9 @@ class SFTTrainer:
     self.loss_fn = make_loss_fn(self.graphdef, float(config.sft.prompt_loss_weight))
     self._eval_sums = jax.jit(self._response_sums)
     self.shardings = None
-    self._gold_reference = None
+    self.gold = (policy_eval.GoldProbe(self.task, self.graphdef, self.reference, config.seed,
+                                       tc.eval_prompts, self.mesh)
+                 if self.task is not None and tc.eval_prompts else None)
 
   def init_state(self):
     state, self.shardings = build.policy_state(self.reference, self.tx, self.mesh)
@@ -201,7 +203,7 @@ class SFTTrainer:
     return parallel.compile_step(step, self.mesh, self.shardings,
                                  {k: v.ndim for k, v in self.source.batch(0).items()})
 
-  def evaluate(self, state) -> dict[str, float]:
+  def evaluate(self, state) -> dict:
     """Held-out response loss (mean over every response token of the eval rows); on the
     synthetic task, gold and KL of policy samples beside the starting policy's gold."""
     total = tokens = 0.0
@@ -211,15 +213,8 @@ class SFTTrainer:
                                            parallel.shard_batch(batch, self.mesh)))
       total, tokens = total + float(nll), tokens + float(count)
     out = {"response_loss": total / max(tokens, 1.0)}
-    n = self.config.train.eval_prompts
-    if self.task is not None and n:
-      args = (self.task, self.graphdef)
-      out.update(policy_eval.gold_and_kl(*args, state["params"], self.reference,
-                                         self.config.seed, n, self.mesh))
-      if self._gold_reference is None:
-        self._gold_reference = policy_eval.gold_and_kl(
-            *args, self.reference, self.reference, self.config.seed, n, self.mesh)["gold"]
-      out["gold_reference"] = self._gold_reference
+    if self.gold is not None:
+      out.update(self.gold(state["params"]))
     return out
 
 

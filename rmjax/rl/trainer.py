@@ -20,9 +20,10 @@ normalisation statistics (measured once on initial-policy samples). Iteration i
      (``ppo_step.make_update``, which also reports ``loop.FINITE`` over the updated
      models), and the KL controller's update.
 Every run logs the KL to the reference by the k1 ("kl"), k2 and k3 estimators, the
-policy's entropy and the response length. Everything iteration i does is a function of
-(config, state, i), and every key derives from (seed, i), so a run killed at any point
-resumes from its last checkpoint bit for bit.
+policy's entropy and the response length; on a task with gold, each iteration's
+per-prompt gold, KL and length go to ``per_prompt.jsonl`` (``loop.ITEMS``). Everything
+iteration i does is a function of (config, state, i), and every key derives from
+(seed, i), so a run killed at any point resumes from its last checkpoint bit for bit.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from rmjax.models.transformer import Transformer
 from rmjax.objectives import calibration, constrained, running_stats, transforms
 from rmjax.objectives import kl as kl_lib
 from rmjax.parallel.sharding import to_host
-from rmjax.rl import algorithms, build
+from rmjax.rl import algorithms, build, policy_eval
 from rmjax.rl import rewards as ppo_rewards
 from rmjax.rl.best_of_n import right_padded
 from rmjax.rl.ppo_step import episode_keys, make_update, response_logprobs, response_values
@@ -286,6 +287,9 @@ class RLTrainer:
     if gold is not None:
       metrics["gold"] = float(np.mean(gold["total"]))
       metrics.update({f"gold_{k}": float(np.mean(v)) for k, v in gold.items() if k != "total"})
+      metrics[loop.ITEMS] = policy_eval.per_prompt(
+          self.c.prompts, gold=gold["total"], kl=seq_kl,
+          response_length=jnp.sum(response_mask, axis=1))
     if stated is not None:
       metrics["confidence"] = float(np.mean(stated))
       if gold is not None and self.task.quality_threshold is not None:

@@ -11,7 +11,9 @@ and hooks; the loop owns everything else:
   names and the ``FINITE`` flag a step computes over its updated parameters
   (``all_finite``), and stops the run *before* that state can be saved, so the last
   checkpoint is always finite;
-- means over each logging window to the metrics writer and the progress line;
+- means over each logging window to the metrics writer and the progress line; per-prompt
+  values a step or an evaluation returns under ``ITEMS`` go to ``writer.write_items`` as
+  they are, every step (the intervals of ``experiments/`` resample prompts);
 - the eval hook every ``eval_every`` steps and at the end;
 - periodic saves, a forced save at the end, and a save then ``Preempted`` on SIGTERM.
 """
@@ -29,6 +31,8 @@ import numpy as np
 
 # The metric a step sets to "every updated parameter is finite" (``all_finite``).
 FINITE = "finite"
+# The metric holding {name: [prompts] array} of per-prompt values (never averaged).
+ITEMS = "per_prompt"
 
 
 class NonFiniteError(FloatingPointError):
@@ -112,7 +116,9 @@ def run(*, state, step_fn: Callable, batches: Callable[[int], Any], steps: int,
         metrics = jax.device_get(metrics)
         done = step + 1
         check_finite(metrics, finite_keys, done, unit)
-        window.append({k: v for k, v in metrics.items() if k != FINITE})
+        if ITEMS in metrics:
+          writer.write_items(done, "train", metrics[ITEMS])
+        window.append({k: v for k, v in metrics.items() if k not in (FINITE, ITEMS)})
         last = done == steps
         if done % log_every == 0 or last:  # means over the logging window
           means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
@@ -121,7 +127,9 @@ def run(*, state, step_fn: Callable, batches: Callable[[int], Any], steps: int,
         if done % (progress_every or log_every) == 0 or last:
           progress.update(done, {k: means[k] for k in progress_keys if k in means})
         if evaluate is not None and ((eval_every and done % eval_every == 0) or last):
-          eval_metrics = evaluate(state)
+          eval_metrics = dict(evaluate(state))
+          if ITEMS in eval_metrics:
+            writer.write_items(done, "eval", eval_metrics.pop(ITEMS))
           writer.write(done, "eval", eval_metrics)
         checkpointer.save(done, state, extra(done) if extra else {"data_step": done},
                           force=last or checkpointer.preempted)

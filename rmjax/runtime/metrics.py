@@ -19,11 +19,13 @@ import time
 import warnings
 import weakref
 
+import numpy as np
 from tensorboardX import SummaryWriter
 
 from rmjax.parallel.distributed import is_primary
 
 LOCK_FILE = "rmjax.lock"
+ITEMS_FILE = "per_prompt.jsonl"
 
 
 class WorkdirInUse(FileExistsError):
@@ -121,17 +123,19 @@ def _read_holder(fd: int) -> dict:
 
 
 class MetricsWriter:
-  """Rows ``{"step", "split", **metrics}`` to ``<workdir>/metrics.jsonl`` and TensorBoard.
+  """Rows ``{"step", "split", **metrics}`` to ``<workdir>/metrics.jsonl`` and TensorBoard,
+  and per-prompt values (``write_items``) to ``<workdir>/per_prompt.jsonl``.
 
   Holds the workdir lock from construction to ``close``. Resuming: ``drop_after(step)``
   (``runtime.loop.run`` calls it with the step it resumed from) removes the rows of steps
-  after ``step``, which the resumed run writes again, so that each step appears once;
-  TensorBoard is told to purge those steps too.
+  after ``step`` from both files, which the resumed run writes again, so that each step
+  appears once; TensorBoard is told to purge those steps too.
   """
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.items_path = os.path.join(workdir, ITEMS_FILE)
     self.enabled = is_primary()
     self._tb, self._purge_step = None, None
     if self.enabled:
@@ -145,19 +149,8 @@ class MetricsWriter:
     if not self.enabled:
       return
     self._jsonl.close()
-    kept = []
-    with open(self.jsonl_path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = self.jsonl_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.jsonl_path)
+    _truncate(self.jsonl_path, step)
+    _truncate(self.items_path, step)
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if self._tb is None:
       self._purge_step = step + 1
@@ -175,6 +168,16 @@ class MetricsWriter:
     for name, value in values.items():
       self._tb.add_scalar(f"{split}/{name}", value, step)
 
+  def write_items(self, step: int, split: str, items: dict) -> None:
+    """One row ``{"step", "split", name: [values]}`` of per-prompt values (each a 1-D
+    array, one entry per prompt of the step's rollout or evaluation)."""
+    if not self.enabled:
+      return
+    row = {"step": step, "split": split,
+           **{k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in items.items()}}
+    with open(self.items_path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+
   def close(self) -> None:
     if not self.enabled or self._jsonl.closed:
       return
@@ -182,6 +185,25 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
     self._lock.release()
+
+
+def _truncate(path: str, step: int) -> None:
+  """Keep the rows of ``path`` (JSONL, if it exists) whose step is at most ``step``."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and row.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -146,3 +146,42 @@ def test_progress_every_prints_its_own_steps_while_every_step_is_logged(tmp_path
   shown = [int(line.split()[1].split("/")[0]) for line in stream.getvalue().splitlines()]
   assert shown == [4, 8, STEPS]
   assert [row["step"] for row in _rows(tmp_path)] == list(range(1, STEPS + 1))
+
+
+def test_per_prompt_items_are_written_every_step_once_each_across_a_resume(tmp_path):
+  """Values under loop.ITEMS go to per_prompt.jsonl as they are, every step even between
+  log rows, never into metrics.jsonl; an eval's too; a resume rewrites each step once."""
+  plain = _make_step()
+
+  def step_fn(state, batch):
+    new, metrics = plain(state, batch)
+    return new, {**metrics, loop.ITEMS: {"gold": batch[:3] * 2}}
+
+  def crashing(step):
+    if step == 6:
+      raise _Crash()
+    return _batch(step)
+
+  def run(batches):
+    state, shardings = _state()
+    return loop.run(
+        state=state, step_fn=step_fn, batches=batches, steps=STEPS,
+        checkpointer=Checkpointer(os.path.join(tmp_path, "checkpoints"), keep=None,
+                                  interval=4),
+        writer=MetricsWriter(str(tmp_path)), progress=Progress(0, STEPS, stream=io.StringIO()),
+        log_every=3, eval_every=5,
+        evaluate=lambda s: {"w": float(s["w"][0]), loop.ITEMS: {"w": np.asarray(s["w"])}},
+        restore_target=abstract_like(state, shardings))
+
+  with pytest.raises(_Crash):
+    run(crashing)
+  result = run(_batch)
+  assert result.start == 4 and loop.ITEMS not in result.eval
+  with open(tmp_path / "per_prompt.jsonl", encoding="utf-8") as f:
+    items = [json.loads(line) for line in f]
+  train = [r for r in items if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+  assert all(r["gold"] == [2.0 * r["step"]] * 3 for r in train)  # batch of step i is i + 1
+  evals = [r for r in items if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [5, 10] and len(evals[0]["w"]) == 4
+  assert all(loop.ITEMS not in r for r in _rows(tmp_path) + _rows(tmp_path, "eval"))
