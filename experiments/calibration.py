@@ -38,7 +38,6 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import cli, report, stats  # noqa: E402
-from experiments.frontier import interval  # noqa: E402
 from experiments.overoptimization_ppo import merge  # noqa: E402
 from rmjax import parallel  # noqa: E402
 from rmjax.configs import rl as rl_configs  # noqa: E402
@@ -53,6 +52,15 @@ from rmjax.tasks import preference as synthetic  # noqa: E402
 
 METHODS = ("ppo", "ppo_m", "ppo_c")
 EVAL_SEED = 7  # every policy is read on the same prompts and keys
+
+
+def interval(values) -> dict | None:
+  """Mean and 95% t interval over seeds; None when a value is missing or there are fewer
+  than two seeds (no spread to estimate)."""
+  if len(values) < 2 or any(v is None for v in values):
+    return None
+  mean, low, high = stats.t_interval(np.asarray(values, np.float64))
+  return {"mean": float(mean), "low": float(low), "high": float(high), "n": len(values)}
 
 
 def proxy_config(c, calibrated: bool):

@@ -10,7 +10,7 @@ import numpy as np
 from orbax.checkpoint import PyTreeCheckpointer
 
 from rmjax.runtime.checkpoint import Checkpointer
-from rmjax.runtime.metrics import read_metrics
+from rmjax.runtime.metrics import ITEMS_FILE, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # argv: workdir, the step to die after (0 = never), then the body's own arguments.
@@ -35,7 +35,8 @@ def check(tmp_path, body: str, here: str, kill_at: int, final: int, resumed: str
           extra_args=()) -> None:
   """Run ``body`` (Python training ``sys.argv[1]``'s workdir to step ``final``) unbroken,
   then killed after step ``kill_at`` and rerun; assert the rerun printed ``resumed`` and
-  that both final checkpoints and last metrics rows are identical. One CPU device."""
+  that both final checkpoints, last metrics rows and per-prompt records are identical. One
+  CPU device."""
   script = tmp_path / "run.py"
   script.write_text(_HOOK.format(paths=[ROOT, os.path.dirname(os.path.abspath(__file__)), here])
                     + body)
@@ -58,3 +59,7 @@ def check(tmp_path, body: str, here: str, kill_at: int, final: int, resumed: str
     np.testing.assert_array_equal(x, y)
   rows = lambda d: list(read_metrics(str(d / "metrics.jsonl")))
   assert rows(straight)[-1] == rows(killed)[-1]
+  # Per-prompt records (a task with gold): every step once, as the unbroken run wrote them.
+  items = lambda d: (list(read_metrics(str(d / ITEMS_FILE)))
+                     if (d / ITEMS_FILE).exists() else None)
+  assert items(straight) == items(killed)

@@ -17,6 +17,12 @@ def _record(ece, over, gold):
           "gold": gold, "kl": 1.0}
 
 
+def test_interval_needs_two_seeds_and_every_value():
+  assert calibration.interval([1.0]) is None and calibration.interval([1.0, None]) is None
+  out = calibration.interval([1.0, 3.0])
+  assert out["mean"] == 2.0 and out["low"] < 1.0 and out["high"] > 3.0
+
+
 def test_summarise_reads_the_claims_off_paired_seeds():
   before = _record(0.3, 0.0, 0.0)
   after = {"ppo": [_record(0.40, 0.30, 1.0), _record(0.42, 0.32, 1.1), _record(0.41, 0.31, 1.2)],
