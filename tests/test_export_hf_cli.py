@@ -70,9 +70,13 @@ def runs(tmp_path_factory):
   stacked = ensemble.stack_states([nnx.state(_random(cfg, m)) for m in range(2)])
   heads_config = _config(root / "heads", k=3, shared_backbone=True)
   cfg = load_rm.model_config_of(heads_config.model, VOCAB, heads=3)
+  heads = _save_run(root / "heads", heads_config, nnx.state(_random(cfg, 2)))
+  gaussian_config = _config(root / "gaussian", k=3, shared_backbone=True)
+  gaussian_config.ensemble.gaussian = True  # 3 mean columns, then 3 log-std columns
+  cfg = load_rm.model_config_of(gaussian_config.model, VOCAB, heads=6)
   return {"trained": root / "trained",
-          "members": _save_run(root / "members", members_config, stacked),
-          "heads": _save_run(root / "heads", heads_config, nnx.state(_random(cfg, 2)))}
+          "members": _save_run(root / "members", members_config, stacked), "heads": heads,
+          "gaussian": _save_run(root / "gaussian", gaussian_config, nnx.state(_random(cfg, 3)))}
 
 
 def _export(workdir, out, **fields):
@@ -140,6 +144,14 @@ def test_shared_backbone_k_labels(runs, tmp_path):
                       *_batch())
   assert model.config.num_labels == 1
   np.testing.assert_allclose(theirs, ours[:, 2:], atol=1e-4)
+
+
+def test_gaussian_heads_export_their_means_only(runs, tmp_path):
+  _export(runs["gaussian"], tmp_path / "out")
+  ours = _scores(runs["gaussian"])  # the means [4, 3]
+  theirs, model = _hf(tmp_path / "out", transformers.LlamaForSequenceClassification, *_batch())
+  assert model.config.num_labels == 3
+  np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
 def _check_policy(folder, model):

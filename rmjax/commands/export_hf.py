@@ -52,18 +52,22 @@ def _member(scorer, m: int) -> Transformer:
 
 
 def reward_models(workdir, step: int | None, member: int):
-  """([(subfolder, model, reward heads or None for all)], run config) of a train-rm run."""
+  """([(subfolder, model, reward heads or None for all)], run config) of a train-rm run.
+
+  A run with Gaussian heads exports its members' mean columns only: a sequence classifier's
+  logits are the rewards, and the log-std columns have no place among them."""
   scorer, run_config = load_rm.load_ensemble(workdir, step=step)
   k, where = scorer.k, run_config.checkpoint.directory
   if not -1 <= member < k:
     raise ValueError(f"member={member} does not exist: {where} holds {k} member"
                      f"{'s' if k > 1 else ''} (0..{k - 1}; -1 = all)")
+  means = list(range(scorer.layout.heads)) if scorer.has_stds else None  # the first columns
   if not scorer.layout.stacked:
     model = nnx.merge(scorer.graphdef, scorer.params)
-    return [("", model, None if member < 0 else [member])], run_config
+    return [("", model, means if member < 0 else [member])], run_config
   members = range(k) if member < 0 else [member]
   subfolder = lambda m: f"member_{m}" if member < 0 else ""
-  return [(subfolder(m), _member(scorer, m), None) for m in members], run_config
+  return [(subfolder(m), _member(scorer, m), means) for m in members], run_config
 
 
 def base_policy(run_config, where) -> Transformer:

@@ -6,7 +6,8 @@ Rows hold ``response`` (one sequence; written back with ``reward``) or ``chosen`
 lists of token ids. Every other field of a row is copied unchanged; rows keep their order.
 An ensemble's rewards are its members' mean, and every member's reward is written too,
 as ``member_rewards`` (``member_rewards_chosen``, ``member_rewards_rejected``): a list of
-K numbers.
+K numbers. A run with Gaussian heads (``ensemble.gaussian``) scores with its predicted means
+and writes each member's predicted std as ``member_stds`` (``member_stds_chosen``, ...).
 
 ``config.workdir`` may also be an ``rmjax dpo`` run: its reward is the policy's implicit
 reward β·log(π/π_ref) summed over the response tokens (``commands/trained_reward.py``), one
@@ -130,12 +131,14 @@ def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int |
 
 
 def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
-                     mesh, prompt_len: np.ndarray | None = None) -> np.ndarray:
+                     mesh, prompt_len: np.ndarray | None = None,
+                     k: int | None = None) -> np.ndarray:
   """float32 [n, K] member rewards of tokens/mask [n, seq], batched on ``mesh``.
 
-  ``scorer``: ``(tokens, mask) -> [B, K]`` with ``k`` (``load_rm.load_ensemble``), or,
-  given each row's prompt tokens ``prompt_len`` [n], ``(tokens, mask, prompt_len)``
-  (``trained_reward.TrainedReward``, which a DPO run's implicit reward needs).
+  ``scorer``: ``(tokens, mask) -> [B, K]`` with ``k`` (``load_rm.load_ensemble``; else
+  pass ``k``), or, given each row's prompt tokens ``prompt_len`` [n],
+  ``(tokens, mask, prompt_len)`` (``trained_reward.TrainedReward``, which a DPO run's
+  implicit reward needs).
   """
   arrays = {"tokens": tokens, "mask": mask}
   if prompt_len is not None:
@@ -145,7 +148,7 @@ def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: i
     batch = parallel.shard_batch(batch, mesh)
     rewards = scorer(*(batch[key] for key in arrays))
     out.append(np.asarray(jax.device_get(rewards))[:real])
-  return np.concatenate(out) if out else np.zeros((0, scorer.k), np.float32)
+  return np.concatenate(out) if out else np.zeros((0, k or scorer.k), np.float32)
 
 
 def default_output(path: str) -> str:
@@ -190,11 +193,17 @@ def run(config) -> dict:
   batch_size = -(-config.batch_size // dp) * dp
   members = score_in_batches(model, tokens, mask, batch_size, mesh, prompt_len)
   rewards = members.mean(1)
+  stds = None
+  if getattr(model.source, "has_stds", False):  # Gaussian heads: the stds beside the means
+    std_of = lambda t, m, p: model.source.with_stds(t, m, p)[1]
+    stds = score_in_batches(std_of, tokens, mask, batch_size, mesh, prompt_len, k=model.k)
   out_rows = [dict(row) for _, row in rows]
-  for (i, field), reward, member in zip(slots, rewards, members):
+  for j, ((i, field), reward, member) in enumerate(zip(slots, rewards, members)):
     out_rows[i][field] = float(reward)
     if model.k > 1:
       out_rows[i][field.replace("reward", "member_rewards")] = [float(r) for r in member]
+    if stds is not None:
+      out_rows[i][field.replace("reward", "member_stds")] = [float(s) for s in stds[j]]
   output = config.output or default_output(config.input)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:

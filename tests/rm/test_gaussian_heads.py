@@ -131,3 +131,25 @@ def test_a_scalar_model_predicts_no_std():
   assert not scorer.has_stds and layout.columns == 1
   with pytest.raises(ValueError, match="predicts no std"):
     scorer.with_stds(*eval_sequences(8))
+
+
+def test_score_writes_each_members_std_beside_the_means(gaussian_run, tmp_path):
+  from rmjax.commands import score
+  from rmjax.configs import score as score_config
+
+  workdir, _ = gaussian_run
+  tokens, mask = eval_sequences(4)
+  rows = [{"response": [int(t) for t, m in zip(tok, msk) if m]} for tok, msk in zip(tokens, mask)]
+  rows.append({"chosen": rows[0]["response"], "rejected": rows[1]["response"]})
+  path = tmp_path / "rows.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = score_config.get_config()
+  config.update(workdir=str(workdir), input=str(path), output=str(tmp_path / "out.jsonl"),
+                batch_size=8)
+  out = score.run(config)["rows"]
+  means, stds = from_workdir(workdir).with_stds(tokens, mask)
+  for row, mean, std in zip(out, np.asarray(means), np.asarray(stds)):
+    np.testing.assert_allclose(row["member_rewards"], mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(row["member_stds"], std, rtol=1e-4, atol=1e-5)
+  assert len(out[-1]["member_stds_chosen"]) == K and len(out[-1]["member_stds_rejected"]) == K
+  np.testing.assert_allclose(out[-1]["member_stds_chosen"], out[0]["member_stds"], rtol=1e-4)
