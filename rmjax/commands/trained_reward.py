@@ -3,9 +3,10 @@ program trained it.
 
 A ``train-rm`` run scores with its reward model or ensemble (K member rewards,
 ``rm/reward_source.py``). An ``rmjax dpo`` run scores with its policy's implicit reward
-β·(log π(y | x) − log π_ref(y | x)) summed over the response tokens, one member
-(``rl/implicit_reward.py``, ``docs/algorithms.md`` §7), π_ref being the policy the run
-started from and β its ``dpo.beta``. That reward is conditioned on the prompt, so every
+under the loss that trained it, one member (``rl/implicit_reward.py``,
+``docs/algorithms.md`` §7): β·(log π(y | x) − log π_ref(y | x)) summed over the response
+tokens for dpo, cdpo, ipo and kto (π_ref the policy the run started from, β its
+``dpo.beta``), SimPO's β·log π/|y|, ORPO's log odds. That reward is conditioned on the prompt, so every
 sequence is scored with its prompt length (which a reward model ignores). Which program
 wrote a run is read from the config stored with its latest checkpoint.
 """
@@ -115,4 +116,5 @@ def _dpo_reward(workdir, run, directory, step: int, mesh) -> TrainedReward:
 
   run.checkpoint = ml_collections.ConfigDict(dict(directory=str(directory), step=step))
   return TrainedReward(source, pair_fn, None, source.cfg, run,
-                       f"DPO implicit reward, beta {source.beta:g}", needs_prompt=True)
+                       f"DPO-family implicit reward, loss {source.loss}, beta {source.beta:g}",
+                       needs_prompt=True)

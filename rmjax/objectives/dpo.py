@@ -114,6 +114,21 @@ def kto(logp_c, logp_r, ref_c, ref_r, beta=0.1, desirable_weight=1.0,
   return losses, {**_reward_metrics(chosen, rejected), "kto_z": z}
 
 
+def sequence_reward(name: str, beta, logp, ref, length):
+  """[B] the reward by which a policy trained with loss ``name`` ranks a response: the
+  quantity its loss compares between the chosen and the rejected one. β(log π − log ref)
+  for dpo, cdpo, ipo and kto; β·log π/|y| for simpo; for orpo the log odds m − log(1 − eᵐ)
+  of the mean token log-prob m = log π/|y| (its odds-ratio term; λ only weighs that term
+  against the NLL). ``ref`` is ignored by simpo and orpo."""
+  if name not in LOSSES:
+    raise ValueError(f"dpo.loss={name!r} is not one of {LOSSES}")
+  f = at_least_f32
+  if name in NEEDS_REFERENCE:
+    return beta * (f(logp) - f(ref))
+  mean = f(logp) / jnp.maximum(f(length), 1.0)
+  return beta * mean if name == "simpo" else mean - log1mexp(mean)
+
+
 def losses(name: str, cfg, logp_c, logp_r, ref_c, ref_r, len_c, len_r):
   """(losses [B], metrics) of loss ``name`` with its parameters from ``cfg`` (the ``dpo``
   config section: beta, label_smoothing, simpo_gamma, orpo_lambda, kto_desirable_weight,

@@ -107,14 +107,14 @@ def load_reward_sources(workdirs, mesh) -> list:
 
 def dpo_source(workdir, mesh=None) -> implicit_reward.ImplicitRewardSource:
   """The implicit reward of an ``rmjax dpo`` run's latest policy against the policy it
-  started from, with the run's β; both models' parameters on ``mesh`` (by their logical
-  axes) when given, so that it scores batches sharded over that mesh."""
+  started from, under the run's loss and β; both models' parameters on ``mesh`` (by their
+  logical axes) when given, so that it scores batches sharded over that mesh."""
   run = read_run_config(workdir)
   policy, reference = trained_policy(workdir), starting_policy(run)
   if mesh is not None:
     policy, reference = parallel.shard_model(policy, mesh), parallel.shard_model(reference, mesh)
   source = implicit_reward.ImplicitRewardSource(
-      policy, reference, float(run.dpo.beta), str(workdir),
+      policy, reference, run.dpo, str(workdir),
       tokenizer=reward_source.tokenizer_id(reward_source.run_tokenizer(run)),
       task=reward_source.task_id(run))
   source.run_config = run  # its data name the task whose prompts and policy belong to it

@@ -1,5 +1,6 @@
-"""A DPO-trained policy as a reward source: the implicit reward r(x, y) = β·(log π(y | x) −
-log π_ref(y | x)), summed over the response's tokens (Rafailov et al. 2023), so that
+"""A DPO-trained policy as a reward source: the implicit reward of the loss that trained it,
+by default r(x, y) = β·(log π(y | x) − log π_ref(y | x)) summed over the response's tokens
+(Rafailov et al. 2023; SimPO's and ORPO's in ``objectives.dpo.sequence_reward``), so that
 ``rmjax rl`` and best-of-n score with a DPO policy exactly as with a classifier reward
 model (``reward.workdirs`` may name an ``rmjax dpo`` run).
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rmjax.models.transformer import Transformer
+from rmjax.objectives import dpo as dpo_lib
 from rmjax.objectives import language_model
 
 
@@ -26,26 +28,41 @@ def sequence_logprobs(model, tokens, mask, prompt_len):
   return jnp.sum(jnp.where(response, token_logp, 0.0), axis=1), jnp.sum(response, axis=1)
 
 
+_SCALES = {
+    "simpo": "SimPO implicit reward beta * log(pi) / |y|, the mean token log-prob times beta "
+             "(beta {beta:g}; at most 0)",
+    "orpo": "ORPO log odds log(p / (1 - p)) of the mean token probability p (unbounded)",
+}
+_RATIO = ("implicit reward beta * log(pi / pi_ref) summed over the response (loss {loss}, "
+          "beta {beta:g}; unbounded, 0 where the policy equals its reference)")
+
+
 class ImplicitRewardSource:
-  """β·log(π/π_ref) of each response, one member; needs each row's ``prompt_len``."""
+  """The implicit reward of each response under ``dpo_cfg.loss`` (with its ``beta``), one
+  member; needs each row's ``prompt_len``."""
 
   num_members = 1
 
-  def __init__(self, policy: Transformer, reference: Transformer, beta: float, name: str,
+  def __init__(self, policy: Transformer, reference: Transformer, dpo_cfg, name: str,
                tokenizer: str = "", task: str = ""):
     self.graphdef, self.params = nnx.split(policy)
     ref_graphdef, self.reference = nnx.split(reference)
     self.cfg = policy.cfg  # the policy's ModelConfig: the sequences it can read
     self.vocab_size = int(policy.cfg.vocab_size)
-    self.beta, self.name, self.tokenizer, self.task = float(beta), name, tokenizer, task
-    self.scale = (f"DPO implicit reward beta * log(pi / pi_ref) summed over the response "
-                  f"(beta {self.beta:g}; unbounded, 0 where the policy equals its reference)")
+    self.loss, self.beta = str(dpo_cfg.loss), float(dpo_cfg.beta)
+    self.name, self.tokenizer, self.task = name, tokenizer, task
+    self.scale = _SCALES.get(self.loss, _RATIO).format(loss=self.loss, beta=self.beta)
+    loss, beta, uses_reference = self.loss, self.beta, self.loss in dpo_lib.NEEDS_REFERENCE
 
     def score(params, reference, tokens, mask, prompt_len):
-      logp, _ = sequence_logprobs(nnx.merge(self.graphdef, params), tokens, mask, prompt_len)
-      ref, _ = sequence_logprobs(nnx.merge(ref_graphdef, reference), tokens, mask, prompt_len)
-      return (self.beta * (logp - ref))[:, None]
+      logp, length = sequence_logprobs(nnx.merge(self.graphdef, params), tokens, mask,
+                                       prompt_len)
+      ref = (sequence_logprobs(nnx.merge(ref_graphdef, reference), tokens, mask,
+                               prompt_len)[0] if uses_reference else None)
+      return dpo_lib.sequence_reward(loss, beta, logp, ref, length)[:, None]
 
+    if loss not in dpo_lib.LOSSES:
+      raise ValueError(f"{name}: dpo.loss={loss!r} is not one of {dpo_lib.LOSSES}")
     self._score = jax.jit(score)
 
   def __call__(self, tokens, mask, prompt_len=None):

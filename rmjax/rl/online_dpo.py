@@ -141,7 +141,7 @@ class OnlineDPOTrainer:
                                    temperature=o.temperature, eos_id=self.task.eos_id,
                                    pad_id=self.task.pad_id)
     # SPA's labeller: the implicit reward of the current parameters (set each round)
-    self.own = ImplicitRewardSource(policy, policy, c.beta, "the policy's implicit reward")
+    self.own = ImplicitRewardSource(policy, policy, c, "the policy's implicit reward")
     if self.labeller is not None and path:
       build.check_sources([self.labeller], self.task)
     elif self.labeller is not None:

@@ -100,3 +100,15 @@ def test_losses_dispatches_by_name_and_rejects_unknown():
     assert out.shape == (2,) and np.all(np.isfinite(out))
   with pytest.raises(ValueError, match="dpo.loss='rrhf'"):
     dpo.losses("rrhf", cfg, LOGP_C, LOGP_R, REF_C, REF_R, LEN_C, LEN_R)
+
+
+def test_sequence_reward_is_what_each_loss_compares():
+  logp, ref, length = np.array([-4.0, -2.0]), np.array([-5.0, -2.5]), np.array([4.0, 2.0])
+  for name in ("dpo", "cdpo", "ipo", "kto"):  # β(log π − log ref)
+    np.testing.assert_allclose(dpo.sequence_reward(name, 0.5, logp, ref, length), [0.5, 0.25])
+  np.testing.assert_allclose(dpo.sequence_reward("simpo", 2.0, logp, None, length), [-2.0, -2.0])
+  odds = lambda m: m - math.log(1 - math.exp(m))  # mean log-probs -1 and -1
+  np.testing.assert_allclose(dpo.sequence_reward("orpo", 2.0, logp, None, length),
+                             [odds(-1.0)] * 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="dpo.loss='x' is not one of"):
+    dpo.sequence_reward("x", 1.0, logp, ref, length)

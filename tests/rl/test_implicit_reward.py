@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from ml_collections import ConfigDict
 from test_dpo import tiny_config as dpo_config
 from test_sft import tiny_config as sft_config
 
@@ -26,9 +27,9 @@ def test_implicit_reward_is_beta_times_the_response_log_ratio():
   task = synthetic.build_task(synthetic.SyntheticConfig())
   other = synthetic.build_task(synthetic.SyntheticConfig(seed=1)).policy
   tokens, mask, plen = _rows()
-  same = ImplicitRewardSource(task.policy, task.policy, 0.5, "same")
+  same = ImplicitRewardSource(task.policy, task.policy, _loss("dpo", 0.5), "same")
   np.testing.assert_allclose(same(tokens, mask, plen), 0.0, atol=1e-6)
-  source = ImplicitRewardSource(other, task.policy, 0.5, "two")
+  source = ImplicitRewardSource(other, task.policy, _loss("dpo", 0.5), "two")
   lp, _ = sequence_logprobs(other, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(plen))
   ref, _ = sequence_logprobs(task.policy, jnp.asarray(tokens), jnp.asarray(mask),
                              jnp.asarray(plen))
@@ -36,6 +37,28 @@ def test_implicit_reward_is_beta_times_the_response_log_ratio():
   assert "beta 0.5" in source.scale
   with pytest.raises(ValueError, match="must pass each row's prompt_len"):
     source(tokens, mask)
+
+
+def test_simpo_and_orpo_runs_are_scored_by_their_own_losses_rewards():
+  """No reference for either: SimPO's β·log π/|y| and ORPO's log odds of the mean token
+  probability, by hand from the response log-likelihood and length."""
+  task = synthetic.build_task(synthetic.SyntheticConfig())
+  other = synthetic.build_task(synthetic.SyntheticConfig(seed=1)).policy
+  tokens, mask, plen = _rows()
+  lp, n = sequence_logprobs(other, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(plen))
+  mean = np.asarray(lp) / np.asarray(n)
+  simpo = ImplicitRewardSource(other, task.policy, _loss("simpo", 2.0), "simpo")
+  np.testing.assert_allclose(simpo(tokens, mask, plen)[:, 0], 2.0 * mean, rtol=1e-5)
+  orpo = ImplicitRewardSource(other, task.policy, _loss("orpo", 2.0), "orpo")
+  p = np.exp(mean)
+  np.testing.assert_allclose(orpo(tokens, mask, plen)[:, 0], np.log(p / (1 - p)), rtol=1e-5)
+  assert "SimPO" in simpo.scale and "log odds" in orpo.scale
+  with pytest.raises(ValueError, match="dpo.loss='nope' is not one of"):
+    ImplicitRewardSource(other, task.policy, _loss("nope", 1.0), "bad")
+
+
+def _loss(name, beta):
+  return ConfigDict({"loss": name, "beta": beta})
 
 
 def test_sft_then_dpo_then_the_dpo_run_as_a_reward_source(tmp_path):
