@@ -107,6 +107,20 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg):
   return step
 
 
+def compile_step(graphdef, tx, cfg, mesh, shardings, reference, ndims: dict[str, int]):
+  """``make_step`` jitted on ``mesh`` as ``(state, batch) -> (state, metrics)``: the state
+  on its ``shardings`` (donated), the frozen ``reference`` parameters (None: no reference
+  in the step) bound, a batch of arrays of ``ndims`` split over the data axes; shared by
+  offline and iterative DPO."""
+  batch_shardings = {k: parallel.sharding.batch_sharding(mesh, n) for k, n in ndims.items()}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(parallel.sharding.on_mesh(make_step(graphdef, tx, cfg), mesh),
+                   in_shardings=(shardings, parallel.tree_shardings(reference, mesh),
+                                 batch_shardings),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+  return lambda state, batch: jitted(state, reference, batch)
+
+
 class DPOTrainer:
   """The policy, reference, data and compiled functions of one run; the state is passed
   through ``step``."""
@@ -186,16 +200,8 @@ class DPOTrainer:
       if self.shardings is None:
         raise RuntimeError("init_state first: the step is compiled for its shardings")
       reference = self.reference if self.uses_reference and self.precomputed is None else None
-      ref_shardings = parallel.tree_shardings(reference, self.mesh)
-      ndims = {k: v.ndim for k, v in self.batch(0).items()}
-      batch_shardings = {k: parallel.sharding.batch_sharding(self.mesh, n)
-                         for k, n in ndims.items()}
-      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      jitted = jax.jit(parallel.sharding.on_mesh(make_step(self.graphdef, self.tx, self.c),
-                                                 self.mesh),
-                       in_shardings=(self.shardings, ref_shardings, batch_shardings),
-                       out_shardings=(self.shardings, replicated), donate_argnums=(0,))
-      self._step = lambda state, batch: jitted(state, reference, batch)
+      self._step = compile_step(self.graphdef, self.tx, self.c, self.mesh, self.shardings,
+                                reference, {k: v.ndim for k, v in self.batch(0).items()})
     return self._step
 
   # --- evaluation ------------------------------------------------------------------------

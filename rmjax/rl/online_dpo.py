@@ -200,17 +200,10 @@ class OnlineDPOTrainer:
 
   def update_fn(self):
     if self._update is None:
-      step = dpo.make_step(self.graphdef, self.tx, self.c)
       reference = self.reference if self.uses_reference else None
-      batch_shardings = {k: parallel.sharding.batch_sharding(self.mesh, 1 if k in (
-          "prompt_len", schema.WEIGHT) else 2) for k in self.batch_keys}
-      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      jitted = jax.jit(parallel.sharding.on_mesh(step, self.mesh),
-                       in_shardings=(self.shardings, parallel.tree_shardings(reference,
-                                                                             self.mesh),
-                                     batch_shardings),
-                       out_shardings=(self.shardings, replicated), donate_argnums=(0,))
-      self._update = lambda state, batch: jitted(state, reference, batch)
+      ndims = {k: 1 if k in ("prompt_len", schema.WEIGHT) else 2 for k in self.batch_keys}
+      self._update = dpo.compile_step(self.graphdef, self.tx, self.c, self.mesh,
+                                      self.shardings, reference, ndims)
     return self._update
 
   def step(self, state, r: int):
