@@ -64,6 +64,14 @@ class RolloutTask:
   task: str = ""
   name: str = "the policy"
 
+  def check_fits(self, new_tokens: int, field: str) -> None:
+    """A one-line error naming ``field`` when a prompt plus ``new_tokens`` sampled tokens
+    exceed the policy's ``max_seq_len``."""
+    limit = self.policy.cfg.max_seq_len
+    if self.prompt_width + new_tokens > limit:
+      raise ValueError(f"prompts of {self.prompt_width} tokens plus {field}={new_tokens} "
+                       f"exceed the policy's max_seq_len {limit}")
+
 
 def synthetic_rollout_task(task: synthetic.SyntheticTask, gold: bool = True) -> RolloutTask:
   """The synthetic task's base policy and prompts; its gold reward as the evaluation hook,

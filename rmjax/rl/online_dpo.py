@@ -110,10 +110,7 @@ class OnlineDPOTrainer:
       self.task = build.rollout_task(config, [self.labeller] if self.labeller else [],
                                      gold=False)
       policy = self.task.policy
-      if self.task.prompt_width + self.task.max_response_len > policy.cfg.max_seq_len:
-        raise ValueError(f"prompts of {self.task.prompt_width} tokens plus "
-                         f"prompts.max_response_len={self.task.max_response_len} exceed the "
-                         f"policy's max_seq_len {policy.cfg.max_seq_len}")
+      self.task.check_fits(self.task.max_response_len, "prompts.max_response_len")
     else:
       self.task = build.synthetic_rollout_task(
           synthetic.build_task(synthetic.from_fields(config.data.synthetic.to_dict())))

@@ -96,11 +96,7 @@ class RLTrainer:
         temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, eos_id=self.task.eos_id,
         pad_id=self.task.pad_id)
     self.prompt_width = self.task.prompt_width
-    width = self.prompt_width + self.sampling.max_new_tokens
-    if width > self.task.policy.cfg.max_seq_len:
-      raise ValueError(f"prompts of {self.prompt_width} tokens plus rl.max_new_tokens="
-                       f"{self.sampling.max_new_tokens} exceed the policy's max_seq_len "
-                       f"{self.task.policy.cfg.max_seq_len}")
+    self.task.check_fits(self.sampling.max_new_tokens, "rl.max_new_tokens")
     self.actor_graphdef, reference = nnx.split(
         lora.adapt_from_config(self.task.policy, config.get("actor"), config.seed))
     self.reference = parallel.shard_tree(reference, self.mesh)

@@ -105,6 +105,11 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
   config.reward.workdirs = (str(tmp_path / "none"),)
   with pytest.raises(FileNotFoundError, match="train one with rmjax train-rm"):
     ppo_trainer.train(config)
+  config = toy_config(tmp_path, 1)
+  config.rl.max_new_tokens = task.policy.cfg.max_seq_len
+  with pytest.raises(ValueError, match=rf"plus rl.max_new_tokens={config.rl.max_new_tokens} "
+                                       "exceed the policy's max_seq_len"):
+    ppo_trainer.train(config, scorers=[low_ids], task=task, critic_model=task.policy)
 
 
 def test_ptx_loss_is_the_next_token_nll_and_joins_the_update(tmp_path):
