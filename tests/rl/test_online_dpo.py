@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_dpo import tiny_config
-from test_ppo_files import WORDS, _rm_config, _tokenizer, save_hf_policy
+from test_ppo_files import build_world
 
 from rmjax.configs import train_rm
 from rmjax.models import hf_io
@@ -112,21 +112,8 @@ def test_selm_optimism_refuses_what_it_is_not_defined_for(tmp_path):
 
 @pytest.fixture(scope="module")
 def files_world(tmp_path_factory):
-  """A tokenizer, a tiny random HF llama saved with it, a prompts file and a reward model
-  trained on preference files tokenised with the same tokenizer."""
-  root = tmp_path_factory.mktemp("online_files")
-  _tokenizer(root / "tok", WORDS)
-  save_hf_policy(root / "policy")
-  rng = np.random.default_rng(0)
-  text = lambda n: " ".join(rng.choice(WORDS, n))
-  with open(root / "pairs.jsonl", "w") as f:
-    for _ in range(32):
-      f.write(json.dumps({"prompt": text(4), "chosen": text(3), "rejected": text(5)}) + "\n")
-  with open(root / "prompts.jsonl", "w") as f:
-    for n in (3, 5, 7, 4, 6):
-      f.write(json.dumps({"prompt": text(n)}) + "\n")
-  rm_trainer.train(_rm_config(root / "rm", root / "tok", root / "pairs.jsonl"))
-  return root
+  """``test_ppo_files.build_world`` with five prompts."""
+  return build_world(tmp_path_factory.mktemp("online_files"), prompt_words=(3, 5, 7, 4, 6))
 
 
 def files_config(world, workdir, rm_dir):

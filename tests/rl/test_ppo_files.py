@@ -82,10 +82,10 @@ def _fake_run(workdir, config, vocab):
   return workdir
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  """A tokenizer, a tiny random HF llama saved with it, prompts and a trained RM."""
-  root = tmp_path_factory.mktemp("files_world")
+def build_world(root, prompt_words=(3, 5, 7, 4)):
+  """In ``root``: a tokenizer ("tok"), a tiny random HF llama saved with it ("policy"),
+  preference pairs, a prompts file (one prompt of each length in ``prompt_words``) and a
+  reward model ("rm") trained on the pairs with the same tokenizer."""
   _tokenizer(root / "tok", WORDS)
   save_hf_policy(root / "policy")  # the policy's own tokenizer: the same one
   rng = np.random.default_rng(0)
@@ -94,10 +94,15 @@ def world(tmp_path_factory):
     for _ in range(32):
       f.write(json.dumps({"prompt": text(4), "chosen": text(3), "rejected": text(5)}) + "\n")
   with open(root / "prompts.jsonl", "w") as f:
-    for n in (3, 5, 7, 4):
+    for n in prompt_words:
       f.write(json.dumps({"prompt": text(n)}) + "\n")
   rm_trainer.train(_rm_config(root / "rm", root / "tok", root / "pairs.jsonl"))
   return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  return build_world(tmp_path_factory.mktemp("files_world"))
 
 
 def _ppo_config(world, workdir, *rm_dirs):
