@@ -162,7 +162,9 @@ def test_prompts_files_refuse_what_cannot_work(files_world, runs, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_bit_identically(runs, tmp_path):
+  """With SELM's optimism on: its y_ref draws come from the round's key too."""
   kill_resume.check(
       tmp_path, "from test_online_dpo import online_config\nfrom rmjax.rl import online_dpo\n"
-      f"online_dpo.train(online_config(sys.argv[1], {str(runs / 'rm')!r}, rounds=4))\n",
+      f"c = online_config(sys.argv[1], {str(runs / 'rm')!r}, rounds=4)\n"
+      "c.dpo.online.optimism = 0.1\nonline_dpo.train(c)\n",
       os.path.dirname(__file__), kill_at=2, final=4, resumed="resumed from round 2")
