@@ -37,11 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
   # "best_worst" or "all"; then updates DPO steps on them. optimism: SELM's alpha (their
   # trainer's 0.001; 0 = off; dpo.loss "dpo" only): each pair's loss adds alpha * beta *
   # log(pi/pi_ref) of one of its prompt's samples of the round, drawn uniformly with the
-  # round's key. pi_ref here is the fixed starting policy, where SELM's reference is the
-  # previous iteration's model (docs/algorithms.md section 7).
+  # round's key. reference: pi_ref of the DPO and optimism terms, "start" (the starting
+  # policy) or "previous" (the policy each round starts from: SELM's; docs/algorithms.md
+  # section 7).
   c.dpo.online = ml_collections.ConfigDict(dict(
       rounds=0, prompts=64, samples=4, pairs="best_worst", labeller="reward",
-      reward="runs/train_rm", updates=4, temperature=1.0, optimism=0.0))
+      reward="runs/train_rm", updates=4, temperature=1.0, optimism=0.0, reference="start"))
   # Iterative DPO's prompts: path "" = the synthetic task's; else a prompts file read as
   # `rmjax rl` reads it (rmjax/configs/rl.py), with policy.init_from a Hugging Face folder
   # (or .gguf file, or rl/dpo/sft run) and, for labeller "reward", a train-rm run on files
@@ -83,7 +84,9 @@ FIELDS = {
     "dpo.online.updates": "DPO steps (minibatches of the round's pairs) per round",
     "dpo.online.temperature": "sampling temperature of the round's responses",
     "dpo.online.optimism": "SELM's alpha (0 = off; dpo.loss dpo): alpha * beta * log pi/pi_ref "
-                           "of a sampled response, pi_ref the starting policy",
+                           "of a sampled response",
+    "dpo.online.reference": "pi_ref of each round's steps: \"start\" (the starting policy) or "
+                            "\"previous\" (the policy the round starts from, SELM's)",
     "prompts.path": "iterative DPO: \"\" = the synthetic task's prompts; else a file of "
                     "prompt rows or pairs (needs policy.init_from)",
     "prompts.format": "format of prompts.path; \"\" = detected",

@@ -108,17 +108,16 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg):
 
 
 def compile_step(graphdef, tx, cfg, mesh, shardings, reference, ndims: dict[str, int]):
-  """``make_step`` jitted on ``mesh`` as ``(state, batch) -> (state, metrics)``: the state
-  on its ``shardings`` (donated), the frozen ``reference`` parameters (None: no reference
-  in the step) bound, a batch of arrays of ``ndims`` split over the data axes; shared by
-  offline and iterative DPO."""
+  """``make_step`` jitted on ``mesh`` as ``(state, reference, batch) -> (state, metrics)``:
+  the state on its ``shardings`` (donated), reference parameters laid out like
+  ``reference`` (None: no reference in the step), a batch of arrays of ``ndims`` split over
+  the data axes; shared by offline and iterative DPO."""
   batch_shardings = {k: parallel.sharding.batch_sharding(mesh, n) for k, n in ndims.items()}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(parallel.sharding.on_mesh(make_step(graphdef, tx, cfg), mesh),
-                   in_shardings=(shardings, parallel.tree_shardings(reference, mesh),
-                                 batch_shardings),
-                   out_shardings=(shardings, replicated), donate_argnums=(0,))
-  return lambda state, batch: jitted(state, reference, batch)
+  return jax.jit(parallel.sharding.on_mesh(make_step(graphdef, tx, cfg), mesh),
+                 in_shardings=(shardings, parallel.tree_shardings(reference, mesh),
+                               batch_shardings),
+                 out_shardings=(shardings, replicated), donate_argnums=(0,))
 
 
 class DPOTrainer:
@@ -200,8 +199,9 @@ class DPOTrainer:
       if self.shardings is None:
         raise RuntimeError("init_state first: the step is compiled for its shardings")
       reference = self.reference if self.uses_reference and self.precomputed is None else None
-      self._step = compile_step(self.graphdef, self.tx, self.c, self.mesh, self.shardings,
-                                reference, {k: v.ndim for k, v in self.batch(0).items()})
+      jitted = compile_step(self.graphdef, self.tx, self.c, self.mesh, self.shardings,
+                            reference, {k: v.ndim for k, v in self.batch(0).items()})
+      self._step = lambda state, batch: jitted(state, reference, batch)
     return self._step
 
   # --- evaluation ------------------------------------------------------------------------

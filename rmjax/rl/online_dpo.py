@@ -12,15 +12,16 @@ Preference Data" (SPA) labels its own samples; it goes on from an ``rmjax dpo`` 
 on seed pairs: ``policy.init_from``) against that run's reference. Pairs (``dpo.online.pairs``): "best_worst",
 each prompt's highest against its lowest scored sample (a prompt whose samples tie
 weighs 0), or "all", every two samples of a prompt, the higher scored as chosen (ties 0).
-The reference is the starting policy (SPA: the DPO run's own reference). With
-``dpo.online.optimism`` α > 0 each pair's loss adds SELM's optimism term
-(``objectives.dpo.selm_optimism``) of one of its prompt's samples, drawn uniformly with the
-round's key; against that fixed reference, not SELM's previous-round model
-(``docs/algorithms.md`` §7). One round is one step of the training loop, so
+The DPO steps' reference (``dpo.online.reference``) is the starting policy (SPA: the DPO
+run's own reference), or "previous": the policy the round starts from, which sampled its
+responses (SELM's). With ``dpo.online.optimism`` α > 0 each pair's loss adds SELM's optimism
+term (``objectives.dpo.selm_optimism``) of one of its prompt's samples, drawn uniformly with
+the round's key, against that same reference (``docs/algorithms.md`` §7). The logged KL is
+always to the starting policy. One round is one step of the training loop, so
 every checkpoint falls between rounds and, as every key derives from (seed, round), a
 killed run resumes bit for bit. Each round logs the DPO metrics (means over its updates),
 the labeller's chosen − rejected gap, and on the synthetic task the gold reward and the k1
-KL to the reference of the round's samples (per prompt too, in ``per_prompt.jsonl``).
+KL to the starting policy of the round's samples (per prompt too, in ``per_prompt.jsonl``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from rmjax.tasks import preference as synthetic
 
 LABELLERS = ("reward", "implicit")
 PAIRINGS = ("best_worst", "all")
+REFERENCES = ("start", "previous")
 
 
 def pair_indices(scores: np.ndarray, pairing: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,6 +97,12 @@ class OnlineDPOTrainer:
                        "gold reward belong to the synthetic prompts")
     if o.samples < 2:
       raise ValueError(f"dpo.online.samples={o.samples} must be >= 2 to form a pair")
+    reference = o.get("reference", "start")
+    if reference not in REFERENCES:
+      raise ValueError(f"dpo.online.reference={reference!r} is not one of {REFERENCES}")
+    if reference == "previous" and c.loss not in dpo_lib.NEEDS_REFERENCE:
+      raise ValueError(f"dpo.online.reference='previous' sets the reference of a loss that "
+                       f"has one; dpo.loss={c.loss!r} uses none")
     self.optimism = float(o.optimism)
     if self.optimism < 0:
       raise ValueError(f"dpo.online.optimism={o.optimism} must be >= 0 (0 = off)")
@@ -196,6 +204,7 @@ class OnlineDPOTrainer:
     return pairs, metrics
 
   def update_fn(self):
+    """The compiled ``(state, reference, batch) -> (state, metrics)`` DPO step."""
     if self._update is None:
       reference = self.reference if self.uses_reference else None
       ndims = {k: 1 if k in ("prompt_len", schema.WEIGHT) else 2 for k in self.batch_keys}
@@ -203,15 +212,25 @@ class OnlineDPOTrainer:
                                       self.shardings, reference, ndims)
     return self._update
 
+  def round_reference(self, state):
+    """The reference of a round's DPO steps: none for losses without one, the starting
+    policy, or (``dpo.online.reference='previous'``, SELM's) a copy of the parameters the
+    round starts from, which sampled its responses."""
+    if not self.uses_reference:
+      return None
+    if self.o.get("reference", "start") == "previous":
+      return jax.tree.map(jnp.copy, state["params"])  # the steps donate the state's own
+    return self.reference
+
   def step(self, state, r: int):
     """One round: sample, label, ``updates`` DPO steps on the shuffled pairs."""
     pairs, metrics = self.rollout(state["params"], r)
     order = np.random.default_rng([self.config.seed, r]).permutation(self.pairs_per_round)
-    update, losses = self.update_fn(), []
+    update, reference, losses = self.update_fn(), self.round_reference(state), []
     for start in range(0, self.pairs_per_round, self.minibatch):
       rows = order[start:start + self.minibatch]
-      state, m = update(state, parallel.shard_batch({k: v[rows] for k, v in pairs.items()},
-                                                    self.mesh))
+      state, m = update(state, reference,
+                        parallel.shard_batch({k: v[rows] for k, v in pairs.items()}, self.mesh))
       losses.append(m)
     losses = jax.device_get(losses)
     metrics.update({k: float(np.mean([m[k] for m in losses])) for k in losses[0]

@@ -67,6 +67,29 @@ def test_rounds_labelled_by_a_reward_model(runs, tmp_path):
   assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # round 0 samples the reference
 
 
+def test_previous_round_reference_starts_every_round_at_log_2(runs, tmp_path):
+  """SELM's reference: each round's one step compares the policy with itself (h = 0, loss
+  log 2, optimism 0); against the fixed start the policy has moved away by round 3."""
+  logged = {}
+  for reference in ("previous", "start"):
+    c = online_config(tmp_path / reference, runs / "rm")
+    c.dpo.online.update(reference=reference, optimism=0.1)
+    c.optim.update(warmup_steps=0, learning_rate=1e-2)
+    online_dpo.train(c)
+    logged[reference] = rows(tmp_path / reference)
+  for r in logged["previous"]:
+    assert r["loss"] == pytest.approx(np.log(2.0), abs=1e-5) and abs(r["optimism"]) < 1e-6
+  assert logged["start"][0]["loss"] == pytest.approx(np.log(2.0), abs=1e-5)  # same round 0
+  assert abs(logged["start"][2]["loss"] - np.log(2.0)) > 1e-3
+  c = online_config(tmp_path / "bad", runs / "rm")
+  c.dpo.online.reference = "last"
+  with pytest.raises(ValueError, match="dpo.online.reference='last' is not one of"):
+    online_dpo.OnlineDPOTrainer(c)
+  c.dpo.online.reference, c.dpo.loss = "previous", "simpo"
+  with pytest.raises(ValueError, match="dpo.loss='simpo' uses none"):
+    online_dpo.OnlineDPOTrainer(c)
+
+
 def test_spa_goes_on_from_a_dpo_run_against_its_reference(runs, tmp_path):
   c = online_config(tmp_path / "spa", runs / "rm", rounds=2)
   c.dpo.online.update(labeller="implicit", pairs="all")
