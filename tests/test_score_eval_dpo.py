@@ -117,7 +117,7 @@ def test_eval_rm_accuracy_is_that_of_the_implicit_margin(dpo_run, tmp_path, caps
   assert set(held_out) == {"subset", "pairs", "accuracy", "margin", "ece",
                            "length_correlation", "gold_agreement", "path"}
   printed = capsys.readouterr().out
-  assert f"step 2, DPO implicit reward, beta {BETA:g})" in printed
+  assert f"step 2, DPO-family implicit reward, loss dpo, beta {BETA:g})" in printed
   assert f"| head | {head} | {accuracy(margin[:head]):.4f} |" in printed
   assert json.load(open(workdir / "eval_dpo.json"))["step"] == 2
 
