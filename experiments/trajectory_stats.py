@@ -108,15 +108,21 @@ def _items(arm: Trajectories) -> int:
   return int(sum(np.shape(r)[1] for r in arm.runs))
 
 
+def _draw(num_seeds: int, num_resamples: int, confidence: float, seed: int):
+  """(generator, [resamples, seeds] drawn seed indices) of one bootstrap, its settings
+  checked."""
+  stats.check_resampling(num_resamples, confidence)
+  rng = np.random.default_rng(seed)
+  return rng, rng.integers(num_seeds, size=(int(num_resamples), num_seeds))
+
+
 def trajectory_bootstrap(arm: Trajectories, num_resamples: int = 2000,
                          confidence: float = 0.95, seed: int = 0) -> list[dict | None]:
   """Per figure of ``arm.read``: {"mean": the mean over seeds of each seed's figure, "low",
   "high": the percentile interval, "num_seeds", "num_items": prompts per point summed over
   seeds, "unreached": the fraction of resamples that could not read it}, or None where a
   seed's own trajectory cannot (e.g. never reaches the KL)."""
-  stats.check_resampling(num_resamples, confidence)
-  rng = np.random.default_rng(seed)
-  drawn = rng.integers(len(arm.runs), size=(int(num_resamples), len(arm.runs)))
+  rng, drawn = _draw(len(arm.runs), num_resamples, confidence, seed)
   boot = arm.resampled(drawn, rng).mean(axis=1)
   return _intervals(arm.per_seed(), boot, confidence, _items(arm), with_p=False)
 
@@ -127,12 +133,10 @@ def trajectory_difference(a: Trajectories, b: Trajectories, num_resamples: int =
   ``b``): a resample draws the same seeds for both, and each arm's prompts independently
   (two methods' trajectories share no prompts point by point). Rows as
   ``trajectory_bootstrap``'s plus "p_value" (``stats.two_sided_p``)."""
-  stats.check_resampling(num_resamples, confidence)
   if len(a.runs) != len(b.runs):
     raise ValueError(f"b: has {len(b.runs)} seeds, a has {len(a.runs)}; the difference "
                      "pairs them by seed")
-  rng = np.random.default_rng(seed)
-  drawn = rng.integers(len(a.runs), size=(int(num_resamples), len(a.runs)))
+  rng, drawn = _draw(len(a.runs), num_resamples, confidence, seed)
   boot = (a.resampled(drawn, rng) - b.resampled(drawn, rng)).mean(axis=1)
   return _intervals(a.per_seed() - b.per_seed(), boot, confidence, _items(a) + _items(b),
                     with_p=True)

@@ -131,14 +131,14 @@ def encode_rows(singles, pairs, tokenizer, max_len: int, max_response_len: int |
 
 
 def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int,
-                     mesh, prompt_len: np.ndarray | None = None,
-                     k: int | None = None) -> np.ndarray:
+                     mesh, prompt_len: np.ndarray | None = None):
   """float32 [n, K] member rewards of tokens/mask [n, seq], batched on ``mesh``.
 
-  ``scorer``: ``(tokens, mask) -> [B, K]`` with ``k`` (``load_rm.load_ensemble``; else
-  pass ``k``), or, given each row's prompt tokens ``prompt_len`` [n],
-  ``(tokens, mask, prompt_len)`` (``trained_reward.TrainedReward``, which a DPO run's
-  implicit reward needs).
+  ``scorer``: ``(tokens, mask) -> [B, K]`` with ``k`` (``load_rm.load_ensemble``), or,
+  given each row's prompt tokens ``prompt_len`` [n], ``(tokens, mask, prompt_len)``
+  (``trained_reward.TrainedReward``, which a DPO run's implicit reward needs). A scorer
+  that returns a tuple of [B, K] arrays (a Gaussian run's means and stds) gets the tuple
+  of [n, K] arrays back, from one pass.
   """
   arrays = {"tokens": tokens, "mask": mask}
   if prompt_len is not None:
@@ -146,9 +146,11 @@ def score_in_batches(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: i
   out = []
   for batch, real in padded_batches(arrays, batch_size):
     batch = parallel.shard_batch(batch, mesh)
-    rewards = scorer(*(batch[key] for key in arrays))
-    out.append(np.asarray(jax.device_get(rewards))[:real])
-  return np.concatenate(out) if out else np.zeros((0, k or scorer.k), np.float32)
+    rewards = jax.device_get(scorer(*(batch[key] for key in arrays)))
+    out.append(jax.tree.map(lambda x, real=real: np.asarray(x)[:real], rewards))
+  if not out:
+    return np.zeros((0, scorer.k), np.float32)
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
 
 
 def default_output(path: str) -> str:
@@ -191,12 +193,12 @@ def run(config) -> dict:
                                                 enc.max_response_len)
   dp = data_parallel_size(mesh)
   batch_size = -(-config.batch_size // dp) * dp
-  members = score_in_batches(model, tokens, mask, batch_size, mesh, prompt_len)
+  if getattr(model.source, "has_stds", False):  # Gaussian heads: means and stds, one pass
+    members, stds = score_in_batches(model.source.with_stds, tokens, mask, batch_size, mesh,
+                                     prompt_len)
+  else:
+    members, stds = score_in_batches(model, tokens, mask, batch_size, mesh, prompt_len), None
   rewards = members.mean(1)
-  stds = None
-  if getattr(model.source, "has_stds", False):  # Gaussian heads: the stds beside the means
-    std_of = lambda t, m, p: model.source.with_stds(t, m, p)[1]
-    stds = score_in_batches(std_of, tokens, mask, batch_size, mesh, prompt_len, k=model.k)
   out_rows = [dict(row) for _, row in rows]
   for j, ((i, field), reward, member) in enumerate(zip(slots, rewards, members)):
     out_rows[i][field] = float(reward)

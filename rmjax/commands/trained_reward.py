@@ -6,9 +6,9 @@ A ``train-rm`` run scores with its reward model or ensemble (K member rewards,
 under the loss that trained it, one member (``rl/implicit_reward.py``,
 ``docs/algorithms.md`` §7): β·(log π(y | x) − log π_ref(y | x)) summed over the response
 tokens for dpo, cdpo, ipo and kto (π_ref the policy the run started from, β its
-``dpo.beta``), SimPO's β·log π/|y|, ORPO's log odds. That reward is conditioned on the prompt, so every
-sequence is scored with its prompt length (which a reward model ignores). Which program
-wrote a run is read from the config stored with its latest checkpoint.
+``dpo.beta``), SimPO's β·log π/|y|, ORPO's log odds. That reward is conditioned on the
+prompt, so every sequence is scored with its prompt length (which a reward model ignores).
+Which program wrote a run is read from the config stored with its latest checkpoint.
 """
 
 from __future__ import annotations

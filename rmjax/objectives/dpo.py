@@ -74,9 +74,8 @@ def ipo(logp_c, logp_r, ref_c, ref_r, beta=0.1):
 def simpo(logp_c, logp_r, len_c, len_r, beta=2.0, gamma=1.0):
   """SimPO: length-normalised log-likelihoods as rewards and a target margin γ; no
   reference model."""
-  f = at_least_f32
-  chosen = beta * f(logp_c) / jnp.maximum(f(len_c), 1.0)
-  rejected = beta * f(logp_r) / jnp.maximum(f(len_r), 1.0)
+  chosen = sequence_reward("simpo", beta, logp_c, None, len_c)
+  rejected = sequence_reward("simpo", beta, logp_r, None, len_r)
   return -jax.nn.log_sigmoid(chosen - rejected - gamma), _reward_metrics(chosen, rejected)
 
 
@@ -92,7 +91,8 @@ def orpo(logp_c, logp_r, len_c, len_r, lam=0.1):
   f = at_least_f32
   mean_c = f(logp_c) / jnp.maximum(f(len_c), 1.0)
   mean_r = f(logp_r) / jnp.maximum(f(len_r), 1.0)
-  log_odds = (mean_c - log1mexp(mean_c)) - (mean_r - log1mexp(mean_r))
+  log_odds = (sequence_reward("orpo", 1.0, logp_c, None, len_c)
+              - sequence_reward("orpo", 1.0, logp_r, None, len_r))
   ratio_loss = -jax.nn.log_sigmoid(log_odds)
   metrics = {**_reward_metrics(lam * mean_c, lam * mean_r), "nll": jnp.mean(-mean_c),
              "odds_ratio_loss": jnp.mean(ratio_loss)}
@@ -124,7 +124,7 @@ def sequence_reward(name: str, beta, logp, ref, length):
     raise ValueError(f"dpo.loss={name!r} is not one of {LOSSES}")
   f = at_least_f32
   if name in NEEDS_REFERENCE:
-    return beta * (f(logp) - f(ref))
+    return beta * (f(logp) - f(ref))  # ``implicit_rewards`` of one response
   mean = f(logp) / jnp.maximum(f(length), 1.0)
   return beta * mean if name == "simpo" else mean - log1mexp(mean)
 
